@@ -1,0 +1,92 @@
+"""Shared pytest setup: offline mode (set before anything imports diffusers) and the tiny-model fixtures.
+
+Keep this file minimal; test-specific fixtures belong in the test files that use them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Nothing is ever downloaded: set before diffusers / transformers / huggingface_hub are imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["DIFFUSERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests import tiny_models  # noqa: E402
+
+
+def _quiet_libraries() -> None:
+    """Silence model-loading progress bars and info logs (pipeline denoising bars are per pipeline)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+_quiet_libraries()
+
+
+@pytest.fixture
+def seeded() -> None:
+    """Seed torch's global RNG with 0 for the test."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15() -> Path:
+    """SD 1.5-like ``StableDiffusionPipeline`` folder (epsilon, PNDM, cross-attention dim 32)."""
+    return tiny_models.tiny_sd15_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21() -> Path:
+    """SD 2.1-like ``StableDiffusionPipeline`` folder (v-prediction, linear projection, cross-attention dim 64)."""
+    return tiny_models.tiny_sd21_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl() -> Path:
+    """SDXL-like ``StableDiffusionXLPipeline`` folder (two text encoders, text_time, cross-attention dim 96)."""
+    return tiny_models.tiny_sdxl_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_animatediff() -> Path:
+    """SD 1.5-like base folder with a ``motion_adapter/`` subfolder (``MotionAdapter``)."""
+    return tiny_models.tiny_animatediff_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_adapter() -> Path:
+    """``T2IAdapter`` (full_adapter, RGB input) folder for the SD 1.5-like UNet."""
+    return tiny_models.tiny_t2i_adapter_path("full_adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_adapter_xl() -> Path:
+    """``T2IAdapter`` (full_adapter_xl, RGB input) folder for the SDXL-like UNet."""
+    return tiny_models.tiny_t2i_adapter_path("full_adapter_xl")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet() -> Path:
+    """``ControlNetModel`` folder made from the SD 1.5-like UNet."""
+    return tiny_models.tiny_controlnet_path("sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_xl() -> Path:
+    """``ControlNetModel`` folder made from the SDXL-like UNet."""
+    return tiny_models.tiny_controlnet_path("sdxl")
