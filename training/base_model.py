@@ -1,0 +1,228 @@
+"""The embedded base model: a small SD 1.5-layout text-to-image model for the mini-world.
+
+It has exactly the components and on-disk layout of a hub SD 1.5 repository (``model_index.json``, ``unet/``,
+``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``), only smaller, so every pipeline and adapter loads it
+by the same code path as a real checkpoint:
+
+* ``AutoencoderKL`` with a down-scale factor of 4 and 4 latent channels (64 px images -> 16x16 latents);
+* ``UNet2DConditionModel`` (64/128/128 channels, one layer per block, no attention at the highest resolution, two
+  samplers: total down-scale 4 in latent space, so image sizes are multiples of 16);
+* a 2-layer ``CLIPTextModel`` (64-d) and a ``CLIPTokenizer`` whose byte-level BPE is built from the mini-world's
+  caption vocabulary, so every caption word is one token (any other text still tokenizes, byte by byte).
+
+``python -m training.base_model --out DIR`` writes a randomly initialised (seeded) base that
+``training.train_base_vae`` and ``training.train_base`` then train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "NATIVE_RESOLUTION",
+    "VAE_CONFIG",
+    "UNET_CONFIG",
+    "TEXT_ENCODER_CONFIG",
+    "miniworld_vocabulary",
+    "clip_bpe",
+    "build_tokenizer",
+    "init_base",
+]
+
+logger = logging.getLogger(__name__)
+
+NATIVE_RESOLUTION = 64
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 16,
+    "sample_size": NATIVE_RESOLUTION,
+}
+
+UNET_CONFIG = {
+    "sample_size": NATIVE_RESOLUTION // 4,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [64, 128, 128],
+    "layers_per_block": 1,
+    "cross_attention_dim": 64,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+TEXT_ENCODER_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 64,
+}
+
+SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
+
+
+def miniworld_vocabulary() -> list[str]:
+    """Every word a mini-world caption can use, plus a few common prompt words."""
+    from training.miniworld.scene import COLORS, MOTIONS, SHAPES, SIZES
+
+    words = ["a", "an", "and", "beside", "the", "of", "with", "on", "background", "object", "view"]
+    words += list(SHAPES) + list(COLORS) + list(SIZES)
+    for phrase in MOTIONS.values():
+        words += phrase.split()
+    return list(dict.fromkeys(words))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character map of GPT-2 / CLIP byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items()))
+
+
+def clip_bpe(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``(vocab, merges)`` of a CLIP byte-level BPE in which each of ``words`` is a single token.
+
+    The vocabulary is laid out like CLIP's: the 256 byte symbols, the same with ``</w>``, one entry per merge, then
+    ``<|startoftext|>`` and ``<|endoftext|>``. Merges are learned greedily (most frequent pair first, ties broken
+    lexicographically) until every word is one symbol, so the result is deterministic.
+    """
+    byte_map = _bytes_to_unicode()
+    symbols = list(byte_map.values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    pieces = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        chars = [byte_map[b] for b in word.encode("utf-8")]
+        chars[-1] += "</w>"
+        pieces.append(chars)
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for piece in pieces:
+            for pair in zip(piece[:-1], piece[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        for i, piece in enumerate(pieces):
+            out, j = [], 0
+            while j < len(piece):
+                if j + 1 < len(piece) and (piece[j], piece[j + 1]) == best:
+                    out.append(piece[j] + piece[j + 1])
+                    j += 2
+                else:
+                    out.append(piece[j])
+                    j += 1
+            pieces[i] = out
+    vocab[BOS_TOKEN] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    return vocab, merges
+
+
+def write_tokenizer_files(directory: str | Path, words: Iterable[str]) -> Path:
+    """Write ``vocab.json`` and ``merges.txt`` of :func:`clip_bpe` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_bpe(words)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def build_tokenizer(words: Iterable[str] | None = None):
+    """A ``CLIPTokenizer`` (``model_max_length=77``) over ``words`` (default: the mini-world vocabulary)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:
+        write_tokenizer_files(tmp, miniworld_vocabulary() if words is None else words)
+        return CLIPTokenizer.from_pretrained(
+            tmp,
+            model_max_length=77,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=EOS_TOKEN,
+            unk_token=EOS_TOKEN,
+            local_files_only=True,
+        )
+
+
+def init_base(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a randomly initialised (seeded) embedded base in the SD 1.5 hub layout and return its folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(seed + 2)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_ENCODER_CONFIG,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a randomly initialised embedded base model.")
+    parser.add_argument("--out", required=True, help="output folder (SD 1.5 hub layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    logger.info("wrote %s", init_base(args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()
