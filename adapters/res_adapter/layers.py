@@ -1,0 +1,89 @@
+"""The sampler LoRA of ResAdapter: kohya LoCon deltas on the ``Downsample2D`` / ``Upsample2D`` convolutions.
+
+Built on the shared hook-based :class:`adapters.lora.LowRankAdapter`; the only addition is that fusing also removes
+the forward hooks (and unfusing puts them back), so a fused ResAdapter leaves no extra module, hook or compute in
+the UNet's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..lora import LowRankAdapter, LowRankDelta, kohya_key
+from .config import base_conv
+
+__all__ = ["SamplerLoRA", "build_sampler_lora", "kohya_key"]
+
+
+class SamplerLoRA(LowRankAdapter):
+    """:class:`LowRankAdapter` over the sampler convs whose :meth:`fuse` also detaches the hooks."""
+
+    def __init__(self, root: nn.Module, deltas: Mapping[str, LowRankDelta], scale: float = 1.0):
+        super().__init__(root, deltas, scale)
+        self._wants_hooks = False
+
+    def attach(self) -> SamplerLoRA:
+        self._wants_hooks = True
+        if not self.fused:
+            super().attach()
+        return self
+
+    def _detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Merge ``scale * delta`` into the base conv weights and remove the hooks (exact :meth:`unfuse`)."""
+        if self.fused:
+            return
+        super().fuse()
+        self._detach_hooks()
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """Restore the base conv weights bitwise and re-attach the hooks if the adapter was attached."""
+        was_fused = self.fused
+        super().unfuse()
+        if was_fused and self._wants_hooks:
+            super().attach()
+
+    def unload(self) -> None:
+        """Unfuse if fused and remove the hooks: the UNet is bit for bit as before :meth:`attach`."""
+        self._wants_hooks = False
+        super().unfuse()
+        self._detach_hooks()
+
+    @property
+    def active(self) -> bool:
+        """Hooks attached or weights fused."""
+        return self.attached or self.fused
+
+
+def build_sampler_lora(
+    unet: nn.Module,
+    paths: list[str],
+    ranks: Mapping[str, int] | int,
+    alpha: float | Mapping[str, float] | None = None,
+    scale: float = 1.0,
+) -> SamplerLoRA:
+    """Zero-initialised sampler LoRA (``lora_up`` = 0) on ``paths`` of ``unet``; not attached yet.
+
+    Args:
+        unet: the UNet.
+        paths: sampler conv paths (see :func:`adapters.res_adapter.config.sampler_conv_paths`).
+        ranks: one rank for every conv, or path -> rank.
+        alpha: kohya alpha (one value or path -> value); ``None`` means alpha = rank (scaling 1).
+        scale: the LoRA multiplier (0 = off).
+    """
+    deltas = {}
+    for path in paths:
+        rank = ranks if isinstance(ranks, int) else ranks[path]
+        a = alpha.get(path) if isinstance(alpha, Mapping) else alpha
+        conv = base_conv(unet.get_submodule(path))
+        deltas[path] = LowRankDelta.for_module(conv, rank, a)
+    return SamplerLoRA(unet, deltas, scale)
