@@ -15,6 +15,11 @@ os.environ["DIFFUSERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core machine two OpenMP threads
+# per process make a 2-step tiny pipeline call 15-30x slower (0.45 s -> 7-13 s measured under load). Subprocesses
+# (accelerate launch, scripts) inherit the variables. Override by exporting OMP_NUM_THREADS before running pytest.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 from pathlib import Path  # noqa: E402
 
@@ -36,6 +41,7 @@ def _quiet_libraries() -> None:
 
 
 _quiet_libraries()
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

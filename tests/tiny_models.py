@@ -76,8 +76,10 @@ __all__ = [
     "build_sdxl_components",
     "build_t2i_adapter",
     "build_tokenizer",
+    "copy_config",
     "cache_root",
     "make_pipeline",
+    "save_tiny_model",
     "tiny_animatediff_path",
     "tiny_controlnet_path",
     "tiny_motion_unet",
@@ -626,38 +628,87 @@ def _build_animatediff(directory: Path) -> None:
     build_motion_adapter().save_pretrained(directory / "motion_adapter", safe_serialization=True)
 
 
+def _recipe(name: str, **params: Any) -> tuple[str, Any, Callable[[Path], None]]:
+    """``(cache folder name, spec hashed into the cache key, build(directory))`` for a named tiny model."""
+    if name in ("sd15", "sd21"):
+        unet_cfg, vae_cfg, text_cfg, sched_cfg = _BASES[name]
+        spec = {"unet": unet_cfg, "vae": vae_cfg, "te": text_cfg, "s": sched_cfg}
+        return name, spec, functools.partial(_build_sd, name)
+    if name == "sdxl":
+        spec = {
+            "unet": SDXL_UNET_CONFIG,
+            "vae": SDXL_VAE_CONFIG,
+            "te": SDXL_TEXT_ENCODER_CONFIG,
+            "te2": SDXL_TEXT_ENCODER_2_CONFIG,
+            "s": SDXL_SCHEDULER_CONFIG,
+        }
+        return name, spec, _build_sdxl
+    if name == "animatediff":
+        spec = {
+            "unet": SD15_UNET_CONFIG,
+            "vae": SD15_VAE_CONFIG,
+            "te": SD15_TEXT_ENCODER_CONFIG,
+            "s": ANIMATEDIFF_SCHEDULER_CONFIG,
+            "motion": MOTION_ADAPTER_CONFIG,
+        }
+        return name, spec, _build_animatediff
+    if name == "t2i_adapter":
+        kind = params.get("kind", "full_adapter")
+        in_channels = int(params.get("in_channels", 3))
+        if kind not in T2I_ADAPTER_CONFIGS:
+            raise ValueError(f"`kind` must be one of {sorted(T2I_ADAPTER_CONFIGS)}, got {kind!r}")
+
+        def build_t2i(directory: Path) -> None:
+            build_t2i_adapter(kind, in_channels).save_pretrained(directory, safe_serialization=True)
+
+        spec = {"t2i": T2I_ADAPTER_CONFIGS[kind], "in_channels": in_channels}
+        return f"t2i-{kind}-{in_channels}", spec, build_t2i
+    if name == "controlnet":
+        base = params.get("base", "sd15")
+        if base not in _UNET_CONFIGS:
+            raise ValueError(f"`base` must be one of {sorted(_UNET_CONFIGS)}, got {base!r}")
+
+        def build_cn(directory: Path) -> None:
+            build_controlnet(base).save_pretrained(directory, safe_serialization=True)
+
+        spec = {"unet": _UNET_CONFIGS[base], "cond": CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS}
+        return f"controlnet-{base}", spec, build_cn
+    raise ValueError(
+        f"`name` must be one of ['animatediff', 'controlnet', 'sd15', 'sd21', 'sdxl', 't2i_adapter'], got {name!r}"
+    )
+
+
+def save_tiny_model(directory: str | os.PathLike, name: str, **params: Any) -> Path:
+    """Build the tiny model ``name`` into ``directory`` (created; must not exist or be empty), bypassing the cache.
+
+    ``name`` is "sd15", "sd21", "sdxl", "animatediff", "t2i_adapter" (``kind=``, ``in_channels=``) or "controlnet"
+    (``base=``). Two calls give bitwise identical files.
+    """
+    _, _, build = _recipe(name, **params)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    build(directory)
+    return directory
+
+
+def _tiny_path(name: str, **params: Any) -> Path:
+    folder, spec, build = _recipe(name, **params)
+    return _cached_build(folder, spec, build)
+
+
 def tiny_sd15_path() -> Path:
     """Folder of the SD 1.5-like ``StableDiffusionPipeline`` (epsilon, PNDM, cross-attention dim 32)."""
-    spec = {
-        "unet": SD15_UNET_CONFIG,
-        "vae": SD15_VAE_CONFIG,
-        "te": SD15_TEXT_ENCODER_CONFIG,
-        "s": SD15_SCHEDULER_CONFIG,
-    }
-    return _cached_build("sd15", spec, functools.partial(_build_sd, "sd15"))
+    return _tiny_path("sd15")
 
 
 def tiny_sd21_path() -> Path:
     """Folder of the SD 2.1-like ``StableDiffusionPipeline`` (v-prediction DDIM, linear projections, cross-attn 64)."""
-    spec = {
-        "unet": SD21_UNET_CONFIG,
-        "vae": SD21_VAE_CONFIG,
-        "te": SD21_TEXT_ENCODER_CONFIG,
-        "s": SD21_SCHEDULER_CONFIG,
-    }
-    return _cached_build("sd21", spec, functools.partial(_build_sd, "sd21"))
+    return _tiny_path("sd21")
 
 
 def tiny_sdxl_path() -> Path:
     """Folder of the SDXL-like ``StableDiffusionXLPipeline`` (two text encoders, ``text_time`` conditioning)."""
-    spec = {
-        "unet": SDXL_UNET_CONFIG,
-        "vae": SDXL_VAE_CONFIG,
-        "te": SDXL_TEXT_ENCODER_CONFIG,
-        "te2": SDXL_TEXT_ENCODER_2_CONFIG,
-        "s": SDXL_SCHEDULER_CONFIG,
-    }
-    return _cached_build("sdxl", spec, _build_sdxl)
+    return _tiny_path("sdxl")
 
 
 def tiny_animatediff_path() -> Path:
@@ -667,38 +718,17 @@ def tiny_animatediff_path() -> Path:
     >>> adapter = MotionAdapter.from_pretrained(base / "motion_adapter")
     >>> pipe = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter)
     """
-    spec = {
-        "unet": SD15_UNET_CONFIG,
-        "vae": SD15_VAE_CONFIG,
-        "te": SD15_TEXT_ENCODER_CONFIG,
-        "s": ANIMATEDIFF_SCHEDULER_CONFIG,
-        "motion": MOTION_ADAPTER_CONFIG,
-    }
-    return _cached_build("animatediff", spec, _build_animatediff)
+    return _tiny_path("animatediff")
 
 
 def tiny_t2i_adapter_path(kind: str = "full_adapter", in_channels: int = 3) -> Path:
     """Folder of a ``T2IAdapter`` for the SD 1.5-like (``"full_adapter"``) or SDXL-like (``"full_adapter_xl"``) UNet."""
-    if kind not in T2I_ADAPTER_CONFIGS:
-        raise ValueError(f"`kind` must be one of {sorted(T2I_ADAPTER_CONFIGS)}, got {kind!r}")
-
-    def build(directory: Path) -> None:
-        build_t2i_adapter(kind, in_channels).save_pretrained(directory, safe_serialization=True)
-
-    spec = {"t2i": T2I_ADAPTER_CONFIGS[kind], "in_channels": in_channels}
-    return _cached_build(f"t2i-{kind}-{in_channels}", spec, build)
+    return _tiny_path("t2i_adapter", kind=kind, in_channels=in_channels)
 
 
 def tiny_controlnet_path(base: str = "sd15") -> Path:
     """Folder of a ``ControlNetModel`` made ``from_unet`` of the tiny ``base`` UNet ("sd15", "sd21", "sdxl")."""
-    if base not in _UNET_CONFIGS:
-        raise ValueError(f"`base` must be one of {sorted(_UNET_CONFIGS)}, got {base!r}")
-
-    def build(directory: Path) -> None:
-        build_controlnet(base).save_pretrained(directory, safe_serialization=True)
-
-    spec = {"unet": _UNET_CONFIGS[base], "cond": CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS}
-    return _cached_build(f"controlnet-{base}", spec, build)
+    return _tiny_path("controlnet", base=base)
 
 
 def tiny_motion_unet():
