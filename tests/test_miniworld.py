@@ -326,3 +326,12 @@ def test_export_video(tmp_path):
     frames = sorted(p.name for p in (out / "clip_0000").iterdir())
     assert frames == [f"frame_{f:02d}.png" for f in range(4)]
     assert rows[0]["text"] == VideoDataset(4, 16)[0]["text"]
+
+
+def test_geometry_off_gives_the_same_rgb_and_supersampling_keeps_size():
+    scene, cam = Scene.random(5), Camera.orbit(40.0, 30.0, 2.0, fov_deg=35.0)
+    for ss in (1, 2):
+        full = render(scene, cam, 20, 28, supersample=ss)
+        lite = render(scene, cam, 20, 28, supersample=ss, geometry=False)
+        assert np.array_equal(full.rgb, lite.rgb) and np.array_equal(full.mask, lite.mask)
+        assert lite.position is None and full.position.shape == (1, 20, 28, 3)

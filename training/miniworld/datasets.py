@@ -179,7 +179,7 @@ class TextImageDataset(_Base):
 
     def __getitem__(self, index: int) -> dict:
         scene, cam, (h, w) = self.sample(index)
-        out = render(scene, cam, h, w, supersample=self.supersample)
+        out = render(scene, cam, h, w, supersample=self.supersample, geometry=False)
         return {"pixel_values": _to_pixels(out.rgb)[0], "text": scene.caption(), "height": h, "width": w}
 
 
@@ -366,7 +366,9 @@ class VideoDataset(_Base):
 
     def __getitem__(self, index: int) -> dict:
         scene, motion, cam = self.sample(index)
-        out = render_clip(scene, motion, cam, self.num_frames, self.height, self.width, supersample=self.supersample)
+        out = render_clip(
+            scene, motion, cam, self.num_frames, self.height, self.width, supersample=self.supersample, geometry=False
+        )
         text = scene.caption()
         return {
             "pixel_values": _to_pixels(out.rgb),

@@ -94,7 +94,7 @@ def export_images(out: str | os.PathLike, num: int, dataset: TextImageDataset) -
     rows = []
     for i in range(num):
         scene, cam, (h, w) = dataset.sample(i)
-        img = render(scene, cam, h, w, supersample=dataset.supersample).uint8()[0]
+        img = render(scene, cam, h, w, supersample=dataset.supersample, geometry=False).uint8()[0]
         name = f"{i:05d}.png"
         Image.fromarray(img).save(out / name)
         rows.append({"file_name": name, "text": scene.caption()})
@@ -162,7 +162,14 @@ def export_video(out: str | os.PathLike, num: int, dataset: VideoDataset) -> Pat
     for i in range(num):
         scene, motion, cam = dataset.sample(i)
         frames = render_clip(
-            scene, motion, cam, dataset.num_frames, dataset.height, dataset.width, supersample=dataset.supersample
+            scene,
+            motion,
+            cam,
+            dataset.num_frames,
+            dataset.height,
+            dataset.width,
+            supersample=dataset.supersample,
+            geometry=False,
         ).uint8()
         name = f"clip_{i:04d}"
         (out / name).mkdir(exist_ok=True)

@@ -53,13 +53,14 @@ class RenderOutput:
         position: ``(N, H, W, 3)`` float32 world coordinates of the visible surface (0 on the background).
         normal: ``(N, H, W, 3)`` float32 world unit normals (0 on the background).
         depth: ``(N, H, W)`` float32 distance from the ray origin along the ray (0 on the background).
+        (The last three are ``None`` when rendered with ``geometry=False``.)
     """
 
     rgb: np.ndarray
     mask: np.ndarray
-    position: np.ndarray
-    normal: np.ndarray
-    depth: np.ndarray
+    position: np.ndarray | None
+    normal: np.ndarray | None
+    depth: np.ndarray | None
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -199,6 +200,7 @@ def render_views(
     *,
     supersample: int = 1,
     background: str | None = None,
+    geometry: bool = True,
 ) -> RenderOutput:
     """Render ``N`` views: ``scenes`` and ``cameras`` are single items or sequences of length ``N`` (broadcast).
 
@@ -211,6 +213,7 @@ def render_views(
         height, width: output size in pixels (any aspect ratio).
         supersample: sub-samples per pixel side for anti-aliasing (1 = none).
         background: override of the scenes' background name.
+        geometry: also compute position / normal / depth maps (``False`` leaves them ``None``; a bit faster).
 
     Returns:
         :class:`RenderOutput` with ``N`` views.
@@ -228,12 +231,17 @@ def render_views(
     cameras = cameras * n if len(cameras) == 1 else cameras
     keys = [tuple(o.shape for o in s.objects) for s in scenes]
     if len(set(keys)) == 1:
-        return _render_group(scenes, cameras, height, width, supersample, background)
-    outs = [_render_group([s], [c], height, width, supersample, background) for s, c in zip(scenes, cameras)]
-    return RenderOutput(*(np.concatenate([getattr(o, f) for o in outs]) for f in RenderOutput.__dataclass_fields__))
+        return _render_group(scenes, cameras, height, width, supersample, background, geometry)
+    outs = [_render_group([s], [c], height, width, supersample, background, geometry) for s, c in zip(scenes, cameras)]
+    return RenderOutput(
+        *(
+            None if getattr(outs[0], f) is None else np.concatenate([getattr(o, f) for o in outs])
+            for f in RenderOutput.__dataclass_fields__
+        )
+    )
 
 
-def _render_group(scenes, cameras, height, width, ss, background) -> RenderOutput:
+def _render_group(scenes, cameras, height, width, ss, background, geometry=True) -> RenderOutput:
     n = len(scenes)
     hs, ws = height * ss, width * ss
     p = hs * ws
@@ -250,60 +258,70 @@ def _render_group(scenes, cameras, height, width, ss, background) -> RenderOutpu
         rot = np.stack([o.rotation() for o in objs]).astype(np.float32)  # (N, 3, 3) local -> world
         cen = np.array([o.position for o in objs], dtype=np.float32)  # (N, 3)
         scl = np.array([o.scale for o in objs], dtype=np.float32)  # (N,)
-        o_l = np.einsum("npi,nij->npj", origins - cen[:, None, :], rot) / scl[:, None, None]
-        d_l = np.einsum("npi,nij->npj", dirs, rot)
-        o_l = o_l.reshape(-1, 3)
-        d_l = d_l.reshape(-1, 3)
-        bound = _BOUND[objs[0].shape]
-        b = np.einsum("mi,mi->m", o_l, d_l)
-        c = np.einsum("mi,mi->m", o_l, o_l) - bound * bound
+        # Bounding-sphere test in world space, then the exact test in local coordinates on the rays left.
+        rel = origins - cen[:, None, :]  # (N, P, 3)
+        bound = _BOUND[objs[0].shape] * scl[:, None]
+        b = (rel * dirs).sum(-1)
+        c = (rel * rel).sum(-1) - bound * bound
         disc = b * b - c
-        idx = np.nonzero((disc > 0) & (-b + np.sqrt(np.maximum(disc, 0.0)) > 0))[0]
+        idx = np.nonzero(((disc > 0) & (-b + np.sqrt(np.maximum(disc, 0.0)) > 0)).reshape(-1))[0]
         if idx.size == 0:
             continue
-        t_loc, n_loc = _INTERSECT[objs[0].shape](o_l[idx], d_l[idx])
         view = idx // p
+        rot_v = rot[view]  # (M, 3, 3)
+        o_l = np.matmul(rel.reshape(-1, 3)[idx, None, :], rot_v)[:, 0] / scl[view, None]
+        d_l = np.matmul(dirs.reshape(-1, 3)[idx, None, :], rot_v)[:, 0]
+        t_loc, n_loc = _INTERSECT[objs[0].shape](o_l, d_l)
         t_w = t_loc * scl[view]
         better = t_w < best_t[idx]
         if not better.any():
             continue
-        idx, t_w, n_loc, view = idx[better], t_w[better], n_loc[better], view[better]
-        n_w = np.einsum("mij,mj->mi", rot[view], n_loc)
+        idx, t_w, n_loc, rot_v = idx[better], t_w[better], n_loc[better], rot_v[better]
+        n_w = np.matmul(rot_v, n_loc[:, :, None])[:, :, 0]
         n_w /= np.maximum(np.linalg.norm(n_w, axis=1, keepdims=True), 1e-12)
         best_t[idx] = t_w
         best_n[idx] = n_w
         best_k[idx] = k
 
-    hit = np.isfinite(best_t)
-    t0 = np.where(hit, best_t, 0.0).astype(np.float32)
-    pos = origins.reshape(-1, 3) + t0[:, None] * dirs.reshape(-1, 3)
-    view_of = np.repeat(np.arange(n), p)
-    alb = albedo[view_of, best_k]
+    hit_flat = np.isfinite(best_t)
+    hit = hit_flat.reshape(n, hs, ws)
+    rgb = np.stack([_background(background or s.background, 1, hs, ws)[0] for s in scenes]).reshape(-1, 3)
+    hi = np.nonzero(hit_flat)[0]
+    nh = best_n[hi]
     key, fill = LIGHT_DIRECTIONS
-    shade = _AMBIENT + _KEY_W * np.maximum(best_n @ key, 0.0) + _FILL_W * np.maximum(best_n @ fill, 0.0)
-    color = np.minimum(alb * shade[:, None], 1.0)
-
-    hit = hit.reshape(n, hs, ws)
-    bg = np.stack([_background(background or s.background, 1, hs, ws)[0] for s in scenes])
-    rgb = np.where(hit[..., None], color.reshape(n, hs, ws, 3), bg).astype(np.float32)
-    pos = np.where(hit[..., None], pos.reshape(n, hs, ws, 3), 0.0).astype(np.float32)
-    nrm = best_n.reshape(n, hs, ws, 3)
-    dep = t0.reshape(n, hs, ws)
+    shade = _AMBIENT + _KEY_W * np.maximum(nh @ key, 0.0) + _FILL_W * np.maximum(nh @ fill, 0.0)
+    rgb[hi] = np.minimum(albedo[hi // p, best_k[hi]] * shade[:, None], 1.0)
+    rgb = rgb.reshape(n, hs, ws, 3)
+    if geometry:
+        t0 = np.where(hit_flat, best_t, 0.0).astype(np.float32)
+        pos = (origins.reshape(-1, 3) + t0[:, None] * dirs.reshape(-1, 3)) * hit_flat[:, None]
+        pos = pos.reshape(n, hs, ws, 3).astype(np.float32)
+        nrm = best_n.reshape(n, hs, ws, 3)
+        dep = t0.reshape(n, hs, ws)
     if ss == 1:
+        if not geometry:
+            return RenderOutput(rgb=rgb, mask=hit, position=None, normal=None, depth=None)
         return RenderOutput(rgb=rgb, mask=hit, position=pos, normal=nrm, depth=dep)
 
-    def pool(x):
-        return x.reshape(n, height, ss, width, ss, *x.shape[3:]).sum(axis=(2, 4))
+    def pool(x):  # sum over each ss x ss block
+        total = x[:, 0::ss, 0::ss].copy()
+        for a in range(ss):
+            for b in range(ss):
+                if a or b:
+                    total += x[:, a::ss, b::ss]
+        return total
 
     cover = pool(hit.astype(np.float32))
     mask = cover >= 0.5 * ss * ss
+    rgb = (pool(rgb) * np.float32(1.0 / (ss * ss))).astype(np.float32)
+    if not geometry:
+        return RenderOutput(rgb=rgb, mask=mask, position=None, normal=None, depth=None)
     denom = np.maximum(cover, 1.0)
-    rgb = pool(rgb) / np.float32(ss * ss)
     pos = np.where(mask[..., None], pool(pos) / denom[..., None], 0.0).astype(np.float32)
     nrm = pool(nrm)
     nrm = np.where(mask[..., None], nrm / np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12), 0.0)
     dep = np.where(mask, pool(dep) / denom, 0.0).astype(np.float32)
-    return RenderOutput(rgb=rgb.astype(np.float32), mask=mask, position=pos, normal=nrm.astype(np.float32), depth=dep)
+    return RenderOutput(rgb=rgb, mask=mask, position=pos, normal=nrm.astype(np.float32), depth=dep)
 
 
 def render(
@@ -314,11 +332,11 @@ def render(
     *,
     supersample: int = 1,
     background: str | None = None,
+    geometry: bool = True,
 ) -> RenderOutput:
     """Render one view (``N = 1`` in the output). ``width`` defaults to ``height``."""
-    return render_views(
-        scene, camera, height, width if width is not None else height, supersample=supersample, background=background
-    )
+    w = width if width is not None else height
+    return render_views(scene, camera, height, w, supersample=supersample, background=background, geometry=geometry)
 
 
 def render_clip(
@@ -331,6 +349,7 @@ def render_clip(
     *,
     supersample: int = 1,
     background: str | None = None,
+    geometry: bool = True,
 ) -> RenderOutput:
     """Render ``num_frames`` frames of ``scene`` animated by ``motion`` (``t = i / (num_frames - 1)``) seen by
     ``camera``; for ``orbit`` the camera (which must come from :meth:`Camera.orbit`) circles the scene instead."""
@@ -353,6 +372,5 @@ def render_clip(
         ]
     else:
         cams = [camera]
-    return render_views(
-        frames, cams, height, width if width is not None else height, supersample=supersample, background=background
-    )
+    w = width if width is not None else height
+    return render_views(frames, cams, height, w, supersample=supersample, background=background, geometry=geometry)
