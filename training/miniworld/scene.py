@@ -2,7 +2,7 @@
 
 A scene lives in the world box ``[-0.5, 0.5]^3`` (z up, see :mod:`training.miniworld.camera`). Objects stand on the
 floor plane ``z = FLOOR_Z`` (which is not drawn), are rotated about the vertical axis (``yaw_deg``; a torus may also
-be tilted about its own x axis first, ``tilt_deg``) and scaled uniformly by their size. Captions name every object in
+be tilted about its own x axis first, ``tilt_deg``, so that its hole shows) and scaled uniformly by their size. Captions name every object in
 order: ``"a red cube"``, ``"a red cube beside a small blue sphere"``, ``"a large green cone, a white torus and a
 small red cube"``; the size word is left out for ``"medium"``.
 """
@@ -96,7 +96,7 @@ class ObjectSpec:
         size: one of :data:`SIZES`.
         position: world position of the object's centre ``(x, y, z)``.
         yaw_deg: rotation about the world z axis.
-        tilt_deg: rotation about the local x axis applied before the yaw (used for tori standing up).
+        tilt_deg: rotation about the local x axis applied before the yaw (used to lean tori).
         custom_scale: overrides the scale of ``size`` (e.g. ``1.0`` with shape ``"sphere"`` is the unit sphere).
     """
 
@@ -228,7 +228,8 @@ class Scene:
                     break
             size = str(tuple(SIZES)[rng.integers(len(SIZES))])
             yaw = float(rng.uniform(0.0, 360.0))
-            tilt = float(rng.choice([0.0, 0.0, 90.0]) + rng.uniform(-15.0, 15.0)) if shape == "torus" else 0.0
+            # Tori lean 25-65 degrees so that their hole shows from most viewpoints.
+            tilt = float(rng.uniform(25.0, 65.0)) if shape == "torus" else 0.0
             placed = None
             for attempt_size in (size, "small"):
                 spec = ObjectSpec(shape, color, attempt_size, (0.0, 0.0, 0.0), yaw, tilt)
