@@ -1,0 +1,497 @@
+"""The shared training core on the tiny SD 1.5-like UNet with a toy adapter.
+
+The toy adapter is a zero-initialised low-rank residual from the UNet's input sample to its output
+(``up(down(sample))`` added to ``conv_out``'s output, attached by forward hooks), held outside the UNet as ``trainer.adapter`` like the real adapters' hook-based
+layers. The data are fixed random latents and text states.
+
+This module is also a train script (used by tests/test_training_ddp.py)::
+
+    accelerate launch --cpu --num_processes 2 -m tests.test_training_core --pretrained_model_name_or_path DIR ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from training.common import (
+    AdapterTrainer,
+    NonFiniteLossError,
+    TrainConfig,
+    diffusion_loss,
+    get_target,
+    latest_checkpoint,
+    main,
+    min_snr_weights,
+    sample_noise,
+    sample_timesteps,
+)
+
+LATENT = 8  # latent side: 8x8 keeps a step in the tens of milliseconds
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the toy adapter trainer
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class ToyConfig(TrainConfig):
+    num_examples: int = field(default=8, metadata={"help": "Synthetic examples."})
+    toy_rank: int = field(default=4, metadata={"help": "Rank of the toy residual."})
+    nan_at_step: int | None = field(default=None, metadata={"help": "Return a NaN loss at this step (test)."})
+    crash_at_step: int | None = field(default=None, metadata={"help": "Raise at this step (test)."})
+    record_indices: bool = field(default=False, metadata={"help": "Write the example indices each rank saw."})
+
+
+class ToyLatents(Dataset):
+    """Fixed random ``latents (4, 8, 8)`` and ``encoder_hidden_states (4, 32)``; item ``index`` for bookkeeping."""
+
+    def __init__(self, n: int, seed: int = 123):
+        g = torch.Generator().manual_seed(seed)
+        self.latents = torch.randn(n, 4, LATENT, LATENT, generator=g)
+        self.states = torch.randn(n, 4, 32, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latents": self.latents[i], "encoder_hidden_states": self.states[i], "index": i}
+
+
+class InjectedCrash(RuntimeError):
+    pass
+
+
+class ToyTrainer(AdapterTrainer):
+    """Toy adapter: zero-init low-rank residual on the tiny UNet's conv_out."""
+
+    config_class = ToyConfig
+    adapter_kind = "toy"
+
+    def build_models(self) -> None:
+        self.load_components("unet", "noise_scheduler")
+        c = self.unet.conv_in.in_channels
+        r = self.config.toy_rank
+        self.adapter = nn.ModuleDict({"down": nn.Conv2d(c, r, 1, bias=False), "up": nn.Conv2d(r, c, 1, bias=False)})
+        nn.init.normal_(self.adapter["down"].weight, std=0.5)
+        nn.init.zeros_(self.adapter["up"].weight)
+        # residual from the UNet's input sample to its output: out + up(down(sample))
+        inputs: dict[str, torch.Tensor] = {}
+        self.unet.conv_in.register_forward_pre_hook(lambda module, args: inputs.__setitem__("sample", args[0]))
+        self.unet.conv_out.register_forward_hook(
+            lambda module, args, out: out + self.adapter["up"](self.adapter["down"](inputs["sample"]))
+        )
+        self.seen_indices: list[list[int]] = []
+
+    def trainable_parameters(self):
+        return list(self.adapter.named_parameters())
+
+    def adapter_state_dict(self):
+        return {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
+
+    def load_adapter_state_dict(self, sd):
+        self.adapter.load_state_dict(sd)
+
+    def build_dataset(self):
+        return ToyLatents(self.config.num_examples)
+
+    def compute_loss(self, batch):
+        cfg = self.config
+        step = self.global_step + 1
+        if cfg.crash_at_step == step:
+            raise InjectedCrash(f"injected crash at step {step}")
+        if cfg.record_indices:
+            self.seen_indices.append([int(i) for i in batch["index"]])
+        latents = batch["latents"]
+        noise = sample_noise(latents, cfg.noise_offset)
+        timesteps = sample_timesteps(latents.shape[0], self.noise_scheduler, latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = self.unet(noisy, timesteps, encoder_hidden_states=batch["encoder_hidden_states"]).sample
+        target = get_target(self.noise_scheduler, latents, noise, timesteps)
+        loss = diffusion_loss(pred, target, timesteps, self.noise_scheduler, cfg.snr_gamma)
+        if cfg.nan_at_step == step:
+            loss = loss * float("nan")
+        return loss
+
+    def train(self) -> None:
+        super().train()
+        if self.config.record_indices:  # per-rank evidence for the DDP test
+            rank = self.accelerator.process_index
+            out = Path(self.config.output_dir) / f"rank{rank}.json"
+            sd = {k: v.flatten().tolist() for k, v in self.adapter_state_dict().items()}
+            out.write_text(json.dumps({"indices": self.seen_indices, "adapter": sd}))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def make_config(model: Path, out: Path, **overrides) -> ToyConfig:
+    values = dict(
+        pretrained_model_name_or_path=str(model),
+        output_dir=str(out),
+        seed=0,
+        train_batch_size=2,
+        num_examples=6,
+        learning_rate=1e-2,
+        report_to="none",
+        checkpointing_steps=1000,
+        max_train_steps=4,
+        mixed_precision="no",
+    )
+    values.update(overrides)
+    return ToyConfig(**values)
+
+
+def run(model: Path, out: Path, **overrides) -> ToyTrainer:
+    _reset_accelerate()
+    trainer = ToyTrainer(make_config(model, out, **overrides))
+    trainer.train()
+    return trainer
+
+
+def final_adapter(out: Path) -> dict[str, torch.Tensor]:
+    from adapters.weights import load_weights
+
+    return load_weights(out / "adapter_model.safetensors")[0]
+
+
+@torch.no_grad()
+def fixed_loss(trainer: ToyTrainer) -> float:
+    """The toy loss on the first two examples with fixed noise and timesteps."""
+    data = ToyLatents(trainer.config.num_examples)
+    latents, states = data.latents[:2], data.states[:2]
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.tensor([100, 600])
+    noisy = trainer.noise_scheduler.add_noise(latents, noise, timesteps)
+    pred = trainer.unet(noisy, timesteps, encoder_hidden_states=states).sample
+    return float(diffusion_loss(pred, noise))
+
+
+@pytest.fixture(autouse=True)
+def _clean_accelerate():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest, and the CPU is shared
+    yield
+    torch.set_num_threads(threads)
+    _reset_accelerate()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (a) (b) (d): training lowers the loss, leaves the base bitwise unchanged, saves only adapter keys
+# ----------------------------------------------------------------------------------------------------------------------
+def test_training_lowers_loss_and_keeps_base_frozen(tiny_sd15, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    _reset_accelerate()
+    trainer = ToyTrainer(make_config(tiny_sd15, tmp_path / "run", num_examples=2, max_train_steps=30))
+    # the zero-initialised toy adapter leaves the base output as it is: loss before == base loss
+    trainer.train()
+    after = fixed_loss(trainer)
+    with torch.no_grad():
+        trainer.adapter["up"].weight.zero_()
+    before = fixed_loss(trainer)
+    assert after < 0.9 * before, (before, after)
+
+    # (b) every frozen base tensor is bitwise what is on disk
+    reference = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet").state_dict()
+    trained = trainer.unet.state_dict()
+    assert reference.keys() == trained.keys()
+    changed = [k for k in reference if not torch.equal(reference[k], trained[k])]
+    assert not changed, changed[:5]
+    assert all(not p.requires_grad for p in trainer.unet.parameters())
+
+
+def test_checkpoint_and_final_file_hold_only_adapter_keys(tiny_sd15, tmp_path):
+    from adapters.weights import load_weights
+
+    out = tmp_path / "run"
+    trainer = run(tiny_sd15, out, max_train_steps=3, checkpointing_steps=2)
+    expected = {"down.weight", "up.weight"}
+    ckpt = out / "checkpoint-2"
+    assert ckpt.is_dir()
+    sd, meta = load_weights(ckpt / "adapter_model.safetensors")
+    assert set(sd) == expected
+    assert meta["diffusion_adapters.kind"] == "toy"
+    # nothing else of the models in the checkpoint: no model weight file of any format
+    names = {p.name for p in ckpt.iterdir()}
+    assert not [n for n in names if n.startswith(("model", "pytorch_model"))], names
+    total = sum(p.stat().st_size for p in ckpt.iterdir())
+    unet_bytes = sum(p.numel() * p.element_size() for p in trainer.unet.parameters())
+    assert total < unet_bytes / 4, (total, unet_bytes)
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 2
+
+    sd, meta = load_weights(out / "adapter_model.safetensors")
+    assert set(sd) == expected
+    assert meta["diffusion_adapters.base_family"] == "sd1"
+    assert meta["diffusion_adapters.kind"] == "toy"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (c) resume == uninterrupted
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {
+            "gradient_accumulation_steps": 2,
+            "num_examples": 10,
+            "use_ema": True,
+            "ema_decay": 0.9,
+            "snr_gamma": 5.0,
+            "noise_offset": 0.05,
+        },
+    ],
+    ids=["plain", "accum-ema-snr"],
+)
+def test_resume_matches_uninterrupted_run(tiny_sd15, tmp_path, extra):
+    # plain: 3 batches per epoch, crash at 6, resume at 4 (epoch 1, batch 1); accum: 5 batches = 3 steps per epoch
+    # (the last one a single micro-batch), crash at 4, resume at 2 (epoch 0, after 4 batches)
+    common = dict(
+        max_train_steps=7, checkpointing_steps=2, lr_scheduler="cosine", lr_warmup_steps=2, learning_rate=5e-3, **extra
+    )
+    run(tiny_sd15, tmp_path / "a", **common)
+    reference = final_adapter(tmp_path / "a")
+
+    crash = 6 if not extra else 4
+    with pytest.raises(InjectedCrash):
+        run(tiny_sd15, tmp_path / "b", crash_at_step=crash, **common)
+    assert not (tmp_path / "b" / "adapter_model.safetensors").exists()
+    assert latest_checkpoint(tmp_path / "b").name == f"checkpoint-{crash - 2}"
+    resumed = run(tiny_sd15, tmp_path / "b", resume_from_checkpoint="latest", **common)
+    assert resumed.global_step == 7
+    got = final_adapter(tmp_path / "b")
+    assert got.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=0, atol=1e-6)
+    assert torch.count_nonzero(reference["up.weight"]) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (e) NaN loss, (f) pruning
+# ----------------------------------------------------------------------------------------------------------------------
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_sd15, tmp_path):
+    from adapters.weights import load_weights
+
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"at step 5\b") as info:
+        run(tiny_sd15, out, max_train_steps=8, checkpointing_steps=2, nan_at_step=5)
+    assert info.value.step == 5
+    assert info.value.last_checkpoint == out / "checkpoint-4"
+    assert "checkpoint-4" in str(info.value)
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "adapter_model.safetensors").exists()
+    good, _ = load_weights(out / "checkpoint-4" / "adapter_model.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())
+    # the checkpoint is the 4-step state: an uninterrupted 4-step run (constant lr) ends at the same weights
+    run(tiny_sd15, tmp_path / "four", max_train_steps=4)
+    for key, value in final_adapter(tmp_path / "four").items():
+        torch.testing.assert_close(good[key], value, rtol=0, atol=1e-6)
+    # and it resumes
+    trainer = run(tiny_sd15, out, max_train_steps=8, checkpointing_steps=2, resume_from_checkpoint="latest")
+    assert trainer.global_step == 8
+
+
+def test_checkpoints_total_limit_prunes_oldest(tiny_sd15, tmp_path):
+    out = tmp_path / "run"
+    (out / ".checkpoint-99.tmp").mkdir(parents=True)  # left behind by a killed run: removed at start
+    (out / "checkpoint-98").mkdir()  # incomplete (no trainer_state.json): never picked, never counted
+    run(tiny_sd15, out, max_train_steps=5, checkpointing_steps=1, checkpoints_total_limit=2)
+    names = sorted(p.name for p in out.iterdir() if "checkpoint" in p.name)
+    assert names == ["checkpoint-4", "checkpoint-5", "checkpoint-98"]
+    assert latest_checkpoint(out).name == "checkpoint-5"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (g) config: YAML/TOML + CLI overrides
+# ----------------------------------------------------------------------------------------------------------------------
+def test_config_from_yaml_with_cli_override(tmp_path):
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(
+        "learning_rate: 1e-3\n"  # YAML reads this as a string; it is coerced to float
+        "train_batch_size: 4\n"
+        "center_crop: false\n"
+        "validation_prompts: [a red cube, a blue ball]\n"
+        "toy_rank: 8\n"
+    )
+    cfg = ToyConfig.from_args(["--config", str(cfg_file), "--train_batch_size", "2", "--center_crop", "--seed", "3"])
+    assert cfg.learning_rate == pytest.approx(1e-3)
+    assert cfg.train_batch_size == 2  # CLI wins
+    assert cfg.center_crop is True
+    assert cfg.validation_prompts == ["a red cube", "a blue ball"]
+    assert cfg.toy_rank == 8  # subclass field from the file
+    assert cfg.seed == 3
+    assert cfg.mixed_precision is None
+
+    toml_file = tmp_path / "train.toml"
+    toml_file.write_text('lr_scheduler = "cosine"\nmax_train_steps = 10\nsnr_gamma = 5.0\n')
+    cfg = ToyConfig.from_args(["--config", str(toml_file), "--no-center_crop"])
+    assert (cfg.lr_scheduler, cfg.max_train_steps, cfg.snr_gamma, cfg.center_crop) == ("cosine", 10, 5.0, False)
+
+
+def test_config_errors_name_the_option(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 1.0\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        ToyConfig.from_args(["--config", str(bad)])
+    bad.write_text("train_batch_size: two\n")
+    with pytest.raises(ValueError, match="train_batch_size"):
+        ToyConfig.from_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        TrainConfig(gradient_accumulation_steps=0)
+    with pytest.raises(SystemExit):
+        ToyConfig.from_args(["--lr_scheduler", "sometimes"])
+    assert "lr_scheduler" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# only-the-adapter-trains guarantee, validation images, main()
+# ----------------------------------------------------------------------------------------------------------------------
+class LeakyTrainer(ToyTrainer):
+    def build_models(self) -> None:
+        super().build_models()
+        self.unet.conv_in.requires_grad_(True)  # a base layer left trainable by mistake
+
+
+def test_base_parameter_left_trainable_is_refused(tiny_sd15, tmp_path):
+    _reset_accelerate()
+    trainer = LeakyTrainer(make_config(tiny_sd15, tmp_path))
+    with pytest.raises(AssertionError, match=r"unet\.conv_in\.weight"):
+        trainer.train()
+
+
+def test_assert_only_trainable(tiny_sd15, tmp_path):
+    _reset_accelerate()
+    trainer = ToyTrainer(make_config(tiny_sd15, tmp_path))
+    trainer._setup_accelerator()
+    trainer.build_models()
+    trainer.assert_only_trainable(lambda name: name.startswith("adapter."))
+    with pytest.raises(AssertionError, match="adapter.up.weight"):
+        trainer.assert_only_trainable(lambda name: name.startswith("adapter.down"))
+    trainer.accelerator.end_training()
+
+
+class ValidatingTrainer(ToyTrainer):
+    def log_validation(self, step):
+        from PIL import Image
+
+        assert not torch.is_grad_enabled()
+        value = int(self.adapter["up"].weight.abs().sum().item() * 1000) % 255
+        return [Image.new("RGB", (8, 8), (value, 0, 0)), Image.new("RGB", (8, 8), (0, value, 0))]
+
+
+def test_validation_images_saved_and_logged(tiny_sd15, tmp_path):
+    _reset_accelerate()
+    out = tmp_path / "run"
+    ValidatingTrainer(
+        make_config(tiny_sd15, out, max_train_steps=3, validation_steps=2, report_to="tensorboard")
+    ).train()
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2", "step-3"]
+    assert sorted(p.name for p in (out / "validation" / "step-2").iterdir()) == ["00.png", "01.png"]
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 1000
+
+
+def test_main_runs_from_argv(tiny_sd15, tmp_path):
+    _reset_accelerate()
+    out = tmp_path / "run"
+    trainer = main(
+        ToyTrainer,
+        [
+            "--pretrained_model_name_or_path",
+            str(tiny_sd15),
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+            "--seed",
+            "0",
+        ],
+    )
+    assert trainer.global_step == 2
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "train_config.yaml").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# diffusion helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def _scheduler(prediction_type: str):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+
+
+def test_targets_and_min_snr_weights():
+    from diffusers.training_utils import compute_snr
+
+    torch.manual_seed(0)
+    latents, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([1, 500, 999])
+    assert torch.equal(get_target(_scheduler("epsilon"), latents, noise, t), noise)
+    assert torch.equal(get_target(_scheduler("sample"), latents, noise, t), latents)
+    v = _scheduler("v_prediction")
+    torch.testing.assert_close(get_target(v, latents, noise, t), v.get_velocity(latents, noise, t))
+
+    for kind in ("epsilon", "v_prediction"):
+        sched = _scheduler(kind)
+        snr = compute_snr(sched, t)
+        expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr if kind == "epsilon" else snr + 1)
+        torch.testing.assert_close(min_snr_weights(sched, t, 5.0), expected)
+    # weighted loss == mean of per-sample MSE * weight
+    sched = _scheduler("epsilon")
+    pred = torch.randn(3, 4, 2, 2)
+    per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(
+        diffusion_loss(pred, noise, t, sched, 5.0), (per_sample * min_snr_weights(sched, t, 5.0)).mean()
+    )
+
+
+def test_masked_loss_ignores_masked_elements():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)  # (B, C, F, H, W)
+    mask = torch.ones(1, 1, 3, 1, 1)
+    mask[:, :, 0] = 0  # exclude the first frame
+    corrupted = pred.clone()
+    corrupted[:, :, 0] = 1e6
+    masked = diffusion_loss(corrupted, target, mask=mask)
+    torch.testing.assert_close(masked, diffusion_loss(pred[:, :, 1:], target[:, :, 1:]))
+    with pytest.raises(ValueError, match="mask"):
+        diffusion_loss(pred, target, mask=torch.zeros(1, 1, 3, 1, 1))
+
+
+def test_noise_offset_is_per_sample_channel():
+    torch.manual_seed(0)
+    latents = torch.zeros(64, 4, 8, 8)
+    plain = sample_noise(latents, 0.0)
+    offset = sample_noise(latents, 1.0)
+    # the offset adds a constant per (sample, channel): the spatial means spread much more
+    assert offset.mean(dim=(2, 3)).std() > 3 * plain.mean(dim=(2, 3)).std()
+    t = sample_timesteps(1000, _scheduler("epsilon"))
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < 1000
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main(ToyTrainer)

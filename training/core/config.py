@@ -1,0 +1,341 @@
+"""`TrainConfig`: the training options every adapter shares, filled from CLI flags and an optional YAML/TOML file.
+
+The argparse parser is generated from the dataclass fields (type, default and the ``help`` in each field's
+metadata), so an adapter adds options by subclassing::
+
+    @dataclass
+    class ResAdapterConfig(TrainConfig):
+        rank: int = field(default=16, metadata={"help": "LoRA rank of the sampler layers."})
+
+Precedence: dataclass default < ``--config file.yaml|.toml`` < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "load_config_file", "LR_SCHEDULERS"]
+
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "piecewise_constant",
+)
+
+
+def _help(text: str, choices: Sequence[Any] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"help": text}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return meta
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every adapter trainer (see each field's help, or run a train script with ``--help``)."""
+
+    # model
+    pretrained_model_name_or_path: str | None = field(
+        default=None, metadata=_help("Base model: a local diffusers folder (or hub id when online).")
+    )
+    revision: str | None = field(default=None, metadata=_help("Revision of the base model (hub only)."))
+    variant: str | None = field(default=None, metadata=_help("Weight variant of the base model, e.g. 'fp16'."))
+    prediction_type: str | None = field(
+        default=None,
+        metadata=_help(
+            "Override the noise scheduler's prediction type (default: the base scheduler's).",
+            ["epsilon", "v_prediction", "sample"],
+        ),
+    )
+    # data
+    train_data_dir: str | None = field(
+        default=None,
+        metadata=_help("Training data: an image folder with metadata.jsonl or sidecar .txt captions."),
+    )
+    resolution: int = field(default=512, metadata=_help("Training resolution in pixels (images are resized to it)."))
+    center_crop: bool = field(default=True, metadata=_help("Center crop (else random crop) after resizing."))
+    random_flip: bool = field(default=False, metadata=_help("Randomly flip training images horizontally."))
+    on_missing_file: str = field(
+        default="error",
+        metadata=_help("What to do with a missing or unreadable data file: stop, or skip it.", ["error", "skip"]),
+    )
+    dataloader_num_workers: int = field(default=0, metadata=_help("DataLoader worker processes (0: main process)."))
+    # output and logging
+    output_dir: str = field(default="output", metadata=_help("Where checkpoints, logs and the adapter are written."))
+    logging_dir: str = field(default="logs", metadata=_help("Tracker folder, relative to output_dir."))
+    report_to: str = field(default="tensorboard", metadata=_help("Tracker.", ["tensorboard", "none"]))
+    tracker_project_name: str | None = field(
+        default=None, metadata=_help("Tracker run name (default: the adapter kind).")
+    )
+    seed: int | None = field(default=None, metadata=_help("Seed for reproducible training."))
+    # optimisation
+    train_batch_size: int = field(default=1, metadata=_help("Batch size per device."))
+    num_train_epochs: int = field(default=1, metadata=_help("Epochs (ignored when max_train_steps is set)."))
+    max_train_steps: int | None = field(
+        default=None, metadata=_help("Total optimizer steps; overrides num_train_epochs.")
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Trade compute for memory in the models."))
+    learning_rate: float = field(default=1e-4, metadata=_help("Initial learning rate (after warmup)."))
+    scale_lr: bool = field(
+        default=False,
+        metadata=_help("Multiply the learning rate by batch size * accumulation steps * number of processes."),
+    )
+    lr_scheduler: str = field(default="constant", metadata=_help("Learning-rate schedule.", LR_SCHEDULERS))
+    lr_warmup_steps: int = field(default=0, metadata=_help("Warmup steps of the learning-rate schedule."))
+    lr_num_cycles: int = field(default=1, metadata=_help("Hard restarts of the cosine_with_restarts schedule."))
+    lr_power: float = field(default=1.0, metadata=_help("Power of the polynomial schedule."))
+    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
+    adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2."))
+    adam_weight_decay: float = field(default=1e-2, metadata=_help("AdamW weight decay."))
+    adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
+    use_8bit_adam: bool = field(default=False, metadata=_help("8-bit AdamW from bitsandbytes (must be installed)."))
+    max_grad_norm: float | None = field(
+        default=1.0, metadata=_help("Clip the gradient norm to this value (0 or none: no clipping).")
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata=_help(
+            "Mixed precision; default: the accelerate config's. Frozen weights are cast to this dtype, trainable "
+            "ones stay fp32.",
+            ["no", "fp16", "bf16"],
+        ),
+    )
+    allow_tf32: bool = field(default=False, metadata=_help("Allow TF32 matmuls on Ampere+ GPUs."))
+    ddp_find_unused_parameters: bool = field(
+        default=False, metadata=_help("Set when some trainable parameters get no gradient in some steps (DDP).")
+    )
+    # diffusion loss
+    snr_gamma: float | None = field(
+        default=None, metadata=_help("Min-SNR-gamma loss weighting (5.0 is the paper's value); none: plain MSE.")
+    )
+    noise_offset: float = field(default=0.0, metadata=_help("Noise offset (0.05-0.1 helps very dark/bright images)."))
+    # EMA
+    use_ema: bool = field(default=False, metadata=_help("Keep an EMA of the trainable weights; it is what is saved."))
+    ema_decay: float = field(default=0.9999, metadata=_help("EMA decay (with the usual (1+n)/(10+n) warmup)."))
+    # checkpoints
+    checkpointing_steps: int = field(default=500, metadata=_help("Save a resumable checkpoint every N steps."))
+    checkpoints_total_limit: int | None = field(
+        default=None, metadata=_help("Keep at most this many checkpoints (oldest removed first).")
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata=_help("Resume from a checkpoint folder, or 'latest' in output_dir.")
+    )
+    # validation
+    validation_steps: int | None = field(
+        default=None, metadata=_help("Run validation every N steps (none: never; also run at the end when set).")
+    )
+    validation_prompts: list[str] = field(default_factory=list, metadata=_help("Prompts for validation images."))
+    num_validation_images: int = field(default=1, metadata=_help("Images per validation prompt."))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option when a value is out of range."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value is not None and value not in choices:
+                raise ValueError(f"`{f.name}` must be one of {list(choices)}, got {value!r}.")
+        positive = ("resolution", "train_batch_size", "num_train_epochs", "gradient_accumulation_steps")
+        positive += ("checkpointing_steps", "num_validation_images", "lr_num_cycles")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
+        for name in ("max_train_steps", "checkpoints_total_limit", "validation_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1 (or unset), got {value!r}.")
+        for name in ("lr_warmup_steps", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"`snr_gamma` must be > 0 (or unset), got {self.snr_gamma!r}.")
+        if self.noise_offset < 0:
+            raise ValueError(f"`noise_offset` must be >= 0, got {self.noise_offset!r}.")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            raise ValueError(f"`max_grad_norm` must be >= 0 (or unset), got {self.max_grad_norm!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{field: value}`` (lists copied), e.g. to save next to the outputs."""
+        return {f.name: _copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
+        """An ``argparse`` parser with one flag per field, plus ``--config``."""
+        parser = argparse.ArgumentParser(
+            description=description or cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        parser.add_argument(
+            "--config", type=str, default=None, help="YAML or TOML file of options (command-line flags override it)."
+        )
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            base, is_list = _field_type(hints[f.name])
+            kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
+            if "choices" in f.metadata:
+                kwargs["choices"] = list(f.metadata["choices"])
+            default = _default(f)
+            flag = "--" + f.name
+            if base is bool and not is_list:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
+            elif is_list:
+                parser.add_argument(flag, nargs="*", type=_converter(base, f.name), default=default, **kwargs)
+            else:
+                parser.add_argument(flag, type=_converter(base, f.name), default=default, **kwargs)
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, description: str | None = None) -> TrainConfig:
+        """Parse ``argv`` (default ``sys.argv[1:]``): defaults < ``--config`` file < flags."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = cls.build_parser(description)
+        pre, _ = parser.parse_known_args(argv)
+        if pre.config is not None:
+            parser.set_defaults(**cls._coerce_file_values(load_config_file(pre.config), source=pre.config))
+        namespace = vars(parser.parse_args(argv))
+        namespace.pop("config", None)
+        return cls(**namespace)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+        """Build from a YAML/TOML file, with keyword overrides."""
+        values = cls._coerce_file_values(load_config_file(path), source=str(path))
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def _coerce_file_values(cls, raw: dict[str, Any], *, source: str) -> dict[str, Any]:
+        names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        unknown = []
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                unknown.append(key)
+                continue
+            base, is_list = _field_type(hints[name])
+            if value is None:
+                values[name] = None
+            elif is_list:
+                items = value if isinstance(value, list) else [value]
+                values[name] = [_convert(base, v, name, source) for v in items]
+            else:
+                values[name] = _convert(base, value, name, source)
+        if unknown:
+            raise ValueError(
+                f"Unknown option(s) {sorted(unknown)} in config file {source!r}; known options: {sorted(names)}."
+            )
+        return values
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.yaml``/``.yml`` or ``.toml`` options file into a flat dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    elif suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"Config file {str(path)!r} must end in .yaml, .yml or .toml.")
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of option names to values.")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _field_type(tp: Any) -> tuple[type, bool]:
+    """``(scalar type, is_list)`` of an annotation like ``int``, ``float | None``, ``list[str]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"Unsupported option type {tp!r}: use X | None.")
+        return _field_type(args[0])
+    if origin in (list, tuple, Sequence):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        return _field_type(inner)[0], True
+    if tp in (int, float, str, bool):
+        return tp, False
+    raise TypeError(f"Unsupported option type {tp!r}; use int, float, str, bool, X | None or list[X].")
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"`{name}` expects a boolean, got {value!r}.")
+
+
+def _convert(base: type, value: Any, name: str, source: str = "command line") -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("none", "null") and base is not str:
+        return None
+    try:
+        if base is bool:
+            return _parse_bool(value, name)
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if base is int and isinstance(value, bool):
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` expects {base.__name__}, got {value!r} (from {source}).") from None
+
+
+def _converter(base: type, name: str):
+    def convert(text: str) -> Any:
+        try:
+            return _convert(base, text, name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = base.__name__
+    return convert
