@@ -335,3 +335,7 @@ def test_geometry_off_gives_the_same_rgb_and_supersampling_keeps_size():
         lite = render(scene, cam, 20, 28, supersample=ss, geometry=False)
         assert np.array_equal(full.rgb, lite.rgb) and np.array_equal(full.mask, lite.mask)
         assert lite.position is None and full.position.shape == (1, 20, 28, 3)
+        assert np.array_equal(full.object_index, lite.object_index)
+        assert full.object_index.shape == (1, 20, 28) and full.object_index.max() < scene.count
+        if ss == 1:
+            assert np.array_equal(full.object_index >= 0, full.mask)

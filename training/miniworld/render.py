@@ -54,6 +54,8 @@ class RenderOutput:
         normal: ``(N, H, W, 3)`` float32 world unit normals (0 on the background).
         depth: ``(N, H, W)`` float32 distance from the ray origin along the ray (0 on the background).
         (The last three are ``None`` when rendered with ``geometry=False``.)
+        object_index: ``(N, H, W)`` int64 index into ``scene.objects`` of the visible object, -1 on the background
+            (with super-sampling: the object under the sub-sample nearest the pixel centre).
     """
 
     rgb: np.ndarray
@@ -61,6 +63,7 @@ class RenderOutput:
     position: np.ndarray | None
     normal: np.ndarray | None
     depth: np.ndarray | None
+    object_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -292,6 +295,7 @@ def _render_group(scenes, cameras, height, width, ss, background, geometry=True)
     shade = _AMBIENT + _KEY_W * np.maximum(nh @ key, 0.0) + _FILL_W * np.maximum(nh @ fill, 0.0)
     rgb[hi] = np.minimum(albedo[hi // p, best_k[hi]] * shade[:, None], 1.0)
     rgb = rgb.reshape(n, hs, ws, 3)
+    obj = np.where(hit_flat, best_k, -1).reshape(n, hs, ws)
     if geometry:
         t0 = np.where(hit_flat, best_t, 0.0).astype(np.float32)
         pos = (origins.reshape(-1, 3) + t0[:, None] * dirs.reshape(-1, 3)) * hit_flat[:, None]
@@ -300,8 +304,8 @@ def _render_group(scenes, cameras, height, width, ss, background, geometry=True)
         dep = t0.reshape(n, hs, ws)
     if ss == 1:
         if not geometry:
-            return RenderOutput(rgb=rgb, mask=hit, position=None, normal=None, depth=None)
-        return RenderOutput(rgb=rgb, mask=hit, position=pos, normal=nrm, depth=dep)
+            return RenderOutput(rgb=rgb, mask=hit, position=None, normal=None, depth=None, object_index=obj)
+        return RenderOutput(rgb=rgb, mask=hit, position=pos, normal=nrm, depth=dep, object_index=obj)
 
     def pool(x):  # sum over each ss x ss block
         total = x[:, 0::ss, 0::ss].copy()
@@ -314,14 +318,15 @@ def _render_group(scenes, cameras, height, width, ss, background, geometry=True)
     cover = pool(hit.astype(np.float32))
     mask = cover >= 0.5 * ss * ss
     rgb = (pool(rgb) * np.float32(1.0 / (ss * ss))).astype(np.float32)
+    obj = np.ascontiguousarray(obj[:, ss // 2 :: ss, ss // 2 :: ss])
     if not geometry:
-        return RenderOutput(rgb=rgb, mask=mask, position=None, normal=None, depth=None)
+        return RenderOutput(rgb=rgb, mask=mask, position=None, normal=None, depth=None, object_index=obj)
     denom = np.maximum(cover, 1.0)
     pos = np.where(mask[..., None], pool(pos) / denom[..., None], 0.0).astype(np.float32)
     nrm = pool(nrm)
     nrm = np.where(mask[..., None], nrm / np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12), 0.0)
     dep = np.where(mask, pool(dep) / denom, 0.0).astype(np.float32)
-    return RenderOutput(rgb=rgb, mask=mask, position=pos, normal=nrm.astype(np.float32), depth=dep)
+    return RenderOutput(rgb=rgb, mask=mask, position=pos, normal=nrm.astype(np.float32), depth=dep, object_index=obj)
 
 
 def render(
