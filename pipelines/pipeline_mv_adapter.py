@@ -1,0 +1,712 @@
+"""MV-Adapter pipelines: text / image / geometry to consistent multi-view images on SD 1.5/2.1 and SDXL.
+
+``MVAdapterPipeline.from_pretrained(base, adapter=...)`` picks :class:`MVAdapterSDPipeline` or
+:class:`MVAdapterXLPipeline` from the base's config (like diffusers' AutoPipeline). The mode of a call follows its
+inputs: ``image`` -> image-to-multi-view (I2MV), ``position_map``/``normal_map`` -> geometry-guided (G2MV), else
+text-to-multi-view with camera maps (T2MV).
+
+The shared generation code lives in :class:`MVAdapterPipelineMixin`; the SD and SDXL variants only encode prompts.
+
+Example::
+
+    pipe = MVAdapterPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0",
+                                             adapter="mvadapter_t2mv_sdxl.safetensors")
+    views = pipe("a corgi", num_views=6).images[0]        # list of 6 PIL images
+    make_multiview_grid(views).save("corgi.png")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+
+from adapters.mv_adapter import (
+    WEIGHT_NAME,
+    Cameras,
+    MVAdapter,
+    camera_maps,
+    default_cameras,
+    encode_condition,
+    geometry_maps,
+    load_mv_adapter,
+    shifted_snr_scheduler,
+)
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "MVAdapterPipeline",
+    "MVAdapterPipelineMixin",
+    "MVAdapterPipelineOutput",
+    "make_multiview_grid",
+]
+
+#: The negative prompt of the official inference scripts.
+DEFAULT_NEGATIVE_PROMPT = "watermark, ugly, deformed, noisy, blurry, low contrast"
+ADAPTER_SUBFOLDER = "mv_adapter"
+
+
+@dataclass
+class MVAdapterPipelineOutput(BaseOutput):
+    """Output of the MV-Adapter pipelines.
+
+    Attributes:
+        images: one entry per generated sample (prompt x ``num_images_per_prompt``), each the sample's views: a list of
+            ``V`` PIL images (``output_type="pil"``), a ``(V, H, W, 3)`` array (``"np"``), a ``(V, 3, H, W)`` tensor
+            (``"pt"``) or ``(V, C, h, w)`` latents (``"latent"``).
+    """
+
+    images: list[Any]
+
+
+def make_multiview_grid(views: Sequence[PIL.Image.Image], rows: int = 1, cols: int | None = None) -> PIL.Image.Image:
+    """Paste ``views`` (PIL images of one size) into a ``rows x cols`` grid (default: one row)."""
+    views = list(views)
+    if not views:
+        raise ValueError("`views` is empty.")
+    cols = cols or -(-len(views) // rows)
+    if rows * cols < len(views):
+        raise ValueError(f"A {rows}x{cols} grid cannot hold {len(views)} views.")
+    w, h = views[0].size
+    grid = PIL.Image.new("RGB", (cols * w, rows * h))
+    for i, view in enumerate(views):
+        grid.paste(view, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def _is_xl_config(model_index: dict[str, Any]) -> bool:
+    return "text_encoder_2" in model_index or "XL" in str(model_index.get("_class_name", ""))
+
+
+def _rgba_on_gray(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Composite an RGBA reference over the official gray (0.5) background."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    rgb = arr[..., :3] * arr[..., 3:4] + (1.0 - arr[..., 3:4]) * 0.5
+    return PIL.Image.fromarray((rgb * 255.0).clip(0, 255).astype(np.uint8))
+
+
+class MVAdapterPipelineMixin:
+    """The MV-Adapter generation loop and adapter management, shared by the SD and SDXL variants.
+
+    A variant subclasses ``(MVAdapterPipelineMixin, <diffusers pipeline>)`` and implements :meth:`_encode_text`.
+    """
+
+    mv_adapter: MVAdapter | None = None
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # adapter management
+    def load_mv_adapter(
+        self,
+        source: str | os.PathLike | dict[str, torch.Tensor],
+        *,
+        weight_name: str | None = None,
+        allow_pickle: bool = False,
+        cond_encoder: torch.nn.Module | None = None,
+        **config_overrides: Any,
+    ) -> MVAdapter:
+        """Load an official (``mvadapter_*.safetensors``) or our MV-Adapter file; replaces any attached adapter.
+
+        The whole file is validated before anything changes: a failed load leaves the pipeline as it was.
+        """
+        new = load_mv_adapter(
+            self.unet,
+            source,
+            weight_name=weight_name,
+            vae_scale_factor=self.vae_scale_factor,
+            allow_pickle=allow_pickle,
+            cond_encoder=cond_encoder,
+            attach=False,
+            **config_overrides,
+        )
+        self._set_adapter(new)
+        return new
+
+    def init_mv_adapter(self, cond_encoder: torch.nn.Module | None = None, **config: Any) -> MVAdapter:
+        """Attach a fresh, zero-initialised adapter (its output equals the base's until trained)."""
+        new = MVAdapter.from_unet(
+            self.unet, vae_scale_factor=self.vae_scale_factor, cond_encoder=cond_encoder, attach=False, **config
+        )
+        self._set_adapter(new)
+        return new
+
+    def register_condition_encoder(self, encoder: torch.nn.Module) -> None:
+        """Use ``encoder`` (``(B, C_in, H, W) -> list of down-block residuals``) as the condition encoder."""
+        if self.mv_adapter is None:
+            raise ValueError("Load or init an MV-Adapter before registering a condition encoder.")
+        self.mv_adapter.cond_encoder = encoder
+        self.mv_adapter.config.cond_encoder = None
+
+    def _set_adapter(self, adapter: MVAdapter) -> None:
+        if self.mv_adapter is not None:
+            self.mv_adapter.unload()
+        adapter.attach()
+        self.mv_adapter = adapter
+
+    def unload_mv_adapter(self) -> None:
+        """Remove the adapter: the UNet's original processors are restored."""
+        if self.mv_adapter is not None:
+            self.mv_adapter.unload()
+            self.mv_adapter = None
+
+    def set_adapter_scale(self, mv: float | None = None, ref: float | None = None) -> None:
+        """Default scales of the multi-view and reference branches (per call: ``mv_scale``/``ref_scale``)."""
+        self._require_adapter().set_adapter_scale(mv=mv, ref=ref)
+
+    def _require_adapter(self) -> MVAdapter:
+        if self.mv_adapter is None:
+            raise ValueError("No MV-Adapter is loaded: call `load_mv_adapter(...)` or `init_mv_adapter()`.")
+        return self.mv_adapter
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving / loading with the base
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Save the base components (plain UNet) and the adapter in ``mv_adapter/mv_adapter.safetensors``."""
+        adapter = self.mv_adapter
+        ctx = adapter.detached() if adapter is not None else contextlib.nullcontext()
+        with ctx:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        if adapter is not None:
+            adapter.save(Path(save_directory) / ADAPTER_SUBFOLDER / WEIGHT_NAME)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        adapter: str | os.PathLike | dict | bool | None = None,
+        adapter_weight_name: str | None = None,
+        adapter_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """Load the base pipeline and an adapter.
+
+        Args:
+            adapter: a weight file / folder / state dict; ``None`` loads ``<base>/mv_adapter/`` when present and
+                otherwise attaches a fresh zero-initialised adapter (``adapter_config`` fields); ``False`` attaches
+                nothing.
+            adapter_weight_name: file name inside an ``adapter`` folder.
+            adapter_config: :class:`~adapters.mv_adapter.MVAdapterConfig` overrides (e.g. ``{"variant": "ig2mv"}``).
+        """
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        overrides = dict(adapter_config or {})
+        if adapter is False:
+            return pipe
+        if adapter is None:
+            saved = Path(str(pretrained_model_name_or_path)) / ADAPTER_SUBFOLDER / WEIGHT_NAME
+            if saved.is_file():
+                pipe.load_mv_adapter(saved, **overrides)
+            else:
+                logger.info("No MV-Adapter given: attaching a fresh zero-initialised adapter (output == base).")
+                pipe.init_mv_adapter(**overrides)
+        else:
+            pipe.load_mv_adapter(adapter, weight_name=adapter_weight_name, **overrides)
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------------------
+    # per-variant hooks
+    def _encode_text(
+        self,
+        prompt: list[str],
+        negative_prompt: list[str] | None,
+        *,
+        device: torch.device,
+        repeat: int,
+        need_negative: bool,
+        height: int,
+        width: int,
+        clip_skip: int | None,
+        lora_scale: float | None,
+    ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
+        """``{"pos": (states, added_cond_kwargs), "neg": ...}`` with ``len(prompt) * repeat`` rows each."""
+        raise NotImplementedError
+
+    def _default_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------------------------
+    # inputs
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE factor x UNet downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_inputs(
+        self,
+        prompt,
+        image,
+        position_map,
+        normal_map,
+        num_views: int,
+        cameras: Cameras | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        reference_guidance_scale: float | None,
+        mv_scale: float | None,
+        ref_scale: float | None,
+        noise_shift: float | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        adapter = self._require_adapter()
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}.")
+        if num_views < 1:
+            raise ValueError(f"`num_views` must be >= 1, got {num_views}.")
+        if cameras is not None and len(cameras) != num_views:
+            raise ValueError(f"`cameras` has {len(cameras)} views but `num_views` is {num_views}.")
+        m = self.size_multiple
+        if height <= 0 or width <= 0 or height % m or width % m:
+            raise ValueError(f"`height` and `width` must be positive multiples of {m}, got {height}x{width}.")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
+        if reference_guidance_scale is not None and reference_guidance_scale < 0:
+            raise ValueError(f"`reference_guidance_scale` must be >= 0, got {reference_guidance_scale}.")
+        if noise_shift is not None and noise_shift <= 0:
+            raise ValueError(f"`noise_shift` must be > 0 (1 = no shift), got {noise_shift}.")
+        if (position_map is None) != (normal_map is None):
+            raise ValueError("`position_map` and `normal_map` must be given together (geometry mode).")
+        if image is not None and not adapter.config.use_ref:
+            raise ValueError(
+                "`image` was given but the loaded MV-Adapter has no reference branch; load an i2mv/ig2mv adapter."
+            )
+        if adapter.config.attention_mode == "row_col" and num_views != 6:
+            raise ValueError(f"This adapter's 'row_col' attention needs `num_views` = 6, got {num_views}.")
+        if adapter.cond_encoder is None:
+            raise ValueError(
+                "The MV-Adapter has no condition encoder; register one with `register_condition_encoder`."
+            )
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` {bad} are not in {self._callback_tensor_inputs}."
+                )
+
+    def prepare_cameras(
+        self,
+        num_views: int,
+        cameras: Cameras | np.ndarray | torch.Tensor | None,
+        azimuth_deg: Sequence[float] | None,
+        elevation_deg: float | Sequence[float] | None,
+        distance: float | Sequence[float] | None,
+        fov: float | Sequence[float] | None,
+    ) -> Cameras:
+        """The call's cameras: given ``Cameras`` / OpenCV ``(V, 4, 4)`` matrices, or the official ring."""
+        if cameras is not None:
+            if not isinstance(cameras, Cameras):
+                cameras = Cameras.from_c2w(cameras, convention="opencv", fov_deg=fov)
+            return cameras
+        return default_cameras(
+            num_views,
+            azimuth_deg=azimuth_deg,
+            elevation_deg=0.0 if elevation_deg is None else elevation_deg,
+            distance=1.8 if distance is None else distance,
+            fov_deg=fov,
+        )
+
+    def prepare_condition(
+        self,
+        *,
+        cameras: Cameras | None,
+        position_map,
+        normal_map,
+        height: int,
+        width: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The 6-channel condition maps ``(V, 6, height, width)`` in ``[0, 1]``."""
+        if position_map is not None:
+            maps = geometry_maps(position_map, normal_map, height, width)
+        else:
+            maps = camera_maps(cameras, height, width, kind=self._require_adapter().config.camera_map)
+        return maps.to(device=device, dtype=dtype)
+
+    def _encode_condition(self, maps: torch.Tensor, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        encoder = self._require_adapter().cond_encoder
+        offloaded = getattr(self.unet, "_hf_hook", None) is not None
+        param = next(encoder.parameters(), None)
+        if param is not None and (param.device != torch.device(device) or param.dtype != dtype):
+            encoder.to(device=device, dtype=dtype)
+        try:
+            return encode_condition(encoder, maps)
+        finally:
+            if offloaded:
+                encoder.to("cpu")
+
+    def _encode_vae(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Reference latents ``(S, C, h, w)`` (posterior mode, scaled like the official pipeline's sample)."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(dtype=torch.float32)
+        image = image.to(device=self._execution_device, dtype=vae.dtype)
+        dist = vae.encode(image).latent_dist
+        # The official pipeline samples the posterior with the call's generator (after the initial noise was drawn).
+        latents = dist.mode() if isinstance(generator, list) else dist.sample(generator)
+        if upcast:
+            vae.to(dtype=torch.float16)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            return (latents - mean) * vae.config.scaling_factor / std
+        return latents * vae.config.scaling_factor
+
+    def _decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(dtype=torch.float32)
+        latents = latents.to(dtype=vae.dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        return image
+
+    @staticmethod
+    def _step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
+        params = set(inspect.signature(scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = "high quality",
+        image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | None = None,
+        position_map=None,
+        normal_map=None,
+        num_views: int | None = None,
+        azimuth_deg: Sequence[float] | None = None,
+        elevation_deg: float | Sequence[float] | None = None,
+        distance: float | Sequence[float] | None = None,
+        fov: float | Sequence[float] | None = None,
+        cameras: Cameras | np.ndarray | torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        reference_guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = DEFAULT_NEGATIVE_PROMPT,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        mv_scale: float | None = None,
+        ref_scale: float | None = None,
+        condition_scale: float = 1.0,
+        noise_shift: float | None = 8.0,
+        clip_skip: int | None = None,
+    ):
+        r"""Generate ``num_views`` consistent views per prompt.
+
+        Args:
+            prompt: text prompt(s); ``P`` prompts give ``P * num_images_per_prompt`` samples of ``num_views`` views.
+            image: reference image(s) for image-to-multi-view (one, or one per prompt); RGBA is put on gray.
+            position_map, normal_map: per-view geometry for G2MV (arrays ``(V, H, W, 3)`` or lists of arrays or PIL
+                images, see :func:`adapters.mv_adapter.geometry_maps`).
+            num_views: views per sample (default: from the cameras/maps, else the adapter's ``num_views``).
+            azimuth_deg, elevation_deg, distance, fov: cameras on a sphere (azimuth 0 = front; ``fov`` in degrees
+                makes them perspective, default orthographic with the official box).
+            cameras: a :class:`~adapters.mv_adapter.Cameras` or OpenCV ``(V, 4, 4)`` camera-to-world matrices.
+            height, width: output size (any multiple of :attr:`size_multiple`; non-square allowed).
+            num_inference_steps: denoising steps.
+            guidance_scale: text classifier-free guidance (default 7.0 for text modes, 3.0 with ``image``, as the
+                official scripts).
+            reference_guidance_scale: image guidance; ``None`` uses one guidance over (negative prompt, zero
+                reference) as the official pipeline; a value adds a third branch
+                ``eps = u + s_ref * (e_img - u) + s_txt * (e_full - e_img)``.
+            negative_prompt: defaults to the official negative prompt.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end: ``fn(pipe, step, t, tensors) -> dict`` (may replace ``latents``).
+            cross_attention_kwargs: passed to the UNet (e.g. ``{"scale": lora_scale}``).
+            mv_scale, ref_scale: branch scales for this call (default: the adapter's, 1.0).
+            condition_scale: scale of the condition encoder's residuals.
+            noise_shift: shifted-SNR schedule factor (official: 8, "interpolated"); ``None`` or 1 = base schedule.
+
+        Returns:
+            :class:`MVAdapterPipelineOutput` (or a tuple with its ``images``).
+        """
+        adapter = self._require_adapter()
+        # 0. Defaults
+        if cameras is not None and not isinstance(cameras, Cameras):
+            cameras = Cameras.from_c2w(cameras, convention="opencv", fov_deg=fov)
+        if num_views is None:
+            if cameras is not None:
+                num_views = len(cameras)
+            elif azimuth_deg is not None:
+                num_views = len(azimuth_deg)
+            elif position_map is not None:
+                num_views = len(position_map)
+            else:
+                num_views = adapter.config.num_views
+        height = height or self._default_size()
+        width = width or self._default_size()
+        if guidance_scale is None:
+            guidance_scale = 3.0 if image is not None else 7.0
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt, image, position_map, normal_map, num_views, cameras, height, width, num_inference_steps,
+            guidance_scale, reference_guidance_scale, mv_scale, ref_scale, noise_shift,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        if azimuth_deg is not None and len(azimuth_deg) != num_views:
+            raise ValueError(f"`azimuth_deg` has {len(azimuth_deg)} values but `num_views` is {num_views}.")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        # 2. Batch layout
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        num_prompts = len(prompts)
+        samples = num_prompts * num_images_per_prompt
+        views = num_views
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        three_branch = image is not None and reference_guidance_scale is not None and do_cfg
+        if three_branch and reference_guidance_scale == guidance_scale:
+            three_branch = False  # identical to the two-branch formula
+        branches = ["neg", "neg", "pos"] if three_branch else (["neg", "pos"] if do_cfg else ["pos"])
+        if isinstance(generator, list) and len(generator) != samples * views:
+            raise ValueError(
+                f"`generator` has {len(generator)} entries; expected {samples * views} (samples x views)."
+            )
+
+        # 3. Encode the prompts
+        if negative_prompt is None:
+            negatives = None
+        else:
+            negatives = [negative_prompt] * num_prompts if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != num_prompts:
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries but there are {num_prompts} prompts."
+                )
+        lora_scale = (cross_attention_kwargs or {}).get("scale")
+        text = self._encode_text(
+            prompts, negatives, device=device, repeat=num_images_per_prompt * views, need_negative=do_cfg,
+            height=height, width=width, clip_skip=clip_skip, lora_scale=lora_scale,
+        )  # fmt: skip
+        prompt_embeds = torch.cat([text[b][0] for b in branches])
+        added = None
+        if text["pos"][1] is not None:
+            added = {k: torch.cat([text[b][1][k] for b in branches]) for k in text["pos"][1]}
+
+        # 4. Timesteps (shifted-SNR schedule)
+        scheduler = self.scheduler
+        if noise_shift is not None and noise_shift != 1:
+            scheduler = shifted_snr_scheduler(self.scheduler, noise_shift)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+
+        # 5. Latents: (samples * views, C, h, w), the views of a sample contiguous
+        dtype = prompt_embeds.dtype
+        shape = (samples * views, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)  # fmt: skip
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+
+        # 6. Condition maps -> encoder residuals (computed once, the same for every branch and step)
+        if position_map is None:
+            cameras = cameras or self.prepare_cameras(views, None, azimuth_deg, elevation_deg, distance, fov)
+        maps = self.prepare_condition(
+            cameras=cameras, position_map=position_map, normal_map=normal_map, height=height, width=width,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        if maps.shape[0] != views:
+            raise ValueError(f"The condition has {maps.shape[0]} views but `num_views` is {views}.")
+        features = self._encode_condition(maps, device, dtype)
+        reps = samples * len(branches)
+        features = [(f * condition_scale).to(dtype).repeat(reps, 1, 1, 1) for f in features]
+
+        # 7. Reference states (I2MV): one UNet pass at t=0, cached per attn1; zeros as the unconditional reference
+        ref_states = None
+        if image is not None:
+            ref_states = self._reference_states(image, samples, num_images_per_prompt, views, text, height, width,
+                                                generator, cross_attention_kwargs)  # fmt: skip
+            ref_states = {
+                k: torch.cat([torch.zeros_like(v) if (b == "neg" and j == 0) else v for j, b in enumerate(branches)])
+                for k, v in ref_states.items()
+            }
+        extra_step_kwargs = self._step_kwargs(scheduler, generator, eta)
+
+        # 8. Denoising loop
+        state = adapter.state
+        overrides = {
+            "num_views": views,
+            "ref_states": ref_states,
+            "mv_scale": state.mv_scale if mv_scale is None else mv_scale,
+            "ref_scale": state.ref_scale if ref_scale is None else ref_scale,
+            "caching": False,
+            "enabled": True,
+        }
+        self._num_timesteps = len(timesteps)
+        with state.override(**overrides), self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_input = torch.cat([latents] * len(branches))
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=prompt_embeds,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    down_intrablock_additional_residuals=list(features),
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )[0]
+                if three_branch:
+                    uncond, img, full = noise_pred.chunk(3)
+                    noise_pred = uncond + reference_guidance_scale * (img - uncond) + guidance_scale * (full - img)
+                elif do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    names = callback_on_step_end_tensor_inputs or ["latents"]
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    out = callback_on_step_end(self, i, t, {k: local[k] for k in names}) or {}
+                    latents = out.pop("latents", latents)
+                    prompt_embeds = out.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+
+        # 9. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self._decode_vae(latents)
+            images = self.image_processor.postprocess(images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        grouped = [images[s * views : (s + 1) * views] for s in range(samples)]
+        if not return_dict:
+            return (grouped,)
+        return MVAdapterPipelineOutput(images=grouped)
+
+    def _reference_states(
+        self,
+        image,
+        samples: int,
+        num_images_per_prompt: int,
+        views: int,
+        text: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]],
+        height: int,
+        width: int,
+        generator,
+        cross_attention_kwargs: dict[str, Any] | None,
+    ) -> dict[str, torch.Tensor]:
+        """``{attn1 name: (samples, tokens, C)}``: the attn1 inputs of the reference image's UNet pass at t=0.
+
+        The pass uses each sample's positive prompt, no condition residuals and the base attention only (as the
+        official pipeline).
+        """
+        images = image if isinstance(image, list) else [image]
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            images = list(image)
+        images = [_rgba_on_gray(im) if isinstance(im, PIL.Image.Image) else im for im in images]
+        num_prompts = samples // num_images_per_prompt
+        if len(images) not in (1, num_prompts):
+            raise ValueError(f"`image` has {len(images)} entries; expected 1 or one per prompt ({num_prompts}).")
+        pixels = self.image_processor.preprocess(images, height=height, width=width)
+        ref_latents = self._encode_vae(pixels, generator)
+        if ref_latents.shape[0] == 1:
+            ref_latents = ref_latents.repeat(samples, 1, 1, 1)
+        else:
+            ref_latents = ref_latents.repeat_interleave(num_images_per_prompt, dim=0)
+        embeds, added = text["pos"]
+        embeds = embeds[::views]
+        added = {k: v[::views] for k, v in added.items()} if added is not None else None
+        ref_latents = ref_latents.to(dtype=embeds.dtype)
+        state = self._require_adapter().state
+        cache: dict[str, torch.Tensor] = {}
+        with state.override(caching=True, cache=cache, num_views=1):
+            self.unet(
+                ref_latents,
+                torch.zeros((), device=ref_latents.device, dtype=torch.long),
+                encoder_hidden_states=embeds,
+                cross_attention_kwargs=cross_attention_kwargs,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+        return cache
+
+
+class MVAdapterPipeline:
+    """Auto pipeline: ``MVAdapterPipeline.from_pretrained(base, adapter=...)`` returns an
+    :class:`MVAdapterSDPipeline` (SD 1.x/2.x base) or :class:`MVAdapterXLPipeline` (SDXL base)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        raise OSError("Use `MVAdapterPipeline.from_pretrained(base, adapter=...)`.")
+
+    @staticmethod
+    def variant_class(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> type:
+        """The pipeline class for a base (from its ``model_index.json``)."""
+        config_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
+        model_index = DiffusionPipeline.load_config(pretrained_model_name_or_path, **config_kwargs)
+        if _is_xl_config(model_index):
+            from .pipeline_mv_adapter_sdxl import MVAdapterXLPipeline
+
+            return MVAdapterXLPipeline
+        from .pipeline_mv_adapter_sd import MVAdapterSDPipeline
+
+        return MVAdapterSDPipeline
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load the right variant; see :meth:`MVAdapterPipelineMixin.from_pretrained` for ``adapter`` arguments."""
+        variant = cls.variant_class(pretrained_model_name_or_path, **kwargs)
+        return variant.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
