@@ -96,3 +96,9 @@ def tiny_controlnet() -> Path:
 def tiny_controlnet_xl() -> Path:
     """``ControlNetModel`` folder made from the SDXL-like UNet."""
     return tiny_models.tiny_controlnet_path("sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter() -> Path:
+    """h94/IP-Adapter-like folder: ``models/`` (sd15, sd21) and ``sdxl_models/`` weights + ``image_encoder/``."""
+    return tiny_models.tiny_ip_adapter_path()

@@ -155,15 +155,21 @@ def test_animatediff_four_frames(tiny_animatediff):
     assert isinstance(tiny_models.tiny_motion_unet(), UNetMotionModel)
 
 
-def test_build_is_deterministic_and_cached(tmp_path):
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "animatediff"])
+def test_build_is_deterministic(tmp_path, name):
     before = torch.get_rng_state()
-    a = tiny_models.save_tiny_model(tmp_path / "a", "sd15")
-    b = tiny_models.save_tiny_model(tmp_path / "b", "sd15")
+    a = tiny_models.save_tiny_model(tmp_path / "a", name)
+    b = tiny_models.save_tiny_model(tmp_path / "b", name)
     assert torch.equal(torch.get_rng_state(), before), "building must not disturb the caller's RNG"
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert any(f.suffix == ".safetensors" for f in files)
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs between two builds"
+
+
+def test_cache_and_in_memory_builders_match_disk(tmp_path):
+    a = tiny_models.save_tiny_model(tmp_path / "a", "sd15")
     cached = tiny_models.tiny_sd15_path()
     assert tiny_models.tiny_sd15_path() == cached
     for sub in ("unet", "vae"):
@@ -231,3 +237,43 @@ def test_make_pipeline_names():
     assert image.size == (32, 32)
     with pytest.raises(ValueError, match="name"):
         tiny_models.make_pipeline("sd3")
+
+
+def test_ip_adapter_loads_into_tiny_pipelines(tiny_sd15, tiny_ip_adapter):
+    pipe = _load(StableDiffusionPipeline, tiny_sd15)
+    sub, weight_name = tiny_models.IP_ADAPTER_WEIGHTS["sd15"]
+    pipe.load_ip_adapter(tiny_ip_adapter, subfolder=sub, weight_name=weight_name)
+    assert pipe.image_encoder is not None
+    image = Image.new("RGB", (64, 64), (255, 0, 0))
+    common = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np", "ip_adapter_image": image}
+    pipe.set_ip_adapter_scale(1.0)
+    on = pipe("a cube", generator=_gen(), **common).images
+    pipe.set_ip_adapter_scale(0.0)
+    off = pipe("a cube", generator=_gen(), **common).images
+    assert on.shape == (1, 32, 32, 3) and not np.allclose(on, off)
+    for base in ("sd21", "sdxl"):
+        state = tiny_models.build_ip_adapter_state_dict(base)
+        cross = tiny_models._UNET_CONFIGS[base]["cross_attention_dim"]
+        assert state["image_proj.proj.weight"].shape == (tiny_models.IP_ADAPTER_NUM_TOKENS * cross, 32)
+
+
+def test_cache_is_atomic_and_reused(tmp_path):
+    calls = []
+
+    def failing(directory):
+        (directory / "partial.json").write_text("{}")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_models._cached_build("thing", {"v": 1}, failing, root=tmp_path)
+    assert list(tmp_path.iterdir()) == [], "a failed build must leave nothing behind"
+
+    def build(directory):
+        calls.append(directory)
+        (directory / "config.json").write_text("{}")
+
+    first = tiny_models._cached_build("thing", {"v": 1}, build, root=tmp_path)
+    second = tiny_models._cached_build("thing", {"v": 1}, build, root=tmp_path)
+    other = tiny_models._cached_build("thing", {"v": 2}, build, root=tmp_path)
+    assert first == second != other and len(calls) == 2
+    assert (first / "config.json").is_file() and first.name.startswith("thing-")

@@ -46,6 +46,12 @@ from typing import Any
 import torch
 
 __all__ = [
+    "tiny_ip_adapter_path",
+    "build_ip_adapter_state_dict",
+    "build_image_encoder",
+    "IP_ADAPTER_WEIGHTS",
+    "IP_ADAPTER_NUM_TOKENS",
+    "IMAGE_ENCODER_CONFIG",
     "ANIMATEDIFF_SCHEDULER_CONFIG",
     "CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS",
     "MOTION_ADAPTER_CONFIG",
@@ -401,6 +407,30 @@ T2I_ADAPTER_CONFIGS: dict[str, dict[str, Any]] = {
 #: same factor as the tiny VAEs.
 CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS = (8, 16)
 
+#: CLIP vision tower stand-in for IP-Adapter image encoders. ``image_size`` 224 matches the default
+#: ``CLIPImageProcessor()`` that ``load_ip_adapter`` creates when a pipeline has no feature extractor; patch 32 keeps it
+#: at 7x7 patches.
+IMAGE_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 224,
+    "patch_size": 32,
+    "projection_dim": 32,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+#: IP-Adapter (non-plus) image tokens, as in h94/IP-Adapter.
+IP_ADAPTER_NUM_TOKENS = 4
+#: ``tiny_ip_adapter_path()`` layout, as h94/IP-Adapter: base -> (subfolder, weight_name); each subfolder also holds
+#: ``image_encoder/``.
+IP_ADAPTER_WEIGHTS: dict[str, tuple[str, str]] = {
+    "sd15": ("models", "ip-adapter_sd15.safetensors"),
+    "sd21": ("models", "ip-adapter_sd21.safetensors"),
+    "sdxl": ("sdxl_models", "ip-adapter_sdxl.safetensors"),
+}
+
 _BASES = {
     "sd15": (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_ENCODER_CONFIG, SD15_SCHEDULER_CONFIG),
     "sd21": (SD21_UNET_CONFIG, SD21_VAE_CONFIG, SD21_TEXT_ENCODER_CONFIG, SD21_SCHEDULER_CONFIG),
@@ -548,6 +578,52 @@ def build_controlnet(base: str = "sd15"):
     return controlnet
 
 
+def build_image_encoder():
+    """Fresh in-memory ``CLIPVisionModelWithProjection`` (the IP-Adapter image encoder stand-in)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with _seeded():
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER_CONFIG)).eval()
+
+
+def build_ip_adapter_state_dict(base: str = "sd15") -> dict[str, torch.Tensor]:
+    """IP-Adapter weights for the tiny ``base`` UNet in the official flat layout (random, deterministic).
+
+    Keys: ``image_proj.proj.{weight,bias}`` (``[4 * cross_attention_dim, projection_dim]``), ``image_proj.norm.*``,
+    and ``ip_adapter.{k}.to_{k,v}_ip.weight`` (``[hidden_size, cross_attention_dim]``) with k = 1, 3, 5, ... over the
+    UNet's ``attn2`` processors in ``unet.attn_processors`` order -- what ``pipe.load_ip_adapter`` expects.
+    """
+    if base not in _UNET_CONFIGS:
+        raise ValueError(f"`base` must be one of {sorted(_UNET_CONFIGS)}, got {base!r}")
+    config = _UNET_CONFIGS[base]
+    channels = list(config["block_out_channels"])
+    cross_dim = config["cross_attention_dim"]
+    embed_dim = IMAGE_ENCODER_CONFIG["projection_dim"]
+    attn_names = list(_unet(config).attn_processors)
+    state: dict[str, torch.Tensor] = {}
+    with _seeded():
+        proj = torch.nn.Linear(embed_dim, IP_ADAPTER_NUM_TOKENS * cross_dim)
+        state["image_proj.proj.weight"] = proj.weight.detach().clone()
+        state["image_proj.proj.bias"] = proj.bias.detach().clone()
+        state["image_proj.norm.weight"] = torch.ones(cross_dim)
+        state["image_proj.norm.bias"] = torch.zeros(cross_dim)
+        key_id = 1
+        for name in attn_names:
+            if not name.endswith("attn2.processor"):
+                continue
+            if name.startswith("mid_block"):
+                hidden = channels[-1]
+            elif name.startswith("up_blocks"):
+                hidden = channels[::-1][int(name.split(".")[1])]
+            else:
+                hidden = channels[int(name.split(".")[1])]
+            for kv in ("k", "v"):
+                layer = torch.nn.Linear(cross_dim, hidden, bias=False)
+                state[f"ip_adapter.{key_id}.to_{kv}_ip.weight"] = layer.weight.detach().clone()
+            key_id += 2
+    return state
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # On-disk cache
 # ----------------------------------------------------------------------------------------------------------------------
@@ -673,8 +749,23 @@ def _recipe(name: str, **params: Any) -> tuple[str, Any, Callable[[Path], None]]
 
         spec = {"unet": _UNET_CONFIGS[base], "cond": CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS}
         return f"controlnet-{base}", spec, build_cn
+    if name == "ip_adapter":
+
+        def build_ip(directory: Path) -> None:
+            from safetensors.torch import save_file
+
+            encoder = build_image_encoder()
+            for base, (sub, weight_name) in IP_ADAPTER_WEIGHTS.items():
+                (directory / sub).mkdir(parents=True, exist_ok=True)
+                if not (directory / sub / "image_encoder").exists():
+                    encoder.save_pretrained(directory / sub / "image_encoder", safe_serialization=True)
+                save_file(build_ip_adapter_state_dict(base), str(directory / sub / weight_name))
+
+        spec = {"enc": IMAGE_ENCODER_CONFIG, "w": IP_ADAPTER_WEIGHTS, "unets": _UNET_CONFIGS}
+        return "ip-adapter", spec, build_ip
     raise ValueError(
-        f"`name` must be one of ['animatediff', 'controlnet', 'sd15', 'sd21', 'sdxl', 't2i_adapter'], got {name!r}"
+        "`name` must be one of ['animatediff', 'controlnet', 'ip_adapter', 'sd15', 'sd21', 'sdxl', 't2i_adapter'], "
+        f"got {name!r}"
     )
 
 
@@ -689,6 +780,17 @@ def save_tiny_model(directory: str | os.PathLike, name: str, **params: Any) -> P
     directory.mkdir(parents=True, exist_ok=True)
     build(directory)
     return directory
+
+
+def tiny_ip_adapter_path() -> Path:
+    """Folder laid out like h94/IP-Adapter with tiny weights for every base (see :data:`IP_ADAPTER_WEIGHTS`).
+
+    >>> pipe.load_ip_adapter(tiny_ip_adapter_path(), subfolder="models", weight_name="ip-adapter_sd15.safetensors")
+    >>> pipe.load_ip_adapter(tiny_ip_adapter_path(), subfolder="sdxl_models", weight_name="ip-adapter_sdxl.safetensors")
+
+    Each subfolder's ``image_encoder/`` is a ``CLIPVisionModelWithProjection`` (224 px input, 32-d image embeds).
+    """
+    return _tiny_path("ip_adapter")
 
 
 def _tiny_path(name: str, **params: Any) -> Path:
