@@ -1,0 +1,845 @@
+"""Web demo of the four adapters (Gradio): ``python app.py`` and open http://127.0.0.1:7860.
+
+One tab per task: Text to multi-view and Image to multi-view (MV-Adapter), Image to video (I2V-Adapter), One-step
+text-to-image (HiPA, with the other few-step samplers to compare), Any resolution (ResAdapter, with and without the
+adapter side by side). By default every task runs on the small models shipped in ``assets/`` (see
+``pipelines/embedded.py``; untrained placeholders where an asset is missing), offline. Model flags point a task at
+real checkpoints (local folders or hub ids, used only when online)::
+
+    python app.py --mv-base stabilityai/stable-diffusion-2-1-base --mv-adapter path/to/mvadapter_i2mv_sd21.safetensors
+    python app.py --res-base runwayml/stable-diffusion-v1-5 --res-adapter path/to/resadapter_v2_sd1.5
+
+``build_demo()`` builds the page without loading any model (models load on first use, once, and are cached); the
+tests drive it with ``gradio_client`` and a headless browser. Everything the app writes goes under its own folder
+(``--output-dir``, default ``<tmp>/diffusion-adapters-app``), including Gradio's upload/cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The app's own folder for outputs and Gradio's cache (set before gradio is imported, which reads it at import).
+APP_DIR_ENV = "DIFFUSION_ADAPTERS_APP_DIR"
+DEFAULT_APP_DIR = Path(os.environ.get(APP_DIR_ENV) or Path(tempfile.gettempdir()) / "diffusion-adapters-app")
+os.environ.setdefault("GRADIO_TEMP_DIR", str(DEFAULT_APP_DIR / "gradio"))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+logger = logging.getLogger("diffusion_adapters.app")
+
+__all__ = ["AppConfig", "ModelManager", "build_demo", "main", "parse_args"]
+
+#: Model keys (``pipelines.embedded`` names) and the flags that override their parts.
+MODEL_KEYS = ("mv", "i2v", "hipa", "res")
+MAX_SEED = 2**31 - 1
+
+TITLE = "Diffusion adapters"
+INTRO = (
+    "Multi-view generation (MV-Adapter), image-to-video (I2V-Adapter), one-step text-to-image (HiPA) and any "
+    "resolution (ResAdapter) on Hugging Face diffusers. Every tab runs offline on the small models shipped with the "
+    "project; set the model flags of `app.py` to use real checkpoints."
+)
+
+CSS = """
+.pixelated img, .pixelated video { image-rendering: pixelated; }
+#da-header { margin-bottom: 0.25rem; }
+#da-header h1 { margin-bottom: 0.1rem; }
+.da-notice { border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245, 158, 11, 0.08); }
+.da-unavailable { border-left: 4px solid #dc2626; padding: 0.6rem 0.9rem; background: rgba(220, 38, 38, 0.06); }
+footer { display: none !important; }
+"""
+
+EXAMPLE_PROMPTS = {
+    "mv": ["a red cube", "a blue sphere", "a yellow cone"],
+    "hipa": ["a red cube on a table", "a green sphere", "a small blue cylinder beside a yellow cube"],
+    "res": ["a red cube on a table", "a blue sphere", "a green cone"],
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# configuration and model cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSource:
+    """User checkpoints for one model key; all ``None`` = the embedded model."""
+
+    base: str | None = None
+    adapter: str | None = None
+    motion_adapter: str | None = None
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.base is None and self.adapter is None and self.motion_adapter is None
+
+
+@dataclass
+class AppConfig:
+    """Settings of one app instance.
+
+    Attributes:
+        sources: model key (``"mv"``, ``"i2v"``, ``"hipa"``, ``"res"``) -> :class:`ModelSource`.
+        device, dtype: ``None`` = automatic (CUDA + float16 where present, else CPU + float32).
+        output_dir: everything the app writes goes below it.
+        max_upload_mb: uploads larger than this are refused.
+        concurrency_limit: requests processed at once (the rest wait in the queue).
+        max_queue: queued requests beyond this are refused.
+        loader: ``fn(model_key, ModelSource, device, dtype) -> pipeline`` (default: ``pipelines.embedded``); tests
+            inject their own.
+        keep_runs: most recent output folders kept per task.
+    """
+
+    sources: dict[str, ModelSource] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    output_dir: Path = DEFAULT_APP_DIR
+    max_upload_mb: float = 20.0
+    concurrency_limit: int = 2
+    max_queue: int = 64
+    loader: Callable[..., Any] | None = None
+    keep_runs: int = 50
+
+    def source(self, key: str) -> ModelSource:
+        return self.sources.get(key) or ModelSource()
+
+
+def _default_loader(key: str, source: ModelSource, device: str | None, dtype: str | None):
+    from pipelines.embedded import load_pipeline
+
+    return load_pipeline(
+        key,
+        base=source.base,
+        adapter=source.adapter,
+        motion_adapter=source.motion_adapter,
+        device=device,
+        dtype=dtype,
+    )
+
+
+class ModelManager:
+    """Loads each model once, on first use, and serialises calls into it.
+
+    One re-entrant lock per model key guards both the load and every call (diffusers pipelines keep per-call state
+    in their scheduler, so one pipeline runs one request at a time); different models run in parallel up to the
+    queue's concurrency limit. A failed load is not cached: the next request tries again.
+    """
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self._models: dict[str, Any] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.RLock())
+
+    @property
+    def loaded(self) -> list[str]:
+        """Keys of the models loaded so far."""
+        return sorted(self._models)
+
+    def get(self, key: str) -> Any:
+        with self._lock(key):
+            if key not in self._models:
+                loader = self.config.loader or _default_loader
+                start = time.perf_counter()
+                pipe = loader(key, self.config.source(key), self.config.device, self.config.dtype)
+                logger.info(f"Loaded model '{key}' in {time.perf_counter() - start:.1f} s.")
+                self._models[key] = pipe
+            return self._models[key]
+
+    @contextlib.contextmanager
+    def use(self, key: str) -> Iterator[Any]:
+        """``with manager.use("mv") as pipe:`` -- the loaded pipeline, held exclusively."""
+        with self._lock(key):
+            yield self.get(key)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _model_note(key: str, source: ModelSource) -> str:
+    """One line saying which weights a tab uses (reads configs only, builds nothing)."""
+    if not source.is_embedded:
+        parts = ", ".join(f"{k}: `{v}`" for k, v in vars(source).items() if v)
+        return f"Custom checkpoints ({parts})."
+    try:
+        from pipelines.embedded import embedded_info
+
+        info = embedded_info(key)
+    except (ImportError, ValueError) as err:
+        return f"Embedded model registry unavailable ({err})."
+    if info.is_placeholder:
+        return (
+            f"Embedded model with **untrained placeholder weights** for {', '.join(info.placeholders)}: outputs "
+            "are noise-like until the assets are built (see `assets/README.md`)."
+        )
+    return "Embedded model (trained on the procedural mini-world, see `assets/README.md`)."
+
+
+def _base_geometry(source: ModelSource) -> tuple[int, int]:
+    """``(native side, size multiple)`` of a base from its config files only; defaults when unknown."""
+    from pipelines.embedded import assets_dir, embedded_info
+
+    if source.base is not None:
+        folder = Path(source.base)
+    else:
+        base = embedded_info("base").parts.get("base")
+        folder = Path(base) if base else None
+    if folder is None or not (folder / "unet" / "config.json").is_file():
+        if source.base is None:
+            return 64, 16  # the placeholder base (see pipelines.embedded)
+        return 512, 64
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 512, 64
+    del assets_dir
+    vae_factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    unet_factor = 2 ** (len(unet.get("block_out_channels", [0] * 4)) - 1)
+    sample = unet.get("sample_size", 64)
+    sample = sample[0] if isinstance(sample, list) else sample
+    return int(sample) * vae_factor, vae_factor * unet_factor
+
+
+def _module_error(module: str) -> str | None:
+    """``None`` when ``module`` imports, else a one-line reason."""
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 -- any import failure makes the tab unavailable, with its reason
+        logger.warning(f"{module} could not be imported: {type(err).__name__}: {err}")
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _pick_seed(seed: Any, randomize: bool) -> int:
+    if randomize:
+        return random.randint(0, MAX_SEED)
+    try:
+        value = int(seed)
+    except (TypeError, ValueError) as err:
+        raise gr.Error(f"Seed must be an integer between 0 and {MAX_SEED}, got {seed!r}.") from err
+    if not 0 <= value <= MAX_SEED:
+        raise gr.Error(f"Seed must be between 0 and {MAX_SEED}, got {value}.")
+    return value
+
+
+def _guard_image_input(component: gr.Image, label: str) -> gr.Image:
+    """Make a ``gr.Image`` input refuse non-image uploads with a clear ``gr.Error`` instead of a PIL traceback."""
+    original = component.preprocess
+
+    @functools.wraps(original)
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception as err:  # noqa: BLE001 -- whatever PIL raises for a bad upload becomes a user message
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{label}: {name!r} is not an image file that can be read ({type(err).__name__}).") from err
+
+    component.preprocess = preprocess
+    return component
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn input errors into ``gr.Error`` messages; log and report anything unexpected (the server keeps going)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, TypeError) as err:
+            raise gr.Error(str(err)) from err
+        except Exception as err:  # noqa: BLE001 -- the request fails with a message; the server stays up
+            logger.exception(f"{fn.__name__} failed")
+            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}") from err
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the app
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DemoApp:
+    """The handlers behind the tabs (no model is loaded until a handler runs)."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.models = ModelManager(config)
+        self.output_dir = Path(config.output_dir).resolve()
+
+    # -------------------------------------------------------------- files
+    def run_dir(self, task: str) -> Path:
+        """A fresh folder ``<output_dir>/outputs/<task>/<time>-<id>`` for one request's files (old ones pruned)."""
+        root = self.output_dir / "outputs" / task
+        root.mkdir(parents=True, exist_ok=True)
+        runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+        for old in runs[: max(0, len(runs) - self.config.keep_runs + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        folder = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        return folder
+
+    def read_image(self, path: str | None, label: str, *, required: bool = True):
+        from pipelines.tasks import load_image
+
+        if path is None or path == "":
+            if required:
+                raise gr.Error(f"{label} is missing: upload an image first.")
+            return None
+        try:
+            return load_image(path, name=label, max_bytes=int(self.config.max_upload_mb * 2**20))
+        except ValueError as err:
+            raise gr.Error(str(err).replace("`", "")) from err
+
+    @staticmethod
+    def _info(pipe: Any, text: str, seconds: float) -> str:
+        info = getattr(pipe, "embedded_info", None)
+        note = (
+            " Untrained placeholder weights: outputs are noise-like."
+            if info is not None and info.is_placeholder
+            else ""
+        )
+        return f"{text} in {seconds:.1f} s.{note}"
+
+    # -------------------------------------------------------------- handlers
+    def text_to_multiview(
+        self, prompt, negative_prompt, seed, randomize, num_views, azimuths, elevation, height, width, steps,
+        guidance, mv_scale, progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        from pipelines import tasks
+
+        seed = _pick_seed(seed, randomize)
+        start = time.perf_counter()
+        with self.models.use("mv") as pipe:
+            views = tasks.text_to_multiview(
+                pipe, prompt, negative_prompt=negative_prompt, num_views=int(num_views), azimuths=azimuths,
+                elevation=float(elevation), height=int(height), width=int(width), num_inference_steps=int(steps),
+                guidance_scale=float(guidance), mv_scale=float(mv_scale), seed=seed,
+            )  # fmt: skip
+        zip_path = tasks.save_views_zip(views, self.run_dir("mv") / "views.zip")
+        gallery = [(v, f"view {i}") for i, v in enumerate(views)]
+        return gallery, str(zip_path), seed, self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+
+    def image_to_multiview(
+        self, image, prompt, negative_prompt, position_map, normal_map, seed, randomize, num_views, azimuths,
+        elevation, height, width, steps, guidance, reference_guidance, mv_scale, ref_scale,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        from pipelines import tasks
+
+        reference = self.read_image(image, "Reference image")
+        position = self.read_image(position_map, "Position map", required=False)
+        normal = self.read_image(normal_map, "Normal map", required=False)
+        seed = _pick_seed(seed, randomize)
+        start = time.perf_counter()
+        with self.models.use("mv") as pipe:
+            views = tasks.image_to_multiview(
+                pipe, reference, prompt or "", negative_prompt=negative_prompt, position_map=position,
+                normal_map=normal, num_views=int(num_views), azimuths=azimuths, elevation=float(elevation),
+                height=int(height), width=int(width), num_inference_steps=int(steps), guidance_scale=float(guidance),
+                reference_guidance_scale=float(reference_guidance) if reference_guidance else None,
+                mv_scale=float(mv_scale), ref_scale=float(ref_scale), seed=seed,
+            )  # fmt: skip
+        zip_path = tasks.save_views_zip(views, self.run_dir("i2mv") / "views.zip")
+        gallery = [(v, f"view {i}") for i, v in enumerate(views)]
+        return gallery, str(zip_path), seed, self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+
+    def image_to_video(
+        self, image, prompt, negative_prompt, seed, randomize, num_frames, height, width, steps, guidance,
+        adapter_scale, prior_strength, prior_start, fps, progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        from pipelines import tasks
+
+        first = self.read_image(image, "Input image")
+        seed = _pick_seed(seed, randomize)
+        start = time.perf_counter()
+        with self.models.use("i2v") as pipe:
+            frames = tasks.image_to_video(
+                pipe, first, prompt or "", negative_prompt=negative_prompt, num_frames=int(num_frames),
+                height=int(height), width=int(width), num_inference_steps=int(steps), guidance_scale=float(guidance),
+                adapter_scale=float(adapter_scale), prior_strength=float(prior_strength),
+                prior_start=float(prior_start), seed=seed,
+            )  # fmt: skip
+        folder = self.run_dir("i2v")
+        files = tasks.save_video(frames, folder / "video.mp4", folder / "video.gif", fps=int(fps))
+        info = self._info(pipe, f"{len(frames)} frames", time.perf_counter() - start)
+        return str(files["mp4"]), [str(files["mp4"]), str(files["gif"])], seed, info
+
+    def one_step(
+        self, prompt, negative_prompt, seed, randomize, compare, height, width, steps, guidance, lora_scale,
+        teacher_steps, teacher_guidance, progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        from pipelines import tasks
+
+        seed = _pick_seed(seed, randomize)
+        labels = {v: k for k, v in tasks.ONE_STEP_COMPARISONS.items()}
+        keys = [labels.get(c, c) for c in (compare or [])]
+        start = time.perf_counter()
+        with self.models.use("hipa") as pipe:
+            results = tasks.one_step(
+                pipe, prompt, negative_prompt=negative_prompt, height=int(height), width=int(width),
+                num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
+                teacher_steps=int(teacher_steps), teacher_guidance_scale=float(teacher_guidance), compare=keys,
+                seed=seed,
+            )  # fmt: skip
+        gallery = [(image, f"{label} · {seconds * 1000:.0f} ms") for label, image, seconds in results]
+        return gallery, seed, self._info(pipe, f"{len(results)} images", time.perf_counter() - start)
+
+    def any_resolution(
+        self, prompt, negative_prompt, seed, randomize, scale, ratio, compare_base, steps, guidance, lora_scale,
+        norm_scale, progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        from pipelines import tasks
+
+        seed = _pick_seed(seed, randomize)
+        start = time.perf_counter()
+        with self.models.use("res") as pipe:
+            native = tasks.native_resolution(pipe)
+            height, width = tasks.size_from_ratio(native, float(scale), str(ratio), tasks.size_multiple(pipe))
+            results = tasks.any_resolution(
+                pipe, prompt, negative_prompt=negative_prompt, height=height, width=width,
+                num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
+                norm_scale=float(norm_scale), with_base=bool(compare_base), seed=seed,
+            )  # fmt: skip
+        with_adapter = results[0][1]
+        base = results[1][1] if len(results) > 1 else None
+        text = f"{width}x{height} (native {native}x{native})"
+        return with_adapter, base, seed, self._info(pipe, text, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# layout
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _seed_row() -> tuple[gr.Number, gr.Checkbox]:
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, scale=3)
+        randomize = gr.Checkbox(label="Randomize seed", value=False, scale=1, min_width=120)
+    return seed, randomize
+
+
+def _size_sliders(native: int, multiple: int) -> tuple[gr.Slider, gr.Slider]:
+    high = max(native * 4, multiple)
+    with gr.Row():
+        height = gr.Slider(multiple, high, value=native, step=multiple, label="Height")
+        width = gr.Slider(multiple, high, value=native, step=multiple, label="Width")
+    return height, width
+
+
+def _unavailable(title: str, module: str, reason: str) -> None:
+    gr.Markdown(
+        f"**{title} is not available.** The pipeline module `{module}` could not be imported:\n\n`{reason}`\n\n"
+        "The other tabs work as usual.",
+        elem_classes=["da-unavailable"],
+    )
+
+
+def _run_examples_on_click(examples: gr.Examples, fn: Callable, inputs: list, outputs: list) -> None:
+    """Clicking an example fills its inputs, then runs the tab's action with the tab's current settings."""
+    event = getattr(examples, "load_input_event", None)
+    if event is not None:
+        event.then(fn, inputs=inputs, outputs=outputs, api_visibility="undocumented")
+
+
+def build_demo(config: AppConfig | None = None) -> gr.Blocks:
+    """Build the Blocks (no model is loaded: models load on first use). ``demo.app_state`` is the :class:`DemoApp`."""
+    from pipelines.tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
+
+    config = config or AppConfig()
+    state = DemoApp(config)
+    errors = {key: _module_error(spec.module) for key, spec in TASKS.items()}
+    try:
+        from pipelines.embedded import example_images
+
+        image_examples = [[str(p), prompt] for p, prompt in example_images()]
+    except (ImportError, OSError) as err:
+        logger.warning(f"No example images: {err}")
+        image_examples = []
+
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
+        with gr.Column(elem_id="da-header"):
+            gr.Markdown(f"# {TITLE}\n{INTRO}")
+
+        # ---------------------------------------------------------------- Text to multi-view
+        with gr.Tab(TASKS["mv"].title, id="mv"):
+            if errors["mv"]:
+                _unavailable(TASKS["mv"].title, TASKS["mv"].module, errors["mv"])
+            else:
+                src = config.source("mv")
+                native, multiple = _base_geometry(src)
+                gr.Markdown(
+                    "Consistent views of one object around a ring of cameras, from a text prompt (MV-Adapter). "
+                    + _model_note("mv", src)
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        mv_prompt = gr.Textbox(label="Prompt", value="a red cube", lines=2, elem_id="mv-prompt")
+                        mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
+                        mv_seed, mv_random = _seed_row()
+                        with gr.Accordion("Advanced", open=False):
+                            mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views")
+                            mv_azimuths = gr.Textbox(
+                                label="Azimuths (degrees, comma separated; overrides Views)",
+                                value="",
+                                placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
+                            )
+                            mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
+                            mv_height, mv_width = _size_sliders(native, multiple)
+                            mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            mv_guidance = gr.Slider(0, 15, value=7.0, step=0.5, label="Guidance scale")
+                            mv_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Multi-view attention scale")
+                        mv_button = gr.Button("Generate", variant="primary", elem_id="mv-generate")
+                    with gr.Column(scale=3):
+                        mv_gallery = gr.Gallery(
+                            label="Views", columns=3, height="auto", format="png", elem_id="mv-gallery",
+                            elem_classes=["pixelated"], object_fit="contain",
+                        )  # fmt: skip
+                        mv_zip = gr.File(label="Download views (zip)", elem_id="mv-zip")
+                        mv_info = gr.Markdown(label="Status", elem_id="mv-info")
+                mv_inputs = [
+                    mv_prompt, mv_negative, mv_seed, mv_random, mv_views, mv_azimuths, mv_elevation, mv_height,
+                    mv_width, mv_steps, mv_guidance, mv_scale,
+                ]  # fmt: skip
+                mv_outputs = [mv_gallery, mv_zip, mv_seed, mv_info]
+                mv_fn = _user_errors(state.text_to_multiview)
+                mv_button.click(mv_fn, mv_inputs, mv_outputs, api_name="text_to_multiview")
+                mv_prompt.submit(mv_fn, mv_inputs, mv_outputs, api_visibility="undocumented")
+                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["mv"]], inputs=[mv_prompt], label="Examples")
+                _run_examples_on_click(ex, mv_fn, mv_inputs, mv_outputs)
+
+        # ---------------------------------------------------------------- Image to multi-view
+        with gr.Tab(TASKS["i2mv"].title, id="i2mv"):
+            if errors["i2mv"]:
+                _unavailable(TASKS["i2mv"].title, TASKS["i2mv"].module, errors["i2mv"])
+            else:
+                src = config.source("mv")
+                native, multiple = _base_geometry(src)
+                gr.Markdown(
+                    "Views of the object in a reference image (MV-Adapter image mode); add position and normal "
+                    "maps to follow a given geometry. " + _model_note("mv", src)
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        i2mv_image = _guard_image_input(
+                            gr.Image(label="Reference image", type="filepath", height=240, elem_id="i2mv-image"),
+                            "Reference image",
+                        )
+                        i2mv_prompt = gr.Textbox(label="Prompt (optional)", value="", lines=1, elem_id="i2mv-prompt")
+                        i2mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
+                        with gr.Accordion("Geometry (optional: position + normal maps)", open=False):
+                            gr.Markdown("One map per view side by side, or one map used for every view.")
+                            with gr.Row():
+                                i2mv_position = _guard_image_input(
+                                    gr.Image(label="Position map", type="filepath", height=160), "Position map"
+                                )
+                                i2mv_normal = _guard_image_input(
+                                    gr.Image(label="Normal map", type="filepath", height=160), "Normal map"
+                                )
+                        i2mv_seed, i2mv_random = _seed_row()
+                        with gr.Accordion("Advanced", open=False):
+                            i2mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views")
+                            i2mv_azimuths = gr.Textbox(
+                                label="Azimuths (degrees, comma separated; overrides Views)",
+                                value="",
+                                placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
+                            )
+                            i2mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
+                            i2mv_height, i2mv_width = _size_sliders(native, multiple)
+                            i2mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            i2mv_guidance = gr.Slider(0, 15, value=3.0, step=0.5, label="Guidance scale")
+                            i2mv_ref_guidance = gr.Slider(
+                                0, 10, value=0, step=0.5, label="Reference guidance (0 = one joint guidance)"
+                            )
+                            i2mv_mv_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Multi-view attention scale")
+                            i2mv_ref_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Reference attention scale")
+                        i2mv_button = gr.Button("Generate", variant="primary", elem_id="i2mv-generate")
+                    with gr.Column(scale=3):
+                        i2mv_gallery = gr.Gallery(
+                            label="Views", columns=3, height="auto", format="png", elem_id="i2mv-gallery",
+                            elem_classes=["pixelated"], object_fit="contain",
+                        )  # fmt: skip
+                        i2mv_zip = gr.File(label="Download views (zip)", elem_id="i2mv-zip")
+                        i2mv_info = gr.Markdown(label="Status", elem_id="i2mv-info")
+                i2mv_inputs = [
+                    i2mv_image, i2mv_prompt, i2mv_negative, i2mv_position, i2mv_normal, i2mv_seed, i2mv_random,
+                    i2mv_views, i2mv_azimuths, i2mv_elevation, i2mv_height, i2mv_width, i2mv_steps, i2mv_guidance,
+                    i2mv_ref_guidance, i2mv_mv_scale, i2mv_ref_scale,
+                ]  # fmt: skip
+                i2mv_outputs = [i2mv_gallery, i2mv_zip, i2mv_seed, i2mv_info]
+                i2mv_fn = _user_errors(state.image_to_multiview)
+                i2mv_button.click(i2mv_fn, i2mv_inputs, i2mv_outputs, api_name="image_to_multiview")
+                if image_examples:
+                    ex = gr.Examples(image_examples, inputs=[i2mv_image, i2mv_prompt], label="Examples")
+                    _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs)
+
+        # ---------------------------------------------------------------- Image to video
+        with gr.Tab(TASKS["i2v"].title, id="i2v"):
+            if errors["i2v"]:
+                _unavailable(TASKS["i2v"].title, TASKS["i2v"].module, errors["i2v"])
+            else:
+                src = config.source("i2v")
+                native, multiple = _base_geometry(src)
+                gr.Markdown(
+                    "Animate a still image: it stays the first frame while the rest move (I2V-Adapter on "
+                    "AnimateDiff). " + _model_note("i2v", src)
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        i2v_image = _guard_image_input(
+                            gr.Image(label="Input image (first frame)", type="filepath", height=240, elem_id="i2v-image"),
+                            "Input image",
+                        )  # fmt: skip
+                        i2v_prompt = gr.Textbox(label="Prompt", value="", lines=1, elem_id="i2v-prompt")
+                        i2v_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
+                        i2v_seed, i2v_random = _seed_row()
+                        with gr.Accordion("Advanced", open=False):
+                            i2v_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames")
+                            i2v_height, i2v_width = _size_sliders(native, multiple)
+                            i2v_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            i2v_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
+                            i2v_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="First-frame attention scale")
+                            i2v_prior = gr.Slider(
+                                0, 1, value=0.0, step=0.05, label="Frame similarity prior: strength (0 = off)"
+                            )
+                            i2v_prior_start = gr.Slider(
+                                0, 0.9, value=0.0, step=0.05, label="Frame similarity prior: steps skipped (fraction)"
+                            )
+                            i2v_fps = gr.Slider(1, 30, value=8, step=1, label="Frames per second")
+                        i2v_button = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
+                    with gr.Column(scale=3):
+                        i2v_video = gr.Video(
+                            label="Video", autoplay=True, loop=True, elem_id="i2v-video", elem_classes=["pixelated"],
+                            interactive=False,
+                        )  # fmt: skip
+                        i2v_files = gr.File(label="Download (mp4, GIF)", file_count="multiple", elem_id="i2v-files")
+                        i2v_info = gr.Markdown(label="Status", elem_id="i2v-info")
+                i2v_inputs = [
+                    i2v_image, i2v_prompt, i2v_negative, i2v_seed, i2v_random, i2v_frames, i2v_height, i2v_width,
+                    i2v_steps, i2v_guidance, i2v_scale, i2v_prior, i2v_prior_start, i2v_fps,
+                ]  # fmt: skip
+                i2v_outputs = [i2v_video, i2v_files, i2v_seed, i2v_info]
+                i2v_fn = _user_errors(state.image_to_video)
+                i2v_button.click(i2v_fn, i2v_inputs, i2v_outputs, api_name="image_to_video")
+                if image_examples:
+                    ex = gr.Examples(image_examples, inputs=[i2v_image, i2v_prompt], label="Examples")
+                    _run_examples_on_click(ex, i2v_fn, i2v_inputs, i2v_outputs)
+
+        # ---------------------------------------------------------------- One step
+        with gr.Tab(TASKS["hipa"].title, id="hipa"):
+            if errors["hipa"]:
+                _unavailable(TASKS["hipa"].title, TASKS["hipa"].module, errors["hipa"])
+            else:
+                src = config.source("hipa")
+                native, multiple = _base_geometry(src)
+                gr.Markdown(
+                    "One UNet evaluation per image with the HiPA LoRA, next to the same seed with plain one-step "
+                    "sampling, the multi-step teacher and other few-step samplers. " + _model_note("hipa", src)
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        hipa_prompt = gr.Textbox(
+                            label="Prompt", value="a red cube on a table", lines=2, elem_id="hipa-prompt"
+                        )
+                        hipa_negative = gr.Textbox(label="Negative prompt (used with guidance > 1)", value="", lines=1)
+                        hipa_seed, hipa_random = _seed_row()
+                        hipa_compare = gr.CheckboxGroup(
+                            list(ONE_STEP_COMPARISONS.values()),
+                            value=[ONE_STEP_COMPARISONS["plain"], ONE_STEP_COMPARISONS["teacher"]],
+                            label="Compare with (same seed)",
+                        )
+                        with gr.Accordion("Advanced", open=False):
+                            hipa_height, hipa_width = _size_sliders(native, multiple)
+                            hipa_steps = gr.Slider(1, 4, value=1, step=1, label="HiPA steps")
+                            hipa_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance (1 = off)")
+                            hipa_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="HiPA LoRA scale")
+                            hipa_teacher_steps = gr.Slider(2, 100, value=25, step=1, label="Teacher steps")
+                            hipa_teacher_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Teacher guidance")
+                        hipa_button = gr.Button("Generate", variant="primary", elem_id="hipa-generate")
+                    with gr.Column(scale=3):
+                        hipa_gallery = gr.Gallery(
+                            label="Results", columns=3, height="auto", format="png", elem_id="hipa-gallery",
+                            elem_classes=["pixelated"], object_fit="contain",
+                        )  # fmt: skip
+                        hipa_info = gr.Markdown(label="Status", elem_id="hipa-info")
+                hipa_inputs = [
+                    hipa_prompt, hipa_negative, hipa_seed, hipa_random, hipa_compare, hipa_height, hipa_width,
+                    hipa_steps, hipa_guidance, hipa_scale, hipa_teacher_steps, hipa_teacher_guidance,
+                ]  # fmt: skip
+                hipa_outputs = [hipa_gallery, hipa_seed, hipa_info]
+                hipa_fn = _user_errors(state.one_step)
+                hipa_button.click(hipa_fn, hipa_inputs, hipa_outputs, api_name="one_step")
+                hipa_prompt.submit(hipa_fn, hipa_inputs, hipa_outputs, api_visibility="undocumented")
+                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["hipa"]], inputs=[hipa_prompt], label="Examples")
+                _run_examples_on_click(ex, hipa_fn, hipa_inputs, hipa_outputs)
+
+        # ---------------------------------------------------------------- Any resolution
+        with gr.Tab(TASKS["res"].title, id="res"):
+            if errors["res"]:
+                _unavailable(TASKS["res"].title, TASKS["res"].module, errors["res"])
+            else:
+                src = config.source("res")
+                native, multiple = _base_geometry(src)
+                gr.Markdown(
+                    f"The same prompt and seed at a size the base was not trained for (native {native}x{native}), "
+                    "with ResAdapter and without it. " + _model_note("res", src)
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        res_prompt = gr.Textbox(
+                            label="Prompt", value="a red cube on a table", lines=2, elem_id="res-prompt"
+                        )
+                        res_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
+                        with gr.Row():
+                            res_scale = gr.Slider(
+                                0.5, 4.0, value=2.0, step=0.25, label="Size (x native side)", elem_id="res-scale"
+                            )
+                            res_ratio = gr.Dropdown(
+                                ["1:1", "4:3", "3:4", "16:9", "9:16", "2:1", "1:2"], value="1:1", label="Aspect ratio"
+                            )
+                        res_seed, res_random = _seed_row()
+                        with gr.Accordion("Advanced", open=False):
+                            res_compare = gr.Checkbox(value=True, label="Also generate without ResAdapter")
+                            res_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            res_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
+                            res_lora = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter LoRA scale")
+                            res_norm = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter norm scale")
+                        res_button = gr.Button("Generate", variant="primary", elem_id="res-generate")
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            res_with = gr.Image(
+                                label="With ResAdapter", format="png", elem_id="res-with", elem_classes=["pixelated"],
+                                interactive=False,
+                            )  # fmt: skip
+                            res_without = gr.Image(
+                                label="Base only", format="png", elem_id="res-without", elem_classes=["pixelated"],
+                                interactive=False,
+                            )  # fmt: skip
+                        res_info = gr.Markdown(label="Status", elem_id="res-info")
+                res_inputs = [
+                    res_prompt, res_negative, res_seed, res_random, res_scale, res_ratio, res_compare, res_steps,
+                    res_guidance, res_lora, res_norm,
+                ]  # fmt: skip
+                res_outputs = [res_with, res_without, res_seed, res_info]
+                res_fn = _user_errors(state.any_resolution)
+                res_button.click(res_fn, res_inputs, res_outputs, api_name="any_resolution")
+                res_prompt.submit(res_fn, res_inputs, res_outputs, api_visibility="undocumented")
+                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[res_prompt], label="Examples")
+                _run_examples_on_click(ex, res_fn, res_inputs, res_outputs)
+
+    demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)
+    demo.app_state = state
+    return demo
+
+
+def launch_kwargs(config: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict:
+    """Keyword arguments for ``demo.launch`` (host, port, share, upload limit, look)."""
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": share,
+        "max_file_size": int(config.max_upload_mb * 2**20),
+        "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"),
+        "css": CSS,
+        "show_error": True,
+        "footer_links": ["api"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Web demo of the diffusion adapters (Gradio).")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, local only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=DEFAULT_APP_DIR, help="folder for everything the app writes"
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests processed at once")
+    parser.add_argument("--base", default=None, help="base model for every task (folder or hub id)")
+    group = parser.add_argument_group("model flags (folders or hub ids; default: the embedded models)")
+    group.add_argument("--mv-base", default=None, help="base model for the multi-view tabs")
+    group.add_argument("--mv-adapter", default=None, help="MV-Adapter weights (.safetensors file or folder)")
+    group.add_argument("--i2v-base", default=None, help="SD 1.5-family base for image to video")
+    group.add_argument("--motion-adapter", default=None, help="AnimateDiff MotionAdapter folder or hub id")
+    group.add_argument("--i2v-adapter", default=None, help="I2V-Adapter weights")
+    group.add_argument("--hipa-base", default=None, help="base model for one-step text-to-image")
+    group.add_argument("--hipa-lora", default=None, help="HiPA (or other one-step) LoRA, diffusers format")
+    group.add_argument("--res-base", default=None, help="base model for any resolution")
+    group.add_argument("--res-adapter", default=None, help="ResAdapter folder or file")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    sources = {
+        "mv": ModelSource(base=args.mv_base or args.base, adapter=args.mv_adapter),
+        "i2v": ModelSource(
+            base=args.i2v_base or args.base, adapter=args.i2v_adapter, motion_adapter=args.motion_adapter
+        ),
+        "hipa": ModelSource(base=args.hipa_base or args.base, adapter=args.hipa_lora),
+        "res": ModelSource(base=args.res_base or args.base, adapter=args.res_adapter),
+    }
+    if args.concurrency < 1:
+        raise SystemExit("--concurrency must be >= 1")
+    if args.max_upload_mb <= 0:
+        raise SystemExit("--max-upload-mb must be > 0")
+    return AppConfig(
+        sources=sources,
+        device=args.device,
+        dtype=args.dtype,
+        output_dir=args.output_dir,
+        max_upload_mb=args.max_upload_mb,
+        concurrency_limit=args.concurrency,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    if Path(args.output_dir).resolve() != DEFAULT_APP_DIR.resolve() and "GRADIO_TEMP_DIR" not in os.environ:
+        logger.info("Gradio's cache folder was fixed at import; it stays under %s", DEFAULT_APP_DIR)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(f"Binding to {args.host}: the demo is reachable from other machines.")
+    demo = build_demo(config)
+    demo.launch(**launch_kwargs(config, host=args.host, port=args.port, share=args.share))
+
+
+if __name__ == "__main__":
+    main()

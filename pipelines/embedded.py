@@ -1,0 +1,623 @@
+"""Registry of the small models shipped in ``assets/`` (the app's and the README's defaults).
+
+``load_embedded(name)`` returns a ready pipeline for one of :data:`EMBEDDED_NAMES`:
+
+========= ============================================================== =================================
+name      pipeline                                                       assets it reads
+========= ============================================================== =================================
+``base``  ``StableDiffusionPipeline``                                    ``base/``
+``res``   ``ResAdapterPipeline`` with the ResAdapter loaded              ``base/`` + ``res_adapter/``
+``mv``    ``MVAdapterPipeline`` with the MV-Adapter loaded               ``base/`` + ``mv_adapter/``
+``i2v``   ``I2VAdapterPipeline`` (AnimateDiff motion UNet + I2V-Adapter) ``base/`` + ``motion_adapter/`` +
+                                                                         ``i2v_adapter/``
+``hipa``  ``HiPAPipeline`` with the one-step LoRA loaded                 ``base/`` + ``hipa/``
+========= ============================================================== =================================
+
+Expected layout of ``assets/`` (override the folder with ``$DIFFUSION_ADAPTERS_ASSETS``)::
+
+    assets/
+      base/             a diffusers ``StableDiffusionPipeline.save_pretrained`` folder: model_index.json, unet/,
+                        vae/, text_encoder/, tokenizer/, scheduler/ (safety checker and feature extractor: none)
+      res_adapter/      ResAdapter in the official two-file layout (pytorch_lora_weights.safetensors +
+                        diffusion_pytorch_model.safetensors) or our single file; anything ``load_res_adapter`` reads
+      mv_adapter/       one MV-Adapter ``.safetensors`` file (official single-file keys or ours, with metadata)
+      motion_adapter/   a diffusers ``MotionAdapter.save_pretrained`` folder (config.json + weights)
+      i2v_adapter/      one I2V-Adapter ``.safetensors`` file (``save_i2v_adapter`` output)
+      hipa/             a diffusers LoRA folder (pytorch_lora_weights.safetensors), the HiPA one-step LoRA
+      examples/         example inputs for the image tasks: ``*.png`` / ``*.jpg`` (optional ``examples.json``:
+                        ``[{"image": "cube.png", "prompt": "a red cube"}, ...]``)
+
+Any missing part is replaced by an **untrained placeholder**: a small SD 1.5-layout model (and motion adapter)
+built from the configs below with fixed seeds, saved once to a cache folder (``$DIFFUSION_ADAPTERS_CACHE`` or
+``<tmp>/diffusion-adapters-embedded``) so that every pipeline class loads it with ``from_pretrained``; missing
+adapters are freshly initialised (which leaves the base output unchanged). Placeholders make the app and the
+examples run offline from a fresh clone; their images are noise-like, and they are reported as "untrained
+placeholder weights" in the log and through :func:`embedded_info`. Set ``$DIFFUSION_ADAPTERS_PLACEHOLDER=1`` to
+use the placeholders even when assets exist (the fast tests do).
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "ASSETS_ENV",
+    "CACHE_ENV",
+    "EMBEDDED_NAMES",
+    "PLACEHOLDER_ENV",
+    "EmbeddedInfo",
+    "assets_dir",
+    "default_device",
+    "default_dtype",
+    "dtype_kwargs",
+    "embedded_info",
+    "example_images",
+    "load_embedded",
+    "load_pipeline",
+    "placeholder_base_path",
+    "resolve_device_dtype",
+]
+
+#: Names accepted by :func:`load_embedded`.
+EMBEDDED_NAMES: tuple[str, ...] = ("base", "res", "mv", "i2v", "hipa")
+#: Environment variable overriding the assets folder.
+ASSETS_ENV = "DIFFUSION_ADAPTERS_ASSETS"
+#: Environment variable overriding the cache folder of the placeholder models.
+CACHE_ENV = "DIFFUSION_ADAPTERS_CACHE"
+#: Environment variable: ``1`` forces the placeholder models even where assets exist.
+PLACEHOLDER_ENV = "DIFFUSION_ADAPTERS_PLACEHOLDER"
+
+PLACEHOLDER_LABEL = "untrained placeholder weights"
+
+# Which asset sub-folders each embedded model needs (``base`` first).
+_PARTS: dict[str, tuple[str, ...]] = {
+    "base": ("base",),
+    "res": ("base", "res_adapter"),
+    "mv": ("base", "mv_adapter"),
+    "i2v": ("base", "motion_adapter", "i2v_adapter"),
+    "hipa": ("base", "hipa"),
+}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Placeholder configs: an SD 1.5-layout model, 64 px native (VAE factor 4, 16x16 latents), ~1.5M UNet parameters.
+# ----------------------------------------------------------------------------------------------------------------------
+
+PLACEHOLDER_FORMAT_VERSION = 1
+
+PLACEHOLDER_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (32, 32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,
+    "norm_num_groups": 8,
+    "use_linear_projection": False,
+}
+PLACEHOLDER_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "block_out_channels": (16, 32, 32),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+    "scaling_factor": 0.18215,
+}
+PLACEHOLDER_TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "projection_dim": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "vocab_size": 514,  # 256 byte symbols, the same with "</w>", <|startoftext|>, <|endoftext|>
+    "bos_token_id": 512,
+    "eos_token_id": 513,
+    "pad_token_id": 513,
+}
+PLACEHOLDER_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+PLACEHOLDER_MOTION_ADAPTER_CONFIG: dict[str, Any] = {
+    "block_out_channels": PLACEHOLDER_UNET_CONFIG["block_out_channels"],
+    "motion_layers_per_block": PLACEHOLDER_UNET_CONFIG["layers_per_block"],
+    "motion_transformer_layers_per_block": 1,
+    "motion_mid_block_layers_per_block": 1,
+    "motion_transformer_layers_per_mid_block": 1,
+    "motion_num_attention_heads": 2,
+    "motion_norm_num_groups": 8,
+    "motion_max_seq_length": 32,
+    "use_motion_mid_block": True,
+}
+
+
+@dataclass
+class EmbeddedInfo:
+    """What :func:`load_embedded` loads for one name, without loading it.
+
+    Attributes:
+        name: one of :data:`EMBEDDED_NAMES`.
+        parts: asset sub-folder -> the path used (a real asset or the placeholder cache folder), or ``None`` for a
+            freshly initialised adapter.
+        placeholders: the parts replaced by untrained placeholders (empty when everything is a trained asset).
+    """
+
+    name: str
+    parts: dict[str, str | None] = field(default_factory=dict)
+    placeholders: list[str] = field(default_factory=list)
+
+    @property
+    def is_placeholder(self) -> bool:
+        return bool(self.placeholders)
+
+    @property
+    def label(self) -> str:
+        """One line for logs and UIs."""
+        if not self.placeholders:
+            return f"embedded '{self.name}': trained weights from {self.parts.get('base')}"
+        return f"embedded '{self.name}': {PLACEHOLDER_LABEL} for {', '.join(self.placeholders)}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Paths, device, dtype
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def assets_dir() -> Path:
+    """The assets folder (``$DIFFUSION_ADAPTERS_ASSETS`` or ``<repo>/assets``)."""
+    env = os.environ.get(ASSETS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "assets"
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / "diffusion-adapters-embedded"
+
+
+def _force_placeholder() -> bool:
+    return os.environ.get(PLACEHOLDER_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _asset_present(part: str) -> Path | None:
+    """The asset folder for ``part`` if it exists and holds weights, else ``None``."""
+    if _force_placeholder():
+        return None
+    path = assets_dir() / part
+    if not path.is_dir():
+        return None
+    if part == "base":
+        return path if (path / "model_index.json").is_file() else None
+    if part == "motion_adapter":
+        return path if (path / "config.json").is_file() else None
+    has_weights = any(p.suffix == ".safetensors" for p in path.rglob("*"))
+    return path if has_weights else None
+
+
+def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, torch.dtype]:
+    """``from_pretrained`` keyword for a dtype: ``dtype=`` on diffusers versions that renamed it, else ``torch_dtype=``."""
+    if dtype is None:
+        return {}
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_resolve_dtype")
+    except ImportError:
+        renamed = False
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
+
+
+def default_device() -> torch.device:
+    """CUDA when present, then Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on CUDA, float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def resolve_device_dtype(
+    device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """Fill in ``device`` / ``dtype`` (``"float16"``, ``"fp16"``, ``"bfloat16"``, ``"float32"`` accepted)."""
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        aliases = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+        name = aliases.get(dtype.lower(), dtype.lower())
+        if name not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"`dtype` must be one of float16, bfloat16, float32, got {dtype!r}.")
+        dtype = getattr(torch, name)
+    if dtype is None:
+        dtype = default_dtype(device)
+    return device, dtype
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Placeholder models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _byte_tokenizer_files() -> tuple[dict[str, int], list[str]]:
+    """A byte-level CLIP vocabulary without merges (every byte is a token): 514 entries."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    byte_values, code_points, extra = printable[:], printable[:], 0
+    for b in range(256):
+        if b not in byte_values:
+            byte_values.append(b)
+            code_points.append(256 + extra)
+            extra += 1
+    symbols = [chr(c) for c in code_points]
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return vocab, ["#version: 0.2"]
+
+
+def _write_tokenizer(directory: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _byte_tokenizer_files()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer.from_pretrained(
+        directory,
+        model_max_length=77,
+        pad_token="<|endoftext|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        local_files_only=True,
+    )
+    tokenizer.save_pretrained(directory)
+
+
+def _build_placeholder_base(directory: Path) -> None:
+    """Write the placeholder SD 1.5-layout pipeline and motion adapter into ``directory`` (deterministic)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tok_dir = directory / "_tokenizer_src"
+    _write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**PLACEHOLDER_UNET_CONFIG)
+        torch.manual_seed(1)
+        vae = AutoencoderKL(**PLACEHOLDER_VAE_CONFIG)
+        torch.manual_seed(2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**PLACEHOLDER_TEXT_ENCODER_CONFIG))
+        torch.manual_seed(3)
+        motion_adapter = MotionAdapter(**PLACEHOLDER_MOTION_ADAPTER_CONFIG)
+    pipe = StableDiffusionPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler(**PLACEHOLDER_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    shutil.copy(tok_dir / "vocab.json", directory / "tokenizer" / "vocab.json")
+    shutil.copy(tok_dir / "merges.txt", directory / "tokenizer" / "merges.txt")
+    shutil.rmtree(tok_dir)
+    motion_adapter.eval().save_pretrained(directory / "motion_adapter", safe_serialization=True)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def placeholder_base_path() -> Path:
+    """Folder of the placeholder base (diffusers layout, with a ``motion_adapter/`` subfolder), built once.
+
+    The folder name carries a hash of the configs and library versions; it is written atomically (built in a
+    temporary sibling, then renamed), so concurrent processes and threads may share it.
+    """
+    import diffusers
+    import transformers
+
+    spec = {
+        "v": PLACEHOLDER_FORMAT_VERSION,
+        "unet": PLACEHOLDER_UNET_CONFIG,
+        "vae": PLACEHOLDER_VAE_CONFIG,
+        "te": PLACEHOLDER_TEXT_ENCODER_CONFIG,
+        "s": PLACEHOLDER_SCHEDULER_CONFIG,
+        "motion": PLACEHOLDER_MOTION_ADAPTER_CONFIG,
+        "libs": [diffusers.__version__, transformers.__version__, torch.__version__.split("+")[0]],
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    final = _cache_dir() / f"placeholder-base-{digest}"
+    marker = final / ".complete"
+    with _BUILD_LOCK:
+        if marker.is_file():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            logger.warning(f"Building the placeholder base model ({PLACEHOLDER_LABEL}) in {final}.")
+            _build_placeholder_base(tmp)
+            marker_tmp = tmp / ".complete"
+            marker_tmp.write_text(final.name)
+            if final.exists() and not marker.is_file():
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not marker.is_file():  # another process won the race with a complete folder: fine
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def embedded_info(name: str) -> EmbeddedInfo:
+    """Which files :func:`load_embedded` would use for ``name`` (builds nothing, loads nothing)."""
+    if name not in _PARTS:
+        raise ValueError(f"`name` must be one of {list(EMBEDDED_NAMES)}, got {name!r}.")
+    info = EmbeddedInfo(name=name)
+    for part in _PARTS[name]:
+        path = _asset_present(part)
+        info.parts[part] = str(path) if path is not None else None
+        if path is None:
+            info.placeholders.append(part)
+    return info
+
+
+def _is_sdxl(base: str | os.PathLike) -> bool:
+    """Whether a base (local folder or hub id) is an SDXL-family model, from its configs only."""
+    folder = Path(base)
+    index = folder / "model_index.json"
+    if index.is_file():
+        return "text_encoder_2" in json.loads(index.read_text(encoding="utf-8"))
+    if folder.exists():
+        return False
+    from diffusers import DiffusionPipeline
+
+    return "text_encoder_2" in DiffusionPipeline.load_config(str(base))
+
+
+def _sd_kwargs(base: str | os.PathLike, dtype) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(dtype_kwargs(dtype))
+    if not _is_sdxl(base):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return kwargs
+
+
+def _load_base(base, adapter, motion_adapter, dtype):
+    from diffusers import AutoPipelineForText2Image
+
+    return AutoPipelineForText2Image.from_pretrained(base, **_sd_kwargs(base, dtype))
+
+
+def _load_res(base, adapter, motion_adapter, dtype):
+    from .pipeline_res_adapter import ResAdapterPipeline, ResAdapterXLPipeline
+
+    cls = ResAdapterXLPipeline if _is_sdxl(base) else ResAdapterPipeline
+    pipe = cls.from_pretrained(base, **_sd_kwargs(base, dtype))
+    if adapter:
+        pipe.load_res_adapter(adapter)
+    else:
+        from adapters.res_adapter import init_res_adapter
+
+        init_res_adapter(pipe)
+        pipe.set_res_adapter_scale(lora_scale=1.0, norm_scale=1.0)  # leave training mode: plain inference state
+    return pipe
+
+
+def _load_mv(base, adapter, motion_adapter, dtype):
+    from .pipeline_mv_adapter import MVAdapterPipeline
+
+    if adapter:
+        return MVAdapterPipeline.from_pretrained(base, adapter=adapter, **dtype_kwargs(dtype))
+    # A fresh adapter with the reference branch, so text and image (and geometry) modes all run.
+    return MVAdapterPipeline.from_pretrained(base, adapter_config={"variant": "i2mv"}, **dtype_kwargs(dtype))
+
+
+def _load_i2v(base, adapter, motion_adapter, dtype):
+    from diffusers import MotionAdapter
+
+    from .pipeline_i2v_adapter import I2VAdapterPipeline
+
+    motion = MotionAdapter.from_pretrained(motion_adapter, **dtype_kwargs(dtype))
+    return I2VAdapterPipeline.from_pretrained(
+        base, motion_adapter=motion, i2v_adapter=adapter or "fresh", **dtype_kwargs(dtype)
+    )
+
+
+def _load_hipa(base, adapter, motion_adapter, dtype):
+    from .pipeline_hipa import HiPAPipeline
+
+    return HiPAPipeline.from_pretrained(base, lora=adapter, **_sd_kwargs(base, dtype))
+
+
+_LOADERS: dict[str, Callable[..., Any]] = {
+    "base": _load_base,
+    "res": _load_res,
+    "mv": _load_mv,
+    "i2v": _load_i2v,
+    "hipa": _load_hipa,
+}
+
+
+def load_pipeline(
+    name: str,
+    *,
+    base: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    motion_adapter: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress_bar: bool = True,
+):
+    """Load the pipeline of ``name`` with any part replaced by a user checkpoint (local folder or hub id).
+
+    Args:
+        name: one of :data:`EMBEDDED_NAMES`.
+        base: the base model (default: the embedded ``assets/base`` or its placeholder).
+        adapter: the adapter file / folder (ResAdapter, MV-Adapter, I2V-Adapter or HiPA LoRA; default: embedded,
+            else a fresh adapter).
+        motion_adapter: the ``MotionAdapter`` for ``"i2v"`` (default: embedded or placeholder).
+        device, dtype, progress_bar: as in :func:`load_embedded`.
+
+    Returns:
+        The pipeline on ``device``, with ``embedded_info`` describing what was loaded.
+    """
+    info = embedded_info(name)
+    device, dtype = resolve_device_dtype(device, dtype)
+    if base is not None:
+        info.parts["base"] = str(base)
+        info.placeholders = [p for p in info.placeholders if p != "base"]
+    adapter_part = next((p for p in _PARTS[name] if p not in ("base", "motion_adapter")), None)
+    if adapter is not None and adapter_part is not None:
+        info.parts[adapter_part] = str(adapter)
+        info.placeholders = [p for p in info.placeholders if p != adapter_part]
+    if motion_adapter is not None and name == "i2v":
+        info.parts["motion_adapter"] = str(motion_adapter)
+        info.placeholders = [p for p in info.placeholders if p != "motion_adapter"]
+    if info.is_placeholder:
+        logger.warning(f"{info.label}: outputs will be noise-like. See assets/README.md to build the real models.")
+    else:
+        logger.info(info.label)
+
+    base_path = info.parts.get("base") or str(placeholder_base_path())
+    motion_path = None
+    if name == "i2v":
+        motion_path = info.parts.get("motion_adapter") or str(placeholder_base_path() / "motion_adapter")
+    adapter_path = info.parts.get(adapter_part) if adapter_part else None
+    pipe = _LOADERS[name](base_path, adapter_path, motion_path, dtype)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=not progress_bar)
+    object.__setattr__(pipe, "embedded_info", info)
+    return pipe
+
+
+def load_embedded(
+    name: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    progress_bar: bool = True,
+):
+    """Load the shipped model ``name`` (see the module docstring) on ``device`` in ``dtype``.
+
+    Args:
+        name: one of ``"base"``, ``"res"``, ``"mv"``, ``"i2v"``, ``"hipa"``.
+        device: default CUDA if present, else MPS, else CPU.
+        dtype: default float16 on CUDA, float32 elsewhere.
+        progress_bar: keep diffusers' progress bar.
+
+    Returns:
+        The pipeline, moved to ``device``. Its attribute ``embedded_info`` is the :class:`EmbeddedInfo` (check
+        ``pipe.embedded_info.is_placeholder``).
+    """
+    return load_pipeline(name, device=device, dtype=dtype, progress_bar=progress_bar)
+
+
+def example_images() -> list[tuple[Path, str]]:
+    """Example ``(image path, prompt)`` pairs for the image tasks.
+
+    Read from ``assets/examples/`` (``examples.json`` when present, else every image with its stem as prompt); when
+    the folder is missing, three simple shapes are drawn once into the cache folder.
+    """
+    folder = assets_dir() / "examples"
+    if folder.is_dir():
+        manifest = folder / "examples.json"
+        if manifest.is_file():
+            entries = json.loads(manifest.read_text(encoding="utf-8"))
+            out = [(folder / e["image"], str(e.get("prompt", ""))) for e in entries]
+            out = [(p, prompt) for p, prompt in out if p.is_file()]
+            if out:
+                return out
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if images:
+            return [(p, p.stem.replace("_", " ").replace("-", " ")) for p in images]
+    return _drawn_examples()
+
+
+def _drawn_examples() -> list[tuple[Path, str]]:
+    from PIL import Image, ImageDraw
+
+    folder = _cache_dir() / f"examples-v{PLACEHOLDER_FORMAT_VERSION}"
+    specs = [
+        ("red_sphere.png", "a red sphere", (214, 48, 49), "ellipse"),
+        ("blue_cube.png", "a blue cube", (48, 98, 214), "cube"),
+        ("green_cone.png", "a green cone", (46, 160, 67), "cone"),
+    ]
+    out = []
+    with _BUILD_LOCK:
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename, prompt, colour, shape in specs:
+            path = folder / filename
+            if not path.is_file():
+                size = 128
+                image = Image.new("RGB", (size, size))
+                draw = ImageDraw.Draw(image)
+                for y in range(size):  # vertical gradient background
+                    shade = int(235 - 60 * y / size)
+                    draw.line([(0, y), (size, y)], fill=(shade, shade, shade + 10))
+                dark = tuple(int(c * 0.6) for c in colour)
+                if shape == "ellipse":
+                    draw.ellipse([28, 28, 100, 100], fill=colour, outline=dark, width=3)
+                elif shape == "cube":
+                    draw.polygon([(34, 50), (74, 50), (74, 98), (34, 98)], fill=colour)
+                    draw.polygon(
+                        [(34, 50), (54, 32), (94, 32), (74, 50)], fill=tuple(min(255, c + 50) for c in colour)
+                    )
+                    draw.polygon([(74, 50), (94, 32), (94, 80), (74, 98)], fill=dark)
+                else:
+                    draw.polygon([(64, 22), (100, 100), (28, 100)], fill=colour, outline=dark)
+                tmp = path.with_suffix(".tmp.png")
+                image.save(tmp)
+                os.replace(tmp, path)
+            out.append((path, prompt))
+    return out

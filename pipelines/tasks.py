@@ -1,0 +1,713 @@
+"""The demo tasks as plain functions over loaded pipelines, shared by the web app (``app.py``) and the CLI
+(``python -m pipelines``). No gradio here: inputs are PIL images and numbers, outputs PIL images and files.
+
+Tasks (:data:`TASKS`): ``mv`` text to multi-view, ``i2mv`` image (+ optional position/normal maps) to multi-view,
+``i2v`` image to video, ``hipa`` one-step text-to-image (with the other few-step presets to compare), ``res`` any
+resolution (the same prompt and seed with and without ResAdapter).
+
+Every function checks its inputs first and raises ``ValueError`` with a message naming the argument, the value and
+what is allowed, before any model work.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils import logging
+from PIL import Image
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "MAX_FRAMES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_SIDE",
+    "MAX_VIEWS",
+    "TASKS",
+    "TaskSpec",
+    "any_resolution",
+    "call_pipeline",
+    "check_size",
+    "image_to_multiview",
+    "image_to_video",
+    "load_image",
+    "native_resolution",
+    "one_step",
+    "parse_angles",
+    "save_video",
+    "save_views_zip",
+    "size_from_ratio",
+    "size_multiple",
+    "text_to_multiview",
+]
+
+#: Most views one multi-view call may produce.
+MAX_VIEWS = 12
+#: Most frames one video may have.
+MAX_FRAMES = 32
+#: Largest output side in pixels.
+MAX_SIDE = 2048
+#: Largest input image (pixels) accepted from users.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A demo task: its key, title, and the embedded model (:func:`pipelines.embedded.load_embedded` name) it uses."""
+
+    key: str
+    title: str
+    model: str
+    module: str  # the pipeline module it needs (to report "not available" when it is missing)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "mv": TaskSpec("mv", "Text to multi-view", "mv", "pipelines.pipeline_mv_adapter"),
+    "i2mv": TaskSpec("i2mv", "Image to multi-view", "mv", "pipelines.pipeline_mv_adapter"),
+    "i2v": TaskSpec("i2v", "Image to video", "i2v", "pipelines.pipeline_i2v_adapter"),
+    "hipa": TaskSpec("hipa", "One-step text-to-image", "hipa", "pipelines.pipeline_hipa"),
+    "res": TaskSpec("res", "Any resolution", "res", "pipelines.pipeline_res_adapter"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU generator (diffusers draws noise on CPU and moves it, so a seed gives the same image on any device)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}.")
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def call_pipeline(pipe: Any, **kwargs: Any) -> Any:
+    """Call ``pipe`` with the keyword arguments its ``__call__`` accepts (others are dropped with a debug log), so the
+    demo keeps working while pipelines gain or rename optional arguments."""
+    params = inspect.signature(pipe.__call__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        dropped = sorted(k for k in kwargs if k not in params)
+        if dropped:
+            logger.debug(f"{type(pipe).__name__} does not take {dropped}; not passed.")
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return pipe(**kwargs)
+
+
+def size_multiple(pipe: Any) -> int:
+    """Image sizes must be multiples of this: the VAE factor times the UNet's own down-sampling."""
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    unet = getattr(pipe, "unet", None)
+    blocks = getattr(getattr(unet, "config", None), "block_out_channels", None)
+    unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
+    return vae_factor * unet_factor
+
+
+def native_resolution(pipe: Any) -> int:
+    """The base model's native side in pixels (``unet.config.sample_size * vae_scale_factor``)."""
+    sample = getattr(pipe.unet.config, "sample_size", 64)
+    sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+    return int(sample) * int(getattr(pipe, "vae_scale_factor", 8) or 8)
+
+
+def check_size(pipe: Any, height: int, width: int, *, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """Validate an output size for ``pipe``: integers, multiples of :func:`size_multiple`, within ``[multiple,
+    min(max_side, 8 x native)]``. The message names the nearest valid sizes."""
+    multiple = size_multiple(pipe)
+    high = min(max_side, 8 * native_resolution(pipe))
+    out = []
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"`{name}` must be an integer number of pixels, got {value!r}.")
+        value = int(value)
+        if not multiple <= value <= high:
+            raise ValueError(f"`{name}` must be between {multiple} and {high} pixels for this model, got {value}.")
+        if value % multiple:
+            low = value // multiple * multiple
+            raise ValueError(
+                f"`{name}` must be a multiple of {multiple} for this model, got {value}; "
+                f"nearest valid sizes: {low} or {low + multiple}."
+            )
+        out.append(value)
+    return out[0], out[1]
+
+
+def size_from_ratio(native: int, scale: float, ratio: str, multiple: int) -> tuple[int, int]:
+    """``(height, width)`` with about ``(scale * native)**2`` pixels at aspect ``ratio`` ("W:H"), rounded to
+    ``multiple``."""
+    try:
+        w_part, h_part = (float(x) for x in str(ratio).split(":"))
+    except ValueError as err:
+        raise ValueError(f"`ratio` must look like '16:9', got {ratio!r}.") from err
+    if w_part <= 0 or h_part <= 0:
+        raise ValueError(f"`ratio` must have positive parts, got {ratio!r}.")
+    if not scale > 0:
+        raise ValueError(f"`scale` must be > 0, got {scale!r}.")
+    area = (native * scale) ** 2
+    width = math.sqrt(area * w_part / h_part)
+    height = area / width
+    return max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple)
+
+
+def parse_angles(text: str | Sequence[float] | None, name: str = "azimuths") -> list[float] | None:
+    """Parse ``"0, 90, 180"`` (or a sequence) into floats; ``None`` / empty -> ``None`` (use the defaults)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+        if not parts:
+            return None
+        try:
+            values = [float(p) for p in parts]
+        except ValueError as err:
+            raise ValueError(
+                f"`{name}` must be numbers separated by commas (e.g. '0, 90, 180, 270'), got {text!r}."
+            ) from err
+    else:
+        values = [float(v) for v in text]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"`{name}` must be finite numbers, got {values}.")
+    return values
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image,
+    *,
+    name: str = "image",
+    max_bytes: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Open a user image as RGB with clear errors: a missing file, a file over ``max_bytes``, a non-image, an image
+    over ``max_pixels``. Alpha is composited on white; 16-bit / CMYK / palette modes are converted."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"`{name}`: no such file {path.name!r}.")
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ValueError(f"`{name}` is too large: {size / 2**20:.1f} MB, the limit is {max_bytes / 2**20:.1f} MB.")
+        try:
+            image = Image.open(path)
+            image.size  # noqa: B018 (header read)
+        except (Image.UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"`{name}` is not an image file PIL can read ({path.name!r}).") from err
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"`{name}` is too large: {width}x{height} pixels, the limit is {max_pixels} pixels.")
+    if width < 8 or height < 8:
+        raise ValueError(f"`{name}` is too small: {width}x{height} pixels, at least 8x8 is needed.")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"`{name}` could not be decoded: {err}") from err
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.max() > 0 else 1.0
+        image = Image.fromarray((array / peak * 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Resize ``image`` to cover ``(height, width)`` and centre-crop."""
+    scale = max(height / image.height, width / image.width)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS
+    )
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def _check_common(prompt: Any, num_inference_steps: Any, guidance_scale: Any, *, max_steps: int = 150) -> None:
+    if not isinstance(prompt, str):
+        raise ValueError(f"`prompt` must be a string, got {type(prompt).__name__}.")
+    if len(prompt) > 2000:
+        raise ValueError(f"`prompt` is too long: {len(prompt)} characters, the limit is 2000.")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+        raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
+    if not 1 <= num_inference_steps <= max_steps:
+        raise ValueError(f"`num_inference_steps` must be between 1 and {max_steps}, got {num_inference_steps}.")
+    if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and 0 <= guidance_scale <= 30):
+        raise ValueError(f"`guidance_scale` must be between 0 and 30, got {guidance_scale!r}.")
+
+
+def _negative(negative_prompt: str | None) -> dict[str, str]:
+    """Pass a negative prompt only when given, so each pipeline keeps its own default otherwise."""
+    return {"negative_prompt": negative_prompt} if negative_prompt and negative_prompt.strip() else {}
+
+
+def _flatten_images(images: Any) -> list[Image.Image]:
+    """``output.images`` as a flat list of PIL images (pipelines may return views nested per prompt)."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        return [Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)) for im in images]
+    out: list[Image.Image] = []
+    for item in images:
+        out.extend(_flatten_images(item))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tasks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _multiview_kwargs(
+    pipe: Any,
+    num_views: int,
+    azimuths: str | Sequence[float] | None,
+    elevation: float,
+    height: int,
+    width: int,
+) -> dict[str, Any]:
+    azimuth_list = parse_angles(azimuths, "azimuths")
+    if azimuth_list is not None:
+        num_views = len(azimuth_list)
+    if isinstance(num_views, bool) or not isinstance(num_views, (int, np.integer)) or not 1 <= num_views <= MAX_VIEWS:
+        raise ValueError(f"`num_views` must be between 1 and {MAX_VIEWS}, got {num_views!r}.")
+    if not -90 <= float(elevation) <= 90:
+        raise ValueError(f"`elevation` must be between -90 and 90 degrees, got {elevation}.")
+    height, width = check_size(pipe, height, width)
+    kwargs: dict[str, Any] = {"num_views": int(num_views), "height": height, "width": width}
+    if azimuth_list is not None or float(elevation) != 0.0:
+        if azimuth_list is None:
+            azimuth_list = [360.0 * i / num_views for i in range(num_views)]
+        kwargs["azimuth_deg"] = azimuth_list
+        kwargs["elevation_deg"] = [float(elevation)] * len(azimuth_list)
+    return kwargs
+
+
+def text_to_multiview(
+    pipe: Any,
+    prompt: str,
+    *,
+    negative_prompt: str = "",
+    num_views: int = 6,
+    azimuths: str | Sequence[float] | None = None,
+    elevation: float = 0.0,
+    height: int = 64,
+    width: int = 64,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.0,
+    mv_scale: float = 1.0,
+    seed: int = 0,
+) -> list[Image.Image]:
+    """Generate ``num_views`` consistent views of ``prompt`` (cameras: the pipeline's default ring, or ``azimuths``
+    in degrees at ``elevation``). Returns the views as PIL images."""
+    _check_common(prompt, num_inference_steps, guidance_scale)
+    if not prompt.strip():
+        raise ValueError("`prompt` is empty: describe the object to generate.")
+    kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width)
+    generator = make_generator(seed)
+    out = call_pipeline(
+        pipe,
+        prompt=prompt,
+        **_negative(negative_prompt),
+        num_inference_steps=int(num_inference_steps),
+        guidance_scale=float(guidance_scale),
+        mv_scale=float(mv_scale),
+        generator=generator,
+        output_type="pil",
+        **kwargs,
+    )
+    return _flatten_images(out.images)
+
+
+def image_to_multiview(
+    pipe: Any,
+    image: Image.Image,
+    prompt: str = "",
+    *,
+    negative_prompt: str = "",
+    position_map: Image.Image | None = None,
+    normal_map: Image.Image | None = None,
+    num_views: int = 6,
+    azimuths: str | Sequence[float] | None = None,
+    elevation: float = 0.0,
+    height: int = 64,
+    width: int = 64,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 3.0,
+    reference_guidance_scale: float | None = None,
+    mv_scale: float = 1.0,
+    ref_scale: float = 1.0,
+    seed: int = 0,
+) -> list[Image.Image]:
+    """Generate views of the object in ``image`` (the reference; optionally guided by ``position_map`` and
+    ``normal_map`` images, one per view side by side or a single map repeated). Returns the views."""
+    if image is None:
+        raise ValueError("`image` is missing: upload a reference image of the object.")
+    _check_common(prompt, num_inference_steps, guidance_scale)
+    if reference_guidance_scale is not None and not 0 <= float(reference_guidance_scale) <= 30:
+        raise ValueError(f"`reference_guidance_scale` must be between 0 and 30, got {reference_guidance_scale}.")
+    if (position_map is None) != (normal_map is None):
+        raise ValueError("Geometry guidance needs both `position_map` and `normal_map` (or neither).")
+    kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width)
+    reference = _fit(image.convert("RGB"), kwargs["height"], kwargs["width"])
+    if position_map is not None:
+        kwargs["position_map"] = _split_maps(position_map, kwargs["num_views"], kwargs["height"], kwargs["width"])
+        kwargs["normal_map"] = _split_maps(normal_map, kwargs["num_views"], kwargs["height"], kwargs["width"])
+    out = call_pipeline(
+        pipe,
+        prompt=prompt,
+        image=reference,
+        **_negative(negative_prompt),
+        num_inference_steps=int(num_inference_steps),
+        guidance_scale=float(guidance_scale),
+        reference_guidance_scale=None if reference_guidance_scale is None else float(reference_guidance_scale),
+        mv_scale=float(mv_scale),
+        ref_scale=float(ref_scale),
+        generator=make_generator(seed),
+        output_type="pil",
+        **kwargs,
+    )
+    return _flatten_images(out.images)
+
+
+def _split_maps(image: Image.Image, num_views: int, height: int, width: int) -> list[Image.Image]:
+    """A geometry map image holding ``num_views`` maps side by side (or one map for all views) -> per-view maps."""
+    image = image.convert("RGB")
+    if num_views > 1 and image.width >= num_views * image.height * 0.9:
+        tile = image.width // num_views
+        tiles = [image.crop((i * tile, 0, (i + 1) * tile, image.height)) for i in range(num_views)]
+    else:
+        tiles = [image] * num_views
+    return [t.resize((width, height), Image.BILINEAR) for t in tiles]
+
+
+def image_to_video(
+    pipe: Any,
+    image: Image.Image,
+    prompt: str = "",
+    *,
+    negative_prompt: str = "",
+    num_frames: int = 8,
+    height: int = 64,
+    width: int = 64,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    adapter_scale: float = 1.0,
+    prior_strength: float = 0.0,
+    prior_start: float = 0.0,
+    seed: int = 0,
+) -> list[Image.Image]:
+    """Animate ``image`` (the first frame) for ``num_frames`` frames. Returns the frames."""
+    if image is None:
+        raise ValueError("`image` is missing: upload the image to animate.")
+    _check_common(prompt, num_inference_steps, guidance_scale)
+    if (
+        isinstance(num_frames, bool)
+        or not isinstance(num_frames, (int, np.integer))
+        or not 2 <= num_frames <= MAX_FRAMES
+    ):
+        raise ValueError(f"`num_frames` must be between 2 and {MAX_FRAMES}, got {num_frames!r}.")
+    if not 0 <= float(prior_strength) <= 1:
+        raise ValueError(f"`prior_strength` must be between 0 and 1, got {prior_strength}.")
+    if not 0 <= float(prior_start) < 1:
+        raise ValueError(f"`prior_start` must be in [0, 1), got {prior_start}.")
+    if not 0 <= float(adapter_scale) <= 2:
+        raise ValueError(f"`adapter_scale` must be between 0 and 2, got {adapter_scale}.")
+    height, width = check_size(pipe, height, width)
+    first = _fit(image.convert("RGB"), height, width)
+    out = call_pipeline(
+        pipe,
+        image=first,
+        prompt=prompt,
+        **_negative(negative_prompt),
+        num_frames=int(num_frames),
+        height=height,
+        width=width,
+        num_inference_steps=int(num_inference_steps),
+        guidance_scale=float(guidance_scale),
+        adapter_scale=float(adapter_scale),
+        similarity_prior=(float(prior_strength), float(prior_start)) if prior_strength > 0 else None,
+        generator=make_generator(seed),
+        output_type="pil",
+    )
+    frames = out.frames[0] if hasattr(out, "frames") else out[0][0]
+    return _flatten_images(frames)
+
+
+#: What the one-step tab can compare against: key -> label.
+ONE_STEP_COMPARISONS: dict[str, str] = {
+    "plain": "Base, 1 step, no LoRA",
+    "teacher": "Teacher (base, multi-step)",
+    "lcm": "LCM sampler, 4 steps",
+    "tcd": "TCD sampler, 4 steps",
+    "lightning": "Lightning sampler (trailing Euler), 4 steps",
+    "hyper-sd": "Hyper-SD sampler (trailing DDIM), 8 steps",
+}
+
+
+def one_step(
+    pipe: Any,
+    prompt: str,
+    *,
+    negative_prompt: str = "",
+    height: int = 64,
+    width: int = 64,
+    num_inference_steps: int = 1,
+    guidance_scale: float = 1.0,
+    lora_scale: float = 1.0,
+    teacher_steps: int = 25,
+    teacher_guidance_scale: float = 7.5,
+    compare: Sequence[str] = (),
+    seed: int = 0,
+) -> list[tuple[str, Image.Image, float]]:
+    """HiPA one-step text-to-image, plus the chosen comparisons (keys of :data:`ONE_STEP_COMPARISONS`) from the same
+    seed. The other presets run their sampler with the loaded LoRAs off (no LCM/TCD/... LoRA ships offline).
+
+    Returns:
+        ``[(label, image, seconds), ...]``, HiPA first.
+    """
+    _check_common(prompt, num_inference_steps, guidance_scale)
+    if not 1 <= int(num_inference_steps) <= 4:
+        raise ValueError(f"`num_inference_steps` must be between 1 and 4 for HiPA, got {num_inference_steps}.")
+    if not 1 <= int(teacher_steps) <= 150:
+        raise ValueError(f"`teacher_steps` must be between 1 and 150, got {teacher_steps}.")
+    if not 0 <= float(lora_scale) <= 2:
+        raise ValueError(f"`lora_scale` must be between 0 and 2, got {lora_scale}.")
+    unknown = [c for c in compare if c not in ONE_STEP_COMPARISONS]
+    if unknown:
+        raise ValueError(f"`compare` entries must be among {list(ONE_STEP_COMPARISONS)}, got {unknown}.")
+    height, width = check_size(pipe, height, width)
+    common = {"prompt": prompt, **_negative(negative_prompt), "height": height, "width": width}
+    has_lora = bool(getattr(pipe, "get_active_adapters", lambda: [])())
+    results: list[tuple[str, Image.Image, float]] = []
+
+    def timed(label: str, fn) -> None:
+        start = time.perf_counter()
+        image = fn()
+        results.append((label, image, time.perf_counter() - start))
+
+    def with_lora_scale(scale: float, fn):
+        if has_lora and hasattr(pipe, "set_hipa_scale"):
+            pipe.set_hipa_scale(scale)
+            try:
+                return fn()
+            finally:
+                pipe.set_hipa_scale(float(lora_scale))
+        return fn()
+
+    if has_lora and hasattr(pipe, "set_hipa_scale"):
+        pipe.set_hipa_scale(float(lora_scale))
+    label = f"HiPA, {int(num_inference_steps)} step{'s' if num_inference_steps > 1 else ''}"
+    if not has_lora:
+        label += " (no HiPA LoRA loaded)"
+    timed(
+        label,
+        lambda: call_pipeline(
+            pipe,
+            **common,
+            num_inference_steps=int(num_inference_steps),
+            guidance_scale=float(guidance_scale),
+            preset="hipa",
+            generator=make_generator(seed),
+        ).images[0],
+    )
+    for key in compare:
+        if key == "plain":
+            fn = lambda: call_pipeline(  # noqa: E731
+                pipe,
+                **common,
+                num_inference_steps=1,
+                guidance_scale=1.0,
+                preset="hipa",
+                generator=make_generator(seed),
+            ).images[0]
+            timed(ONE_STEP_COMPARISONS[key], lambda fn=fn: with_lora_scale(0.0, fn))
+        elif key == "teacher":
+            timed(
+                f"Teacher (base, {int(teacher_steps)} steps)",
+                lambda: with_lora_scale(
+                    0.0, lambda: _teacher(pipe, common, int(teacher_steps), teacher_guidance_scale, seed)
+                ),
+            )
+        else:
+            from adapters.hipa.presets import get_preset
+
+            preset = get_preset(key)
+            fn = lambda preset=preset: call_pipeline(  # noqa: E731
+                pipe,
+                **common,
+                num_inference_steps=preset.num_inference_steps,
+                guidance_scale=preset.guidance_scale,
+                preset=preset.name,
+                generator=make_generator(seed),
+            ).images[0]
+            timed(ONE_STEP_COMPARISONS[key] + " (sampler only)", lambda fn=fn: with_lora_scale(0.0, fn))
+    if hasattr(pipe, "set_preset"):
+        pipe.set_preset("hipa")
+    return results
+
+
+def _teacher(pipe: Any, common: dict[str, Any], steps: int, guidance_scale: float, seed: int) -> Image.Image:
+    """The multi-step base with the base model's own scheduler (a view over the same components)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    components = dict(pipe.components)
+    base_config = getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config)
+    components["scheduler"] = DDIMScheduler.from_config(base_config)
+    cls = StableDiffusionXLPipeline if "text_encoder_2" in components else StableDiffusionPipeline
+    expected = set(inspect.signature(cls.__init__).parameters)
+    teacher = cls(**{k: v for k, v in components.items() if k in expected})
+    teacher.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return teacher(
+        **common, num_inference_steps=steps, guidance_scale=float(guidance_scale), generator=make_generator(seed)
+    ).images[0]
+
+
+def any_resolution(
+    pipe: Any,
+    prompt: str,
+    *,
+    negative_prompt: str = "",
+    height: int = 64,
+    width: int = 64,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    lora_scale: float = 1.0,
+    norm_scale: float = 1.0,
+    with_base: bool = True,
+    seed: int = 0,
+) -> list[tuple[str, Image.Image]]:
+    """The same prompt and seed at ``height`` x ``width`` with ResAdapter and (``with_base``) without it.
+
+    Returns:
+        ``[("ResAdapter", image), ("Base", image)]`` (the base only when ``with_base``).
+    """
+    _check_common(prompt, num_inference_steps, guidance_scale)
+    if not prompt.strip():
+        raise ValueError("`prompt` is empty: describe the image to generate.")
+    for name, value in (("lora_scale", lora_scale), ("norm_scale", norm_scale)):
+        if not 0 <= float(value) <= 1:
+            raise ValueError(f"`{name}` must be between 0 and 1, got {value}.")
+    height, width = check_size(pipe, height, width)
+    common = {
+        "prompt": prompt,
+        **_negative(negative_prompt),
+        "height": height,
+        "width": width,
+        "num_inference_steps": int(num_inference_steps),
+        "guidance_scale": float(guidance_scale),
+    }
+    results: list[tuple[str, Image.Image]] = []
+    pipe.set_res_adapter_scale(lora_scale=float(lora_scale), norm_scale=float(norm_scale))
+    results.append((f"ResAdapter, {width}x{height}", pipe(**common, generator=make_generator(seed)).images[0]))
+    if with_base:
+        pipe.set_res_adapter_scale(lora_scale=0.0, norm_scale=0.0)
+        try:
+            results.append((f"Base, {width}x{height}", pipe(**common, generator=make_generator(seed)).images[0]))
+        finally:
+            pipe.set_res_adapter_scale(lora_scale=float(lora_scale), norm_scale=float(norm_scale))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def save_views_zip(images: Sequence[Image.Image], path: str | os.PathLike, *, prefix: str = "view") -> Path:
+    """Write ``images`` as PNGs (``view_00.png`` ...) into a zip at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i, image in enumerate(images):
+            import io
+
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            zf.writestr(f"{prefix}_{i:02d}.png", buffer.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def upscale_for_display(frames: Sequence[Image.Image], min_side: int = 256) -> list[Image.Image]:
+    """Enlarge small frames by an integer factor (nearest neighbour) so that the shorter side is >= ``min_side``,
+    and make both sides even (H.264 needs it)."""
+    if not frames:
+        return []
+    w, h = frames[0].size
+    factor = max(1, math.ceil(min_side / max(1, min(w, h))))
+    out = []
+    for frame in frames:
+        frame = frame.convert("RGB")
+        if factor > 1:
+            frame = frame.resize((w * factor, h * factor), Image.NEAREST)
+        if frame.width % 2 or frame.height % 2:
+            frame = frame.crop((0, 0, frame.width - frame.width % 2, frame.height - frame.height % 2))
+        out.append(frame)
+    return out
+
+
+def save_video(
+    frames: Sequence[Image.Image],
+    mp4_path: str | os.PathLike | None = None,
+    gif_path: str | os.PathLike | None = None,
+    *,
+    fps: int = 8,
+    min_side: int = 256,
+) -> dict[str, Path]:
+    """Write ``frames`` as an H.264 mp4 (yuv420p, plays in browsers) and/or a looping GIF; small frames are enlarged
+    (see :func:`upscale_for_display`). Returns ``{"mp4": path, "gif": path}`` for what was written."""
+    if not frames:
+        raise ValueError("`frames` is empty: nothing to write.")
+    if not 1 <= int(fps) <= 60:
+        raise ValueError(f"`fps` must be between 1 and 60, got {fps}.")
+    frames = upscale_for_display(frames, min_side)
+    written: dict[str, Path] = {}
+    if mp4_path is not None:
+        import imageio.v2 as imageio
+
+        mp4_path = Path(mp4_path)
+        mp4_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mp4_path.with_name(mp4_path.stem + ".tmp.mp4")
+        writer = imageio.get_writer(
+            tmp,
+            fps=int(fps),
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            output_params=["-movflags", "+faststart"],
+        )
+        try:
+            for frame in frames:
+                writer.append_data(np.asarray(frame))
+        finally:
+            writer.close()
+        os.replace(tmp, mp4_path)
+        written["mp4"] = mp4_path
+    if gif_path is not None:
+        gif_path = Path(gif_path)
+        gif_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = gif_path.with_name(gif_path.stem + ".tmp.gif")
+        frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=list(frames[1:]), duration=round(1000 / fps), loop=0
+        )
+        os.replace(tmp, gif_path)
+        written["gif"] = gif_path
+    return written
