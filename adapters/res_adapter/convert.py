@@ -72,7 +72,9 @@ def split_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict,
 
 
 def _is_official(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
-    return bool(state_dict) and all(_KOHYA_RE.match(k) or _NORM_RE.match(k) for k in state_dict)
+    # Any recognisable key is enough: keys that fit nothing are then reported as unexpected by the validation.
+    keys = list(state_dict)
+    return any(_KOHYA_RE.match(k) or _NORM_RE.match(k) for k in keys) and not any(_PEFT_RE.match(k) for k in keys)
 
 
 def _official_to_ours(state_dict: StateDict) -> StateDict:
@@ -87,12 +89,7 @@ def _official_to_ours(state_dict: StateDict) -> StateDict:
 
 
 def _is_peft(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
-    keys = list(state_dict)
-    return (
-        bool(keys)
-        and any(_PEFT_RE.match(k) for k in keys)
-        and all(_PEFT_RE.match(k) or _NORM_RE.match(k) for k in keys)
-    )
+    return any(_PEFT_RE.match(k) for k in state_dict)
 
 
 def _peft_to_ours(state_dict: StateDict) -> StateDict:

@@ -1,0 +1,189 @@
+"""ResAdapter for diffusers pipelines: a loader mixin for any SD-family pipeline and SD / SDXL text-to-image pipelines.
+
+``ResAdapterLoaderMixin`` gives a pipeline ``load_res_adapter`` / ``set_res_adapter_scale`` / ``fuse_res_adapter`` /
+``unfuse_res_adapter`` / ``unload_res_adapter`` / ``save_res_adapter``, the way diffusers' ``StableDiffusionLoraLoaderMixin``
+gives ``load_lora_weights``. The same operations exist as functions taking the pipeline as first argument, for
+pipelines we did not subclass (img2img, inpaint, ControlNet, IP-Adapter-enabled, AnimateDiff ...)::
+
+    from diffusers import StableDiffusionControlNetPipeline
+    from pipelines.pipeline_res_adapter import load_res_adapter
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(...)
+    load_res_adapter(pipe, "resadapter_v2_sd1.5")      # folder with the official two files
+
+``ResAdapterPipeline`` / ``ResAdapterXLPipeline`` are diffusers' ``StableDiffusionPipeline`` /
+``StableDiffusionXLPipeline`` with the mixin and a resolution guard in ``check_inputs``: a height or width that is not a
+multiple of the UNet's total down-sampling factor times the VAE factor raises a ``ValueError`` naming the nearest
+valid sizes, and a size outside the loaded adapter's trained range logs a warning. Their ``__call__`` is diffusers'
+unchanged (the adapter acts inside the UNet), so every diffusers argument and feature keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import logging
+
+from adapters.res_adapter import loader as _loader
+from adapters.res_adapter.config import unet_downsample_factor
+from adapters.res_adapter.loader import ResAdapterState
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "ResAdapterLoaderMixin",
+    "ResAdapterPipeline",
+    "ResAdapterXLPipeline",
+    "check_res_adapter_resolution",
+    "fuse_res_adapter",
+    "get_res_adapter",
+    "load_res_adapter",
+    "resolution_multiple",
+    "save_res_adapter",
+    "set_res_adapter_scale",
+    "unfuse_res_adapter",
+    "unload_res_adapter",
+]
+
+# Function forms (work on any pipeline with a `unet`, or on a UNet).
+load_res_adapter = _loader.load_res_adapter
+set_res_adapter_scale = _loader.set_res_adapter_scale
+fuse_res_adapter = _loader.fuse_res_adapter
+unfuse_res_adapter = _loader.unfuse_res_adapter
+unload_res_adapter = _loader.unload_res_adapter
+save_res_adapter = _loader.save_res_adapter
+get_res_adapter = _loader.get_res_adapter
+
+
+def resolution_multiple(pipe: object) -> int:
+    """Image sizes must be multiples of this: the UNet's total down-sampling times the VAE's (64 on SD 1.5)."""
+    vae_factor = getattr(pipe, "vae_scale_factor", None)
+    if vae_factor is None:
+        vae = getattr(pipe, "vae", None)
+        blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+        vae_factor = 2 ** (len(blocks) - 1) if blocks else 8
+    return unet_downsample_factor(pipe.unet) * int(vae_factor)
+
+
+def _nearest(value: int, multiple: int) -> list[int]:
+    low = (value // multiple) * multiple
+    candidates = [c for c in (low, low + multiple) if c > 0]
+    return candidates
+
+
+def check_res_adapter_resolution(pipe: object, height: int | None, width: int | None) -> None:
+    """Validate an image size for a pipeline (with or without a ResAdapter loaded).
+
+    Raises:
+        TypeError: ``height`` / ``width`` is not an int.
+        ValueError: a non-positive size, or one that is not a multiple of :func:`resolution_multiple`; the message
+            names the nearest valid sizes.
+
+    Logs a warning when the size lies outside the loaded ResAdapter's trained resolution range.
+    """
+    multiple = resolution_multiple(pipe)
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+        if value <= 0:
+            raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value}.")
+        if value % multiple:
+            nearest = " or ".join(str(c) for c in _nearest(value, multiple))
+            raise ValueError(
+                f"`{name}` must be a multiple of {multiple} (UNet down-sampling {unet_downsample_factor(pipe.unet)} "
+                f"x VAE {multiple // unet_downsample_factor(pipe.unet)}), got {value}; nearest valid sizes: {nearest}."
+            )
+    state = get_res_adapter(pipe)
+    if state is None or state.resolution_range is None or height is None or width is None:
+        return
+    low, high = state.resolution_range
+    if min(height, width) < low or max(height, width) > high:
+        logger.warning(
+            f"{height}x{width} lies outside the range the loaded ResAdapter was trained for ({low}-{high} px per "
+            "side); results may degrade. For sizes above the range, a `norm_scale` / `lora_scale` below 1 often helps."
+        )
+
+
+class ResAdapterLoaderMixin:
+    """Load, scale, fuse, unload and save a ResAdapter on any pipeline with a ``unet``.
+
+    The adapter's state lives on the UNet (``pipe.unet._res_adapter``), so pipelines that share a UNet share it.
+    """
+
+    @property
+    def res_adapter(self) -> ResAdapterState | None:
+        """The loaded ResAdapter (config, scales, trained resolution range), or ``None``."""
+        return get_res_adapter(self)
+
+    def load_res_adapter(
+        self,
+        pretrained_model_name_or_path: str | os.PathLike | Mapping[str, torch.Tensor],
+        lora_scale: float = 1.0,
+        norm_scale: float = 1.0,
+        allow_pickle: bool = False,
+        **kwargs,
+    ) -> ResAdapterState:
+        """Load a ResAdapter (official folder / either file / our single file); see
+        :func:`adapters.res_adapter.load_res_adapter`. A failed load leaves the pipeline unchanged."""
+        return load_res_adapter(
+            self, pretrained_model_name_or_path, lora_scale, norm_scale, allow_pickle=allow_pickle, **kwargs
+        )
+
+    def set_res_adapter_scale(self, lora_scale: float | None = None, norm_scale: float | None = None) -> None:
+        """Set the sampler-LoRA multiplier (0 = off) and/or the GroupNorm blend (0 = base, 1 = ResAdapter)."""
+        set_res_adapter_scale(self, lora_scale=lora_scale, norm_scale=norm_scale)
+
+    def fuse_res_adapter(self) -> None:
+        """Merge the sampler LoRA into the conv weights (no hooks left in the forward pass)."""
+        fuse_res_adapter(self)
+
+    def unfuse_res_adapter(self) -> None:
+        """Undo :meth:`fuse_res_adapter` exactly."""
+        unfuse_res_adapter(self)
+
+    def unload_res_adapter(self) -> None:
+        """Remove the ResAdapter; the UNet is bit for bit as before loading."""
+        unload_res_adapter(self)
+
+    def save_res_adapter(self, save_directory: str | os.PathLike, format: str = "official", **kwargs) -> list[Path]:
+        """Save the loaded ResAdapter (``format="official"``: the two official files; ``"diffusion-adapters"``:
+        one file with metadata)."""
+        return save_res_adapter(self, save_directory, format=format, **kwargs)
+
+    def check_res_adapter_resolution(self, height: int | None, width: int | None) -> None:
+        """The resolution guard (see :func:`check_res_adapter_resolution`)."""
+        check_res_adapter_resolution(self, height, width)
+
+
+class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
+    """SD 1.x / 2.x text-to-image with ResAdapter (diffusers' ``StableDiffusionPipeline`` + the loader mixin).
+
+    Examples:
+        >>> pipe = ResAdapterPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        >>> pipe.load_res_adapter("res-adapter/resadapter_v2_sd1.5")
+        >>> image = pipe("a cat", height=384, width=640).images[0]
+    """
+
+    def check_inputs(self, prompt, height, width, *args, **kwargs):
+        self.check_res_adapter_resolution(height, width)
+        super().check_inputs(prompt, height, width, *args, **kwargs)
+
+
+class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
+    """SDXL text-to-image with ResAdapter (diffusers' ``StableDiffusionXLPipeline`` + the loader mixin).
+
+    Examples:
+        >>> pipe = ResAdapterXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+        >>> pipe.load_res_adapter("res-adapter/resadapter_v2_sdxl")
+        >>> image = pipe("a cat", height=512, width=512).images[0]
+    """
+
+    def check_inputs(self, prompt, prompt_2, height, width, *args, **kwargs):
+        self.check_res_adapter_resolution(height, width)
+        super().check_inputs(prompt, prompt_2, height, width, *args, **kwargs)
