@@ -172,6 +172,11 @@ def test_cache_and_in_memory_builders_match_disk(tmp_path):
     a = tiny_models.save_tiny_model(tmp_path / "a", "sd15")
     cached = tiny_models.tiny_sd15_path()
     assert tiny_models.tiny_sd15_path() == cached
+    # The AnimateDiff base is the SD 1.5-like model (only the scheduler differs).
+    name = "diffusion_pytorch_model.safetensors"
+    assert (tiny_models.tiny_animatediff_path() / "unet" / name).read_bytes() == (a / "unet" / name).read_bytes()
+    config = json.loads((cached / "tokenizer" / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 77 and "local_files_only" not in config
     for sub in ("unet", "vae"):
         name = "diffusion_pytorch_model.safetensors"
         assert (cached / sub / name).read_bytes() == (a / sub / name).read_bytes()

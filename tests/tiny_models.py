@@ -97,7 +97,7 @@ __all__ = [
 ]
 
 #: Bump when the build code changes in a way the configs do not capture (invalidates every cached folder).
-TINY_MODELS_FORMAT_VERSION = 1
+TINY_MODELS_FORMAT_VERSION = 2
 #: Environment variable that overrides the cache root.
 CACHE_ENV = "DIFFUSION_ADAPTERS_TINY_CACHE"
 
@@ -687,6 +687,17 @@ def _save_pipeline(pipeline_cls_name: str, components: dict[str, Any], directory
     for sub in ("tokenizer", "tokenizer_2"):
         if (directory / sub).is_dir():
             _write_tokenizer_files(directory / sub)
+            _clean_tokenizer_config(directory / sub / "tokenizer_config.json")
+
+
+def _clean_tokenizer_config(path: Path) -> None:
+    """Drop the load-time flags transformers 5 writes into ``tokenizer_config.json`` (not part of a hub repo)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _build_sd(base: str, directory: Path) -> None:
