@@ -339,3 +339,60 @@ def test_geometry_off_gives_the_same_rgb_and_supersampling_keeps_size():
         assert full.object_index.shape == (1, 20, 28) and full.object_index.max() < scene.count
         if ss == 1:
             assert np.array_equal(full.object_index >= 0, full.mask)
+
+
+# ------------------------------------------------------------------------------------------------------ classifier
+
+
+def test_classifier_save_load_predict_and_prompt_match(tmp_path, monkeypatch):
+    from training.miniworld.classifier import AttributeClassifier, load_classifier
+
+    torch.manual_seed(0)
+    model = AttributeClassifier().eval()
+    x = TextImageDataset(32, seed=0)[0]["pixel_values"][None]
+    out = model(model.preprocess(x))
+    assert out["count"].shape == (1, 3) and out["pairs"].shape == (1, len(SHAPES) * len(COLORS))
+    # Any size / aspect ratio: the shorter side is resized to 48.
+    assert model.preprocess(torch.zeros(2, 3, 24, 96)).shape == (2, 3, 48, 192)
+    pil = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    assert model.preprocess(pil).shape == (1, 3, 48, 48)
+    path = tmp_path / "c.safetensors"
+    model.save(path)
+    loaded = load_classifier(path)
+    torch.testing.assert_close(loaded.features(x), model.half().float().features(x), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="train one"):
+        load_classifier(tmp_path / "missing.safetensors")
+
+    fake = [{"count": 2, "shapes": {"cube", "sphere"}, "colors": {"red", "blue"},
+             "pairs": {("red", "cube"), ("blue", "sphere")}}]  # fmt: skip
+    monkeypatch.setattr(AttributeClassifier, "predict", lambda self, images, threshold=0.5: fake)
+    ok = model.prompt_match(x, "a red cube beside a small blue sphere")[0]
+    assert ok["match"] and ok["count_ok"] and ok["objects_ok"]
+    swapped = model.prompt_match(x, "a blue cube beside a red sphere")[0]
+    assert not swapped["match"] and swapped["colors_ok"] and swapped["shapes_ok"]
+    assert not model.prompt_match(x, "a red cube")[0]["count_ok"]
+
+
+def test_frechet_distance():
+    from training.miniworld.classifier import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 4))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    shift = np.array([1.0, 0.0, 2.0, 0.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)
+    assert frechet_distance(a, 2 * a) > 1.0
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(a, a[:, :3])
+
+
+def test_shipped_classifier_recognises_renders():
+    from training.miniworld.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+
+    if not DEFAULT_CLASSIFIER_PATH.exists():
+        pytest.skip("assets/eval/classifier.safetensors not trained yet")
+    model = load_classifier()
+    ds = TextImageDataset(64, seed=123, max_objects=1)
+    batch = [ds[i] for i in range(24)]
+    res = model.prompt_match(torch.stack([b["pixel_values"] for b in batch]), [b["text"] for b in batch])
+    assert np.mean([r["match"] for r in res]) >= 0.75
