@@ -1,0 +1,728 @@
+"""HiPA one-step text-to-image pipelines (SD 1.5 / 2.1 and SDXL), also running LCM / TCD / Lightning / Hyper-SD LoRAs.
+
+One-step sampling (the default ``preset="hipa"``): the latents start as pure noise ``x_T`` and the UNet (base + HiPA
+LoRA) is evaluated once at the last training timestep ``T - 1``; the image is the closed-form x0 estimate from its
+output (epsilon or v prediction, see :func:`adapters.hipa.one_step.predict_x0`). With ``num_inference_steps`` 2-4 the
+``hipa`` preset runs DDIM on trailing timesteps. The other presets (:mod:`adapters.hipa.presets`) swap in the
+scheduler a few-step LoRA was distilled for.
+
+Example::
+
+    pipe = HiPAPipeline.from_pretrained("path/to/sd15", lora="path/to/hipa_lora")
+    image = pipe("a red cube on a table").images[0]             # one step
+    pipe.load_hipa_lora("path/to/lcm_lora", adapter_name="lcm")   # any diffusers LoRA
+    image = pipe("a red cube on a table", preset="lcm").images[0]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
+from diffusers.utils import logging
+
+from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_scale
+from adapters.hipa.one_step import last_timestep, predict_x0
+from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["HiPAPipeline", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
+
+
+class HiPAPipelineMixin:
+    """Preset handling, LoRA loading and the one-step / few-step sampling loop shared by the SD and SDXL variants."""
+
+    _hipa_preset: FewStepPreset | None = None
+    _hipa_base_scheduler_config: dict | None = None
+
+    # ------------------------------------------------------------------ presets and LoRAs
+
+    @property
+    def preset(self) -> FewStepPreset | None:
+        """The preset last applied with :meth:`set_preset` (``None`` before the first call)."""
+        return self._hipa_preset
+
+    def set_preset(self, preset: str | FewStepPreset) -> FewStepPreset:
+        """Swap in the preset's scheduler, built from the base model's scheduler config (keeps the noise schedule
+        and ``prediction_type``). Later calls use the preset's steps and guidance unless given explicitly."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        if self._hipa_base_scheduler_config is None:
+            self._hipa_base_scheduler_config = dict(self.scheduler.config)
+        self.scheduler = make_scheduler(preset, self._hipa_base_scheduler_config)
+        self._hipa_preset = preset
+        return preset
+
+    def load_hipa_lora(
+        self,
+        pretrained: str | os.PathLike | dict[str, torch.Tensor],
+        *,
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        scale: float = 1.0,
+        weight_name: str | None = None,
+    ) -> str:
+        """Validate and load a diffusers-format LoRA (HiPA, LCM-LoRA, TCD, Hyper-SD, Lightning) with ``scale``.
+
+        The file is checked against the UNet before anything changes; a bad file raises
+        :class:`adapters.weights.AdapterWeightsError` and leaves the pipeline as it was.
+        """
+        return load_hipa_lora(self, pretrained, adapter_name=adapter_name, scale=scale, weight_name=weight_name)
+
+    def set_hipa_scale(self, scale: float, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+        """Set the weight of a loaded LoRA (``0`` = off)."""
+        set_hipa_scale(self, scale, adapter_name=adapter_name)
+
+    # ------------------------------------------------------------------ shared pieces of __call__
+
+    def _resolve_preset(self, preset: str | FewStepPreset | None) -> FewStepPreset:
+        if preset is not None or self._hipa_preset is None:
+            return self.set_preset(preset if preset is not None else "hipa")
+        return self._hipa_preset
+
+    def _check_hipa_inputs(
+        self, preset: FewStepPreset, num_inference_steps: int, guidance_scale: float, eta: float, height, width
+    ) -> None:
+        if not isinstance(num_inference_steps, int) or not (
+            preset.min_steps <= num_inference_steps <= preset.max_steps
+        ):
+            raise ValueError(
+                f"`num_inference_steps` must be an integer in [{preset.min_steps}, {preset.max_steps}] for preset "
+                f"{preset.name!r}, got {num_inference_steps!r}."
+            )
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0 (<= 1 disables guidance), got {guidance_scale}.")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
+        multiple = 8
+        if height is not None and (height <= 0 or height % multiple):
+            raise ValueError(f"`height` must be a positive multiple of {multiple}, got {height}.")
+        if width is not None and (width <= 0 or width % multiple):
+            raise ValueError(f"`width` must be a positive multiple of {multiple}, got {width}.")
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        unet_forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        preset: FewStepPreset,
+        num_inference_steps: int,
+        device: torch.device,
+        extra_step_kwargs: dict[str, Any],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str],
+        callback_state: dict[str, Any],
+    ) -> torch.Tensor:
+        """Run the preset's sampler from noise ``latents`` ``(B, C, h, w)``; returns the clean latents.
+
+        ``unet_forward(latent_model_input, t)`` returns the (guided) model output for ``latents``-shaped input.
+        """
+        if preset.one_step_x0 and num_inference_steps == 1:
+            timestep = torch.tensor(last_timestep(self.scheduler), device=device, dtype=torch.long)
+            self._num_timesteps = 1
+            with self.progress_bar(total=1) as progress_bar:
+                model_input = self.scheduler.scale_model_input(latents, timestep)
+                model_output = unet_forward(model_input, timestep)
+                latents = predict_x0(
+                    model_output,
+                    latents,
+                    timestep,
+                    self.scheduler.alphas_cumprod.to(device),
+                    self.scheduler.config.prediction_type,
+                ).to(latents.dtype)
+                latents = self._step_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, 0, timestep, latents, callback_state
+                )
+                progress_bar.update()
+            return latents
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_input = self.scheduler.scale_model_input(latents, t)
+                model_output = unet_forward(model_input, t)
+                latents_dtype = latents.dtype
+                latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = latents.to(latents_dtype)
+                latents = self._step_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents, callback_state
+                )
+                progress_bar.update()
+        return latents
+
+    def _step_callback(self, callback, tensor_inputs, i, t, latents, state):
+        if callback is None:
+            return latents
+        callback_kwargs = {k: (latents if k == "latents" else state[k]) for k in tensor_inputs}
+        outputs = callback(self, i, t, callback_kwargs) or {}
+        for key in list(state):
+            if key in outputs:
+                state[key] = outputs[key]
+        return outputs.get("latents", latents)
+
+    @staticmethod
+    def _guided(model_output: torch.Tensor, do_cfg: bool, guidance_scale: float) -> torch.Tensor:
+        if not do_cfg:
+            return model_output
+        uncond, cond = model_output.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+
+class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
+    r"""One-step (HiPA) and few-step (LCM / TCD / Lightning / Hyper-SD LoRA) text-to-image for SD 1.x / 2.x.
+
+    Same components as [`StableDiffusionPipeline`]; the scheduler is replaced by the preset's on the first call.
+    Works with epsilon- and v-prediction bases.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def check_inputs(
+        self,
+        prompt,
+        height,
+        width,
+        callback_steps=None,
+        negative_prompt=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
+        callback_on_step_end_tensor_inputs=None,
+        *,
+        preset: FewStepPreset | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+    ):
+        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1] (ValueError)."""
+        if preset is not None:
+            self._check_hipa_inputs(preset, num_inference_steps, guidance_scale, eta, height, width)
+        super().check_inputs(
+            prompt,
+            height,
+            width,
+            callback_steps,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        preset: str | FewStepPreset | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Generate images in one step (default) or a few steps.
+
+        Args:
+            prompt: prompt(s); or pass `prompt_embeds` ``(B, 77, D)``.
+            height, width: image size in pixels (multiples of 8); default from the UNet's `sample_size`.
+            num_inference_steps: steps; default from the preset (1 for ``hipa``), range per preset.
+            guidance_scale: classifier-free guidance; default from the preset (1 = off); > 1 enables it.
+            negative_prompt: used only with guidance.
+            eta: ``scheduler.step`` eta (TCD's gamma); default from the preset.
+            generator, latents: noise control; `latents` is ``(B, 4, height / f, width / f)``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (values in [0, 1]) or ``"latent"``.
+            cross_attention_kwargs: forwarded to the UNet (``{"scale": s}`` scales all LoRAs).
+            preset: ``"hipa"``, ``"lcm"``, ``"tcd"``, ``"lightning"`` or ``"hyper-sd"``; ``None`` keeps the last
+                applied one (``"hipa"`` the first time). Applying a preset replaces ``self.scheduler``.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
+
+        Returns:
+            [`StableDiffusionPipelineOutput`] or a tuple ``(images, nsfw_content_detected)``.
+        """
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. Preset and defaults
+        preset = self._resolve_preset(preset)
+        num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
+        eta = preset.eta if eta is None else float(eta)
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            preset=preset,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = 0.0
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+
+        # 2. Define call parameters
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+        do_cfg = self.do_classifier_free_guidance
+
+        # 3. Encode input prompt
+        lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_images_per_prompt,
+            do_cfg,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
+        state = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+
+        # 4. Prepare latent variables (pure noise, scaled by the scheduler's init_noise_sigma)
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 5. Sample: one closed-form x0 step (hipa) or the preset's scheduler loop
+        def unet_forward(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            embeds = state["prompt_embeds"]
+            if do_cfg:
+                embeds = torch.cat([state["negative_prompt_embeds"], embeds])
+                model_input = torch.cat([model_input] * 2)
+            output = self.unet(
+                model_input,
+                t,
+                encoder_hidden_states=embeds,
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+            return self._guided(output, do_cfg, guidance_scale)
+
+        latents = self._sample(
+            latents,
+            unet_forward,
+            preset=preset,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            extra_step_kwargs=extra_step_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_state=state,
+        )
+
+        # 6. Decode
+        has_nsfw_concept = None
+        if output_type != "latent":
+            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[
+                0
+            ]
+            image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
+        else:
+            image = latents
+        if has_nsfw_concept is None:
+            do_denormalize = [True] * image.shape[0]
+        else:
+            do_denormalize = [not has_nsfw for has_nsfw in has_nsfw_concept]
+        if output_type != "latent":
+            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image, has_nsfw_concept)
+        return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
+
+
+class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
+    r"""One-step (HiPA) and few-step (LCM / TCD / Lightning / Hyper-SD LoRA) text-to-image for SDXL.
+
+    Same components as [`StableDiffusionXLPipeline`]; the scheduler is replaced by the preset's on the first call.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
+    _callback_tensor_inputs = [
+        "latents",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "add_text_embeds",
+        "add_time_ids",
+    ]
+
+    def check_inputs(
+        self,
+        prompt,
+        prompt_2,
+        height,
+        width,
+        callback_steps=None,
+        negative_prompt=None,
+        negative_prompt_2=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
+        callback_on_step_end_tensor_inputs=None,
+        *,
+        preset: FewStepPreset | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+    ):
+        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1] (ValueError)."""
+        if preset is not None:
+            self._check_hipa_inputs(preset, num_inference_steps, guidance_scale, eta, height, width)
+        super().check_inputs(
+            prompt,
+            prompt_2,
+            height,
+            width,
+            callback_steps,
+            negative_prompt,
+            negative_prompt_2,
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds,
+            negative_pooled_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        clip_skip: int | None = None,
+        preset: str | FewStepPreset | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Generate SDXL images in one step (default) or a few steps.
+
+        Args are those of :meth:`HiPASDPipeline.__call__` plus SDXL's `prompt_2`, `negative_prompt_2`, pooled
+        embeddings ``(B, D_pool)`` and micro-conditioning (`original_size`, `crops_coords_top_left`, `target_size`).
+
+        Returns:
+            [`StableDiffusionXLPipelineOutput`] or a tuple ``(images,)``.
+        """
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. Preset and defaults
+        preset = self._resolve_preset(preset)
+        num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
+        eta = preset.eta if eta is None else float(eta)
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        original_size = original_size or (height, width)
+        target_size = target_size or (height, width)
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            prompt_2,
+            height,
+            width,
+            None,
+            negative_prompt,
+            negative_prompt_2,
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds,
+            negative_pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            preset=preset,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = 0.0
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._denoising_end = None
+        self._interrupt = False
+
+        # 2. Define call parameters
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+        do_cfg = self.do_classifier_free_guidance
+
+        # 3. Encode input prompt
+        lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
+        (
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds,
+            negative_pooled_prompt_embeds,
+        ) = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
+
+        # 4. Prepare latent variables and added conditions (pooled text embeds, micro-conditioning time ids)
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        if self.text_encoder_2 is None:
+            text_encoder_projection_dim = int(pooled_prompt_embeds.shape[-1])
+        else:
+            text_encoder_projection_dim = self.text_encoder_2.config.projection_dim
+        add_time_ids = self._get_add_time_ids(
+            original_size,
+            crops_coords_top_left,
+            target_size,
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=text_encoder_projection_dim,
+        )
+        total = batch_size * num_images_per_prompt
+        add_time_ids = add_time_ids.to(device).repeat(total, 1)
+        state = {
+            "prompt_embeds": prompt_embeds.to(device),
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "add_text_embeds": pooled_prompt_embeds.to(device),
+            "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
+            "add_time_ids": add_time_ids,
+        }
+
+        # 5. Sample: one closed-form x0 step (hipa) or the preset's scheduler loop
+        def unet_forward(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            embeds, text_embeds, time_ids = state["prompt_embeds"], state["add_text_embeds"], state["add_time_ids"]
+            if do_cfg:
+                embeds = torch.cat([state["negative_prompt_embeds"].to(device), embeds])
+                text_embeds = torch.cat([state["negative_pooled_prompt_embeds"].to(device), text_embeds])
+                time_ids = torch.cat([time_ids, time_ids])
+                model_input = torch.cat([model_input] * 2)
+            output = self.unet(
+                model_input,
+                t,
+                encoder_hidden_states=embeds,
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+                return_dict=False,
+            )[0]
+            return self._guided(output, do_cfg, guidance_scale)
+
+        latents = self._sample(
+            latents,
+            unet_forward,
+            preset=preset,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            extra_step_kwargs=extra_step_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_state=state,
+        )
+
+        # 6. Decode (upcasting an fp16 VAE that needs it, honouring latents_mean / latents_std)
+        if output_type != "latent":
+            needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+            if needs_upcasting:
+                self.vae.to(dtype=torch.float32)
+            latents = latents.to(self.vae.dtype)
+            latents_mean = getattr(self.vae.config, "latents_mean", None)
+            latents_std = getattr(self.vae.config, "latents_std", None)
+            if latents_mean is not None and latents_std is not None:
+                channels = latents.shape[1]
+                mean = torch.tensor(latents_mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+                std = torch.tensor(latents_std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+                latents = latents * std / self.vae.config.scaling_factor + mean
+            else:
+                latents = latents / self.vae.config.scaling_factor
+            image = self.vae.decode(latents, return_dict=False)[0]
+            if needs_upcasting:
+                self.vae.to(dtype=torch.float16)
+            if self.watermark is not None:
+                image = self.watermark.apply_watermark(image)
+            image = self.image_processor.postprocess(image, output_type=output_type)
+        else:
+            image = latents
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return StableDiffusionXLPipelineOutput(images=image)
+
+
+def _is_sdxl_base(pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> bool:
+    """Whether a local base folder (or hub id, offline cache) holds an SDXL-family model."""
+    path = Path(pretrained_model_name_or_path)
+    index = path / "model_index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        if "text_encoder_2" in data and data.get("text_encoder_2", [None])[0] is not None:
+            return True
+        return "XL" in str(data.get("_class_name", ""))
+    unet_config = path / "unet" / "config.json"
+    if unet_config.is_file():
+        return json.loads(unet_config.read_text()).get("addition_embed_type") == "text_time"
+    from diffusers import DiffusionPipeline
+
+    config = DiffusionPipeline.load_config(str(pretrained_model_name_or_path), **kwargs)
+    return "text_encoder_2" in config
+
+
+class HiPAPipeline:
+    """Entry point that picks :class:`HiPASDPipeline` or :class:`HiPAXLPipeline` from the base's config.
+
+    ``HiPAPipeline.from_pretrained(base, lora=None, lora_scale=1.0, preset="hipa", **kwargs)`` loads the base with
+    the matching class, applies ``preset`` and, if given, loads ``lora`` (a HiPA or other few-step LoRA in
+    diffusers format) with ``lora_scale``. ``HiPAPipeline.from_pipe(pipe, ...)`` does the same from a loaded
+    SD / SDXL pipeline's components.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise OSError(
+            "HiPAPipeline is an entry point: use HiPAPipeline.from_pretrained(base, ...) or "
+            "HiPAPipeline.from_pipe(pipe, ...), or instantiate HiPASDPipeline / HiPAXLPipeline directly."
+        )
+
+    @staticmethod
+    def _finish(pipe, lora, lora_scale: float, preset: str | None, adapter_name: str):
+        if preset is not None:
+            pipe.set_preset(preset)
+        if lora is not None:
+            pipe.load_hipa_lora(lora, adapter_name=adapter_name, scale=lora_scale)
+        return pipe
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        lora: str | os.PathLike | dict | None = None,
+        lora_scale: float = 1.0,
+        preset: str | None = "hipa",
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        **kwargs,
+    ) -> HiPASDPipeline | HiPAXLPipeline:
+        """Load a base model with the matching HiPA pipeline class; see the class docstring."""
+        pipeline_cls = HiPAXLPipeline if _is_sdxl_base(pretrained_model_name_or_path) else HiPASDPipeline
+        pipe = pipeline_cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
+
+    @classmethod
+    def from_pipe(
+        cls,
+        pipeline,
+        *,
+        lora: str | os.PathLike | dict | None = None,
+        lora_scale: float = 1.0,
+        preset: str | None = "hipa",
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+    ) -> HiPASDPipeline | HiPAXLPipeline:
+        """Wrap a loaded SD / SDXL pipeline's components (shared, not copied) in the matching HiPA class."""
+        components = dict(pipeline.components)
+        is_xl = "text_encoder_2" in components
+        pipeline_cls = HiPAXLPipeline if is_xl else HiPASDPipeline
+        expected = set(pipeline_cls._get_signature_keys(pipeline_cls)[0]) | set(
+            pipeline_cls._get_signature_keys(pipeline_cls)[1]
+        )
+        pipe = pipeline_cls(**{k: v for k, v in components.items() if k in expected})
+        return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
