@@ -396,3 +396,15 @@ def test_shipped_classifier_recognises_renders():
     batch = [ds[i] for i in range(24)]
     res = model.prompt_match(torch.stack([b["pixel_values"] for b in batch]), [b["text"] for b in batch])
     assert np.mean([r["match"] for r in res]) >= 0.75
+
+
+def test_export_examples(tmp_path):
+    export_main(["--kind", "examples", "--out", str(tmp_path / "ex"), "--resolution", "16"])
+    meta = json.loads((tmp_path / "ex" / "examples.json").read_text())
+    for e in meta["examples"]:
+        assert Image.open(tmp_path / "ex" / e["image"]).size == (16, 16)
+        assert Image.open(tmp_path / "ex" / e["front_view"]).size == (16, 16)
+        assert parse_caption(e["caption"]) == [
+            {"size": o["size"], "color": o["color"], "shape": o["shape"]} for o in e["scene"]["objects"]
+        ]
+    assert len(json.loads((tmp_path / "ex" / meta["multiview"] / "cameras.json").read_text())["frames"]) == 6

@@ -5,6 +5,7 @@ Usage::
     python -m training.miniworld.export --kind images --num 1000 --out data/images [--resolution 64 | 48x96 ...]
     python -m training.miniworld.export --kind multiview --num 200 --out data/mv --num-views 6 --camera-mode ortho_ring
     python -m training.miniworld.export --kind video --num 200 --out data/video --num-frames 8
+    python -m training.miniworld.export --kind examples --out assets/examples     # the shipped example inputs
 
 Item ``i`` of an export is item ``i`` of the matching dataset (same ``--seed``), so exports are reproducible.
 
@@ -47,20 +48,30 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from diffusers.utils import logging
 from PIL import Image
 
-from .camera import Camera
+from .camera import Camera, ring_cameras
 from .datasets import CAMERA_MODES, MultiViewDataset, TextImageDataset, VideoDataset
 from .render import RenderOutput, render, render_clip, render_views
-from .scene import MOTIONS
+from .scene import FLOOR_Z, MOTIONS, SIZES, ObjectSpec, Scene
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["export_images", "export_multiview", "export_video", "main", "encode_position", "encode_normal"]
+__all__ = [
+    "export_images",
+    "export_multiview",
+    "export_video",
+    "export_examples",
+    "write_multiview_object",
+    "main",
+    "encode_position",
+    "encode_normal",
+]
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -189,6 +200,61 @@ def export_video(out: str | os.PathLike, num: int, dataset: VideoDataset) -> Pat
     return out
 
 
+def _example_scenes() -> dict[str, Scene]:
+    z = FLOOR_Z
+    cube = ObjectSpec("cube", "red", "medium", (0.0, 0.0, z + 0.8 * SIZES["medium"]), yaw_deg=30.0)
+    sphere = ObjectSpec("sphere", "blue", "medium", (-0.2, 0.12, z + SIZES["medium"]))
+    cone = ObjectSpec("cone", "yellow", "small", (0.2, -0.12, z + SIZES["small"]))
+    torus = ObjectSpec("torus", "green", "large", (0.0, 0.0, 0.0), yaw_deg=20.0, tilt_deg=45.0)
+    torus = replace(torus, position=(0.0, 0.0, z + torus.half_height()))
+    return {
+        "red_cube": Scene((cube,), "gray"),
+        "blue_sphere_yellow_cone": Scene((sphere, cone), "sky"),
+        "green_torus": Scene((torus,), "white"),
+    }
+
+
+def export_examples(out: str | os.PathLike, resolution: int = 64) -> Path:
+    """Write the example inputs shipped in ``assets/examples`` (see ``examples.json`` there):
+
+    * ``<name>.png``: a view like the text-to-image data (image-to-video / image-to-multi-view inputs);
+    * ``<name>_front.png``: MV-Adapter's front view (orthographic, azimuth -90, elevation 0, white background);
+    * ``green_torus_mv/``: a multi-view object folder (6 orthographic ring views with geometry maps) for the
+      geometry-guided mode.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    cam = Camera.orbit(-60.0, 25.0, 2.0, fov_deg=35.0)
+    front = Camera.orbit(-90.0, 0.0, 1.8, fov_deg=None, ortho_scale=1.1)
+    for name, scene in _example_scenes().items():
+        Image.fromarray(render(scene, cam, resolution, supersample=4, geometry=False).uint8()[0]).save(
+            out / f"{name}.png"
+        )
+        white = scene.with_background("white")
+        Image.fromarray(render(white, front, resolution, supersample=4, geometry=False).uint8()[0]).save(
+            out / f"{name}_front.png"
+        )
+        entries.append(
+            {
+                "name": name,
+                "caption": scene.caption(),
+                "image": f"{name}.png",
+                "front_view": f"{name}_front.png",
+                "camera": cam.to_dict(),
+                "front_camera": front.to_dict(),
+                "scene": scene.to_dict(),
+            }
+        )
+    scene = _example_scenes()["green_torus"]
+    cams = ring_cameras(6)
+    write_multiview_object(out / "green_torus_mv", scene.caption(), cams, render_views(scene, cams, resolution,
+                           resolution, supersample=4))  # fmt: skip
+    meta = {"resolution": resolution, "examples": entries, "multiview": "green_torus_mv"}
+    (out / "examples.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out
+
+
 def _parse_size(s: str) -> int | tuple[int, int]:
     if "x" in s.lower():
         h, w = s.lower().split("x")
@@ -198,8 +264,8 @@ def _parse_size(s: str) -> int | tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.miniworld.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--kind", required=True, choices=["images", "multiview", "video"])
-    p.add_argument("--num", type=int, required=True, help="number of images / objects / clips")
+    p.add_argument("--kind", required=True, choices=["images", "multiview", "video", "examples"])
+    p.add_argument("--num", type=int, default=1, help="number of images / objects / clips")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -224,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.num < 1:
         raise SystemExit("--num must be >= 1")
     common = {"seed": args.seed, "supersample": args.supersample, "max_objects": args.max_objects}
-    if args.kind == "images":
+    if args.kind == "examples":
+        path = export_examples(args.out, args.resolution[0] if isinstance(args.resolution[0], int) else 64)
+    elif args.kind == "images":
         ds = TextImageDataset(args.resolution, args.aspect_ratios, **common)
         path = export_images(args.out, args.num, ds)
     elif args.kind == "multiview":
