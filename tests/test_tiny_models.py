@@ -258,7 +258,7 @@ def test_ip_adapter_loads_into_tiny_pipelines(tiny_sd15, tiny_ip_adapter):
     assert on.shape == (1, 32, 32, 3) and not np.allclose(on, off)
     for base in ("sd21", "sdxl"):
         state = tiny_models.build_ip_adapter_state_dict(base)
-        cross = tiny_models._UNET_CONFIGS[base]["cross_attention_dim"]
+        cross = tiny_models.UNET_CONFIGS[base]["cross_attention_dim"]
         assert state["image_proj.proj.weight"].shape == (tiny_models.IP_ADAPTER_NUM_TOKENS * cross, 32)
 
 

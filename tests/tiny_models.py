@@ -12,14 +12,18 @@ path every test exercises is ``from_pretrained(local_dir)``:
 
 Families (all VAEs have a scale factor of 2: a 32x32 image is a 4x16x16 latent):
 
-========== ================================ ==================== ============= ==============================
-name       stands in for                    UNet channels        cross-attn    notes
-========== ================================ ==================== ============= ==============================
-sd15       runwayml SD 1.5                  (32, 32, 64), x4     32            epsilon, PNDM, conv proj-in
-sd21       SD 2.1 (768-v)                   (32, 32, 64), x4     64            v-prediction, DDIM, linear proj
-sdxl       SDXL base 1.0                    (32, 64, 64), x4     96 = 32 + 64  text_time, pooled 32, Euler
-animatediff SD 1.5 + AnimateDiff MotionAdapter (32, 32, 64)      32            ``motion_adapter/`` subfolder
-========== ================================ ==================== ============= ==============================
+=========== ========================= ================== ============= ===================================
+name        stands in for             UNet channels      cross-attn    notes
+=========== ========================= ================== ============= ===================================
+sd15        SD 1.5                    (32, 32, 64), x4   32            epsilon, PNDM, conv proj-in
+sd21        SD 2.1 (768-v)            (32, 32, 64), x4   64            v-prediction, DDIM, linear proj
+sdxl        SDXL base 1.0             (32, 64, 64), x4   96 = 32 + 64  text_time, pooled 32, Euler
+animatediff SD 1.5 + MotionAdapter    (32, 32, 64), x4   32            ``motion_adapter/`` subfolder, DDIM
+=========== ========================= ================== ============= ===================================
+
+Also: ``tiny_t2i_adapter_path(kind)``, ``tiny_controlnet_path(base)``, ``tiny_ip_adapter_path()`` (h94 layout with
+an image encoder), ``tiny_motion_unet()``, ``make_pipeline(name)``, the ``build_*`` in-memory builders and the
+module-level configs (``SD15_UNET_CONFIG`` ...).
 
 "x4" is the UNet's own down-sampling factor (two ``Downsample2D``), so images must be multiples of 8 pixels.
 
@@ -46,14 +50,12 @@ from typing import Any
 import torch
 
 __all__ = [
-    "tiny_ip_adapter_path",
-    "build_ip_adapter_state_dict",
-    "build_image_encoder",
-    "IP_ADAPTER_WEIGHTS",
-    "IP_ADAPTER_NUM_TOKENS",
-    "IMAGE_ENCODER_CONFIG",
     "ANIMATEDIFF_SCHEDULER_CONFIG",
+    "CACHE_ENV",
     "CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS",
+    "IMAGE_ENCODER_CONFIG",
+    "IP_ADAPTER_NUM_TOKENS",
+    "IP_ADAPTER_WEIGHTS",
     "MOTION_ADAPTER_CONFIG",
     "PIPELINE_NAMES",
     "SD15_SCHEDULER_CONFIG",
@@ -70,24 +72,29 @@ __all__ = [
     "SDXL_UNET_CONFIG",
     "SDXL_VAE_CONFIG",
     "T2I_ADAPTER_CONFIGS",
+    "TINY_MODELS_FORMAT_VERSION",
     "TOKENIZER_MODEL_MAX_LENGTH",
     "TOKENIZER_VOCAB_SIZE",
+    "UNET_CONFIGS",
     "UNET_DOWNSAMPLE_FACTOR",
     "VAE_SCALE_FACTOR",
     "build_animatediff_components",
     "build_controlnet",
+    "build_image_encoder",
+    "build_ip_adapter_state_dict",
     "build_motion_adapter",
     "build_sd15_components",
     "build_sd21_components",
     "build_sdxl_components",
     "build_t2i_adapter",
     "build_tokenizer",
-    "copy_config",
     "cache_root",
+    "copy_config",
     "make_pipeline",
     "save_tiny_model",
     "tiny_animatediff_path",
     "tiny_controlnet_path",
+    "tiny_ip_adapter_path",
     "tiny_motion_unet",
     "tiny_sd15_path",
     "tiny_sd21_path",
@@ -552,7 +559,13 @@ def build_t2i_adapter(kind: str = "full_adapter", in_channels: int = 3):
         return T2IAdapter(in_channels=in_channels, **T2I_ADAPTER_CONFIGS[kind]).eval()
 
 
-_UNET_CONFIGS = {"sd15": SD15_UNET_CONFIG, "sd21": SD21_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG}
+#: UNet config by base name ("sd15", "sd21", "sdxl").
+UNET_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": SD15_UNET_CONFIG,
+    "sd21": SD21_UNET_CONFIG,
+    "sdxl": SDXL_UNET_CONFIG,
+}
+_UNET_CONFIGS = UNET_CONFIGS
 
 
 def build_controlnet(base: str = "sd15"):
