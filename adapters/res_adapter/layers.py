@@ -25,6 +25,11 @@ class SamplerLoRA(LowRankAdapter):
         super().__init__(root, deltas, scale)
         self._wants_hooks = False
 
+    def base_module(self, path: str) -> nn.Module:
+        """The plain conv at ``path``, under any peft wrapper (so hooks and fusing survive a user's LoRA being
+        loaded or unloaded around ours)."""
+        return base_conv(super().base_module(path))
+
     def attach(self) -> SamplerLoRA:
         self._wants_hooks = True
         if not self.fused:
