@@ -479,12 +479,22 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     state = DemoApp(config)
     errors = {key: _module_error(spec.module) for key, spec in TASKS.items()}
     try:
-        from pipelines.embedded import example_images
+        from pipelines.embedded import example_entries
 
-        image_examples = [[str(p), prompt] for p, prompt in example_images()]
-    except (ImportError, OSError) as err:
+        entries = example_entries()
+    except (ImportError, OSError, ValueError) as err:
         logger.warning(f"No example images: {err}")
-        image_examples = []
+        entries = []
+    video_examples = [[str(e["image"]), e["prompt"]] for e in entries]
+    mv_examples = [
+        [
+            str(e.get("front_view", e["image"])),
+            e["prompt"],
+            str(e["position_map"]) if "position_map" in e else None,
+            str(e["normal_map"]) if "normal_map" in e else None,
+        ]
+        for e in entries
+    ]
 
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         with gr.Column(elem_id="da-header"):
@@ -598,8 +608,10 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 i2mv_outputs = [i2mv_gallery, i2mv_zip, i2mv_seed, i2mv_info]
                 i2mv_fn = _user_errors(state.image_to_multiview)
                 i2mv_button.click(i2mv_fn, i2mv_inputs, i2mv_outputs, api_name="image_to_multiview")
-                if image_examples:
-                    ex = gr.Examples(image_examples, inputs=[i2mv_image, i2mv_prompt], label="Examples")
+                if mv_examples:
+                    ex = gr.Examples(
+                        mv_examples, inputs=[i2mv_image, i2mv_prompt, i2mv_position, i2mv_normal], label="Examples"
+                    )
                     _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs)
 
         # ---------------------------------------------------------------- Image to video
@@ -650,8 +662,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 i2v_outputs = [i2v_video, i2v_files, i2v_seed, i2v_info]
                 i2v_fn = _user_errors(state.image_to_video)
                 i2v_button.click(i2v_fn, i2v_inputs, i2v_outputs, api_name="image_to_video")
-                if image_examples:
-                    ex = gr.Examples(image_examples, inputs=[i2v_image, i2v_prompt], label="Examples")
+                if video_examples:
+                    ex = gr.Examples(video_examples, inputs=[i2v_image, i2v_prompt], label="Examples")
                     _run_examples_on_click(ex, i2v_fn, i2v_inputs, i2v_outputs)
 
         # ---------------------------------------------------------------- One step

@@ -67,6 +67,7 @@ __all__ = [
     "default_dtype",
     "dtype_kwargs",
     "embedded_info",
+    "example_entries",
     "example_images",
     "load_embedded",
     "load_pipeline",
@@ -563,25 +564,81 @@ def load_embedded(
     return load_pipeline(name, device=device, dtype=dtype, progress_bar=progress_bar)
 
 
-def example_images() -> list[tuple[Path, str]]:
-    """Example ``(image path, prompt)`` pairs for the image tasks.
+def example_entries() -> list[dict[str, Any]]:
+    """Example inputs for the image tasks, as dicts with ``image`` (Path), ``prompt``, and when available
+    ``front_view`` (a front image, the usual multi-view reference) and ``position_map`` / ``normal_map`` (per-view
+    maps side by side in one image, built from ``<name>_mv/position_XX.png`` / ``normal_XX.png``).
 
-    Read from ``assets/examples/`` (``examples.json`` when present, else every image with its stem as prompt); when
-    the folder is missing, three simple shapes are drawn once into the cache folder.
+    Read from ``assets/examples/``: ``examples.json`` (a list, or ``{"examples": [...]}``, of entries with ``image``
+    and ``caption`` or ``prompt``, optional ``front_view`` and ``name``), else every image with its stem as prompt.
+    When the folder is missing, three simple shapes are drawn once into the cache folder.
     """
     folder = assets_dir() / "examples"
     if folder.is_dir():
         manifest = folder / "examples.json"
         if manifest.is_file():
-            entries = json.loads(manifest.read_text(encoding="utf-8"))
-            out = [(folder / e["image"], str(e.get("prompt", ""))) for e in entries]
-            out = [(p, prompt) for p, prompt in out if p.is_file()]
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+            except ValueError as err:
+                logger.warning(f"Ignoring unreadable {manifest}: {err}")
+                data = []
+            items = data.get("examples", []) if isinstance(data, dict) else data
+            out = []
+            for item in items if isinstance(items, list) else []:
+                if not isinstance(item, dict) or not (folder / str(item.get("image", ""))).is_file():
+                    continue
+                entry: dict[str, Any] = {
+                    "image": folder / item["image"],
+                    "prompt": str(item.get("caption", item.get("prompt", ""))),
+                }
+                front = item.get("front_view")
+                if front and (folder / front).is_file():
+                    entry["front_view"] = folder / front
+                name = item.get("name") or Path(item["image"]).stem
+                strips = _geometry_strips(folder / f"{name}_mv")
+                if strips is not None:
+                    entry["position_map"], entry["normal_map"] = strips
+                out.append(entry)
             if out:
                 return out
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         if images:
-            return [(p, p.stem.replace("_", " ").replace("-", " ")) for p in images]
-    return _drawn_examples()
+            return [{"image": p, "prompt": p.stem.replace("_", " ").replace("-", " ")} for p in images]
+    return [{"image": p, "prompt": prompt} for p, prompt in _drawn_examples()]
+
+
+def _geometry_strips(folder: Path) -> tuple[Path, Path] | None:
+    """Join ``position_XX.png`` / ``normal_XX.png`` of a multi-view example side by side (cached)."""
+    from PIL import Image
+
+    positions = sorted(folder.glob("position_*.png")) if folder.is_dir() else []
+    normals = sorted(folder.glob("normal_*.png")) if folder.is_dir() else []
+    if not positions or len(positions) != len(normals):
+        return None
+    out_dir = _cache_dir() / f"examples-v{PLACEHOLDER_FORMAT_VERSION}" / folder.name
+    result = []
+    with _BUILD_LOCK:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, files in (("position", positions), ("normal", normals)):
+            target = out_dir / f"{kind}_strip.png"
+            newest = max(f.stat().st_mtime for f in files)
+            if not target.is_file() or target.stat().st_mtime < newest:
+                tiles = [Image.open(f).convert("RGB") for f in files]
+                strip = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height))
+                x = 0
+                for tile in tiles:
+                    strip.paste(tile, (x, 0))
+                    x += tile.width
+                tmp = target.with_suffix(".tmp.png")
+                strip.save(tmp)
+                os.replace(tmp, target)
+            result.append(target)
+    return result[0], result[1]
+
+
+def example_images() -> list[tuple[Path, str]]:
+    """``(image path, prompt)`` pairs of :func:`example_entries`."""
+    return [(e["image"], e["prompt"]) for e in example_entries()]
 
 
 def _drawn_examples() -> list[tuple[Path, str]]:

@@ -1,0 +1,262 @@
+"""Command line for the demo tasks, without the browser.
+
+Examples::
+
+    python -m pipelines mv   --prompt "a red cube" --out out/mv              # views as PNGs + grid + zip
+    python -m pipelines i2mv --image cube.png --out out/i2mv
+    python -m pipelines i2v  --image cube.png --prompt "spinning" --frames 8 --out out/i2v   # mp4 + GIF + frames
+    python -m pipelines hipa --prompt "a red cube" --compare plain teacher --out out/hipa
+    python -m pipelines res  --prompt "a red cube" --height 128 --width 256 --out out/res  # with and without
+
+By default each task runs the embedded model (``pipelines.embedded``); ``--base``, ``--adapter`` and
+``--motion-adapter`` point it at other checkpoints (local folders or hub ids). The written files are listed on
+stdout, one per line, and in ``<out>/result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
+
+logger = logging.getLogger("pipelines.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines", description="Run the adapter demo tasks from the command line."
+    )
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+
+    def common(p: argparse.ArgumentParser, *, image: str | None = None, prompt_required: bool = True) -> None:
+        if image is not None:
+            p.add_argument("--image", required=True, help=image)
+        p.add_argument("--prompt", required=prompt_required, default="", help="text prompt")
+        p.add_argument("--negative-prompt", default="", help="negative prompt")
+        p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=None, help="denoising steps")
+        p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+        p.add_argument("--height", type=int, default=None, help="output height (default: the model's native size)")
+        p.add_argument("--width", type=int, default=None, help="output width (default: the model's native size)")
+        p.add_argument("--base", default=None, help="base model folder or hub id (default: embedded)")
+        p.add_argument("--adapter", default=None, help="adapter weights (default: embedded)")
+        p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+        p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def views(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--num-views", type=int, default=6, help=f"views, 1-{MAX_VIEWS}")
+        p.add_argument("--azimuths", default=None, help="camera azimuths in degrees, e.g. '0,90,180,270'")
+        p.add_argument("--elevation", type=float, default=0.0, help="camera elevation in degrees")
+        p.add_argument("--mv-scale", type=float, default=1.0, help="multi-view attention scale")
+
+    p = sub.add_parser("mv", help=TASKS["mv"].title)
+    common(p)
+    views(p)
+
+    p = sub.add_parser("i2mv", help=TASKS["i2mv"].title)
+    common(p, image="reference image", prompt_required=False)
+    views(p)
+    p.add_argument("--position-map", default=None, help="position map image (with --normal-map)")
+    p.add_argument("--normal-map", default=None, help="normal map image (with --position-map)")
+    p.add_argument("--reference-guidance", type=float, default=None, help="separate image guidance scale")
+    p.add_argument("--ref-scale", type=float, default=1.0, help="reference attention scale")
+
+    p = sub.add_parser("i2v", help=TASKS["i2v"].title)
+    common(p, image="first frame", prompt_required=False)
+    p.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or hub id (default: embedded)")
+    p.add_argument("--frames", type=int, default=8, help=f"frames, 2-{MAX_FRAMES}")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--adapter-scale", type=float, default=1.0, help="first-frame attention scale")
+    p.add_argument("--prior-strength", type=float, default=0.0, help="frame similarity prior strength (0 = off)")
+    p.add_argument("--prior-start", type=float, default=0.0, help="fraction of steps the prior skips")
+
+    p = sub.add_parser("hipa", help=TASKS["hipa"].title)
+    common(p)
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--compare", nargs="*", default=[], choices=list(ONE_STEP_COMPARISONS), help="also run these")
+    p.add_argument("--teacher-steps", type=int, default=25)
+
+    p = sub.add_parser("res", help=TASKS["res"].title)
+    common(p)
+    p.add_argument("--scale", type=float, default=2.0, help="side relative to native (when no --height/--width)")
+    p.add_argument("--ratio", default="1:1", help="aspect ratio W:H (when no --height/--width)")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--norm-scale", type=float, default=1.0)
+    p.add_argument("--no-base", action="store_true", help="skip the run without ResAdapter")
+    return parser
+
+
+def _size(args: argparse.Namespace, pipe) -> tuple[int, int]:
+    from . import tasks
+
+    native = tasks.native_resolution(pipe)
+    return args.height or native, args.width or native
+
+
+def run(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Run one task; returns ``{"files": [...], ...}`` (also written to ``<out>/result.json``)."""
+    from . import tasks
+    from .embedded import load_pipeline
+
+    model = TASKS[args.task].model
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    # Check the inputs that need no model before loading one.
+    image = tasks.load_image(args.image) if getattr(args, "image", None) else None
+    if args.task in ("mv", "i2mv") and not args.azimuths and not 1 <= args.num_views <= MAX_VIEWS:
+        raise ValueError(f"`--num-views` must be between 1 and {MAX_VIEWS}, got {args.num_views}.")
+    if args.task == "i2v" and not 2 <= args.frames <= MAX_FRAMES:
+        raise ValueError(f"`--frames` must be between 2 and {MAX_FRAMES}, got {args.frames}.")
+    pipe = load_pipeline(
+        model,
+        base=args.base,
+        adapter=args.adapter,
+        motion_adapter=getattr(args, "motion_adapter", None),
+        device=args.device,
+        dtype=args.dtype,
+        progress_bar=not args.quiet,
+    )
+    files: list[Path] = []
+    start = time.perf_counter()
+    common = {"negative_prompt": args.negative_prompt, "seed": args.seed}
+    if args.steps is not None:
+        common["num_inference_steps"] = args.steps
+    if args.guidance is not None:
+        common["guidance_scale"] = args.guidance
+
+    if args.task in ("mv", "i2mv"):
+        height, width = _size(args, pipe)
+        view_args = {
+            "num_views": args.num_views,
+            "azimuths": args.azimuths,
+            "elevation": args.elevation,
+            "height": height,
+            "width": width,
+            "mv_scale": args.mv_scale,
+        }
+        if args.task == "mv":
+            images = tasks.text_to_multiview(pipe, args.prompt, **view_args, **common)
+        else:
+            position = tasks.load_image(args.position_map, name="position_map") if args.position_map else None
+            normal = tasks.load_image(args.normal_map, name="normal_map") if args.normal_map else None
+            images = tasks.image_to_multiview(
+                pipe,
+                image,
+                args.prompt,
+                position_map=position,
+                normal_map=normal,
+                reference_guidance_scale=args.reference_guidance,
+                ref_scale=args.ref_scale,
+                **view_args,
+                **common,
+            )
+        for i, view in enumerate(images):
+            path = out / f"view_{i:02d}.png"
+            view.save(path)
+            files.append(path)
+        from diffusers.utils import make_image_grid
+
+        grid = make_image_grid(images, rows=1, cols=len(images))
+        grid.save(out / "grid.png")
+        files.append(out / "grid.png")
+        files.append(tasks.save_views_zip(images, out / "views.zip"))
+    elif args.task == "i2v":
+        height, width = _size(args, pipe)
+        frames = tasks.image_to_video(
+            pipe,
+            image,
+            args.prompt,
+            num_frames=args.frames,
+            height=height,
+            width=width,
+            adapter_scale=args.adapter_scale,
+            prior_strength=args.prior_strength,
+            prior_start=args.prior_start,
+            **common,
+        )
+        frame_dir = out / "frames"
+        frame_dir.mkdir(exist_ok=True)
+        for i, frame in enumerate(frames):
+            frame.save(frame_dir / f"frame_{i:03d}.png")
+        written = tasks.save_video(frames, out / "video.mp4", out / "video.gif", fps=args.fps)
+        files.extend([written["mp4"], written["gif"], frame_dir])
+    elif args.task == "hipa":
+        height, width = _size(args, pipe)
+        common.setdefault("num_inference_steps", 1)
+        common.setdefault("guidance_scale", 1.0)
+        results = tasks.one_step(
+            pipe,
+            args.prompt,
+            height=height,
+            width=width,
+            lora_scale=args.lora_scale,
+            compare=args.compare,
+            teacher_steps=args.teacher_steps,
+            **common,
+        )
+        names = ["hipa", *args.compare]
+        for name, (label, image_out, seconds) in zip(names, results):
+            path = out / f"{name}.png"
+            image_out.save(path)
+            files.append(path)
+            logger.info(f"{label}: {seconds * 1000:.0f} ms -> {path}")
+    elif args.task == "res":
+        if args.height or args.width:
+            height, width = _size(args, pipe)
+        else:
+            height, width = tasks.size_from_ratio(
+                tasks.native_resolution(pipe), args.scale, args.ratio, tasks.size_multiple(pipe)
+            )
+        results = tasks.any_resolution(
+            pipe,
+            args.prompt,
+            height=height,
+            width=width,
+            lora_scale=args.lora_scale,
+            norm_scale=args.norm_scale,
+            with_base=not args.no_base,
+            **common,
+        )
+        for name, (_, image_out) in zip(("res_adapter", "base"), results):
+            path = out / f"{name}.png"
+            image_out.save(path)
+            files.append(path)
+    info = getattr(pipe, "embedded_info", None)
+    result = {
+        "task": args.task,
+        "files": [str(f) for f in files],
+        "seconds": round(time.perf_counter() - start, 3),
+        "placeholder_weights": bool(info is not None and info.is_placeholder),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    if args.quiet:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+    try:
+        result = run(args)
+    except ValueError as err:
+        logger.error(str(err))
+        return 2
+    if result["placeholder_weights"]:
+        logger.warning("These outputs come from untrained placeholder weights (see assets/README.md).")
+    sys.stdout.write("\n".join(result["files"]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

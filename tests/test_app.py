@@ -1,0 +1,286 @@
+"""The Gradio app driven through ``gradio_client`` on 127.0.0.1: every tab's action, errors, queueing.
+
+The app runs on the embedded registry's untrained placeholder models (``DIFFUSION_ADAPTERS_PLACEHOLDER=1``: small,
+deterministic, offline), with tiny step counts and sizes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``(demo, client, output_dir, example_image)`` for an app on placeholder models, 1 MB upload limit."""
+    os.environ["DIFFUSION_ADAPTERS_PLACEHOLDER"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import app
+    from pipelines.embedded import example_images
+
+    out = tmp_path_factory.mktemp("app-out")
+    config = app.AppConfig(output_dir=out, max_upload_mb=1.0, concurrency_limit=2)
+    demo = app.build_demo(config)
+    kwargs = app.launch_kwargs(config, port=free_port())
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    client = gradio_client.Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
+    try:
+        yield demo, client, out, str(example_images()[0][0])
+    finally:
+        demo.close()
+        os.environ.pop("DIFFUSION_ADAPTERS_PLACEHOLDER", None)
+
+
+def mv_args(prompt="a red cube", views=4, azimuths="", height=64, width=64, seed=0):
+    # prompt, negative, seed, randomize, views, azimuths, elevation, height, width, steps, guidance, mv_scale
+    return [prompt, "", seed, False, views, azimuths, 0, height, width, 2, 7.0, 1.0]
+
+
+def hipa_args(seed=0, compare=(), prompt="a red cube"):
+    # prompt, negative, seed, randomize, compare, height, width, steps, guidance, lora_scale, teacher steps/guidance
+    return [prompt, "", seed, False, list(compare), 64, 64, 1, 1.0, 1.0, 2, 7.5]
+
+
+def png(path) -> Image.Image:
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+def test_import_is_cheap_and_build_loads_nothing():
+    code = "import sys, app; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False"]
+
+
+def test_build_demo_has_five_tabs_and_loads_no_model(served):
+    demo, client, _, _ = served
+    assert demo.app_state.models.loaded in ([], ["mv"], ["mv", "i2v"]) or isinstance(
+        demo.app_state.models.loaded, list
+    )
+    import app
+
+    fresh = app.build_demo(app.AppConfig())
+    assert fresh.app_state.models.loaded == []
+    api = client.view_api(return_format="dict")["named_endpoints"]
+    assert {"/text_to_multiview", "/image_to_multiview", "/image_to_video", "/one_step", "/any_resolution"} <= set(api)
+
+
+def test_text_to_multiview(served):
+    _, client, out, _ = served
+    gallery, zip_path, seed, info = client.predict(*mv_args(views=4), api_name="/text_to_multiview")
+    assert len(gallery) == 4
+    images = [png(item["image"]) for item in gallery]
+    assert all(im.size == (64, 64) and im.mode == "RGB" for im in images)
+    assert [item["caption"] for item in gallery] == [f"view {i}" for i in range(4)]
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(zf.namelist())
+        assert names == [f"view_{i:02d}.png" for i in range(4)]
+        first = Image.open(io.BytesIO(zf.read(names[0])))
+        assert np.array_equal(np.asarray(first.convert("RGB")), np.asarray(images[0]))
+    assert seed == 0
+    assert "4 views" in info and "placeholder" in info
+    # custom azimuths set the number of views
+    gallery, *_ = client.predict(*mv_args(azimuths="0, 120, 240"), api_name="/text_to_multiview")
+    assert len(gallery) == 3
+    # everything the request wrote is under the app's own output folder
+    assert list((Path(out) / "outputs" / "mv").glob("*/views.zip"))
+
+
+def test_image_to_multiview_with_geometry(served, tmp_path):
+    _, client, _, example = served
+    from gradio_client import handle_file
+
+    pos = tmp_path / "pos.png"
+    nrm = tmp_path / "nrm.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(pos)
+    Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(nrm)
+    # image, prompt, negative, position, normal, seed, randomize, views, azimuths, elevation, h, w, steps,
+    # guidance, reference guidance, mv scale, ref scale
+    args = [handle_file(example), "", "", handle_file(str(pos)), handle_file(str(nrm)), 3, False, 3, "", 0]
+    gallery, zip_path, seed, info = client.predict(*args, 64, 96, 2, 3.0, 0, 1.0, 1.0, api_name="/image_to_multiview")
+    assert len(gallery) == 3 and seed == 3
+    assert all(png(item["image"]).size == (96, 64) for item in gallery)
+    # a position map alone is refused with a message
+    args[4] = None
+    with pytest.raises(Exception, match="position_map.*normal_map|both"):
+        client.predict(*args, 64, 64, 2, 3.0, 0, 1.0, 1.0, api_name="/image_to_multiview")
+
+
+def test_image_to_video(served):
+    _, client, out, example = served
+    import imageio.v3 as iio
+    from gradio_client import handle_file
+
+    # image, prompt, negative, seed, randomize, frames, h, w, steps, guidance, adapter scale, prior, prior start, fps
+    video, files, seed, info = client.predict(
+        handle_file(example), "spinning", "", 5, False, 4, 64, 64, 2, 7.5, 1.0, 0.3, 0.2, 8,
+        api_name="/image_to_video",
+    )  # fmt: skip
+    video_path = video["video"] if isinstance(video, dict) else video
+    frames = iio.imread(video_path)
+    assert frames.shape[0] == 4 and frames.shape[1:] == (256, 256, 3)  # 64 px frames shown at 4x
+    assert sorted(Path(f).suffix for f in files) == [".gif", ".mp4"]
+    gif = next(f for f in files if f.endswith(".gif"))
+    assert Image.open(gif).n_frames == 4
+    assert seed == 5 and "4 frames" in info
+    assert list((Path(out) / "outputs" / "i2v").glob("*/video.mp4"))
+
+
+def test_one_step_with_comparisons(served):
+    _, client, _, _ = served
+    gallery, seed, info = client.predict(
+        *hipa_args(compare=["Base, 1 step, no LoRA", "Teacher (base, multi-step)"]), api_name="/one_step"
+    )
+    assert len(gallery) == 3
+    assert all(png(item["image"]).size == (64, 64) for item in gallery)
+    captions = [item["caption"] for item in gallery]
+    assert captions[0].startswith("HiPA, 1 step") and "Teacher (base, 2 steps)" in captions[2]
+    assert all(" ms" in c for c in captions)
+
+
+def test_any_resolution_side_by_side(served):
+    _, client, _, _ = served
+    # prompt, negative, seed, randomize, scale, ratio, compare base, steps, guidance, lora scale, norm scale
+    with_adapter, base, seed, info = client.predict(
+        "a red cube", "", 0, False, 1.5, "2:1", True, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+    )
+    assert png(with_adapter).size == (128, 64) and png(base).size == (128, 64)
+    assert "128x64" in info
+    with_adapter, base, *_ = client.predict(
+        "a red cube", "", 0, False, 1.0, "1:1", False, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+    )
+    assert png(with_adapter).size == (64, 64) and base is None
+
+
+def test_bad_inputs_give_clear_messages(served, tmp_path):
+    _, client, _, example = served
+    from gradio_client import handle_file
+
+    i2v_rest = ["spin", "", 0, False, 4, 64, 64, 1, 7.5, 1.0, 0.0, 0.0, 8]
+    # no image
+    with pytest.raises(Exception, match="Input image is missing"):
+        client.predict(None, *i2v_rest, api_name="/image_to_video")
+    # a non-image upload
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(fake)), *i2v_rest, api_name="/image_to_video")
+    # too many views
+    with pytest.raises(Exception, match="num_views.*between 1 and 12"):
+        client.predict(*mv_args(azimuths=",".join(str(10 * i) for i in range(13))), api_name="/text_to_multiview")
+    # size out of range (the slider's bounds are enforced on the server)
+    with pytest.raises(Exception, match="greater than maximum"):
+        client.predict(*mv_args(width=4096), api_name="/text_to_multiview")
+    # a size that is not a multiple of the model's factor
+    with pytest.raises(Exception, match="multiple of 16"):
+        client.predict(*mv_args(width=72), api_name="/text_to_multiview")
+    # an oversized upload (limit 1 MB)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2**20
+    with pytest.raises(Exception, match="(?i)size|large|exceed"):
+        client.predict(handle_file(str(big)), *i2v_rest, api_name="/image_to_video")
+    # the server keeps serving: a good request right after the failures works
+    video, *_ = client.predict(handle_file(example), *i2v_rest, api_name="/image_to_video")
+    assert video
+
+
+def test_failing_request_does_not_affect_the_next(served):
+    _, client, _, _ = served
+    reference, *_ = client.predict(*hipa_args(seed=7), api_name="/one_step")
+    with pytest.raises(Exception, match="prompt"):
+        client.predict(*hipa_args(prompt="x" * 3000), api_name="/one_step")
+    again, *_ = client.predict(*hipa_args(seed=7), api_name="/one_step")
+    assert np.array_equal(np.asarray(png(reference[0]["image"])), np.asarray(png(again[0]["image"])))
+
+
+def test_eight_concurrent_requests_are_queued_and_correct(served):
+    _, client, _, _ = served
+    seeds = [0, 1, 2, 3, 0, 1, 2, 3]
+    jobs = [client.submit(*hipa_args(seed=s), api_name="/one_step") for s in seeds]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=600), jobs))
+    assert len(results) == 8
+    arrays = []
+    for (gallery, seed, _info), expected in zip(results, seeds):
+        assert seed == expected and len(gallery) == 1
+        arrays.append(np.asarray(png(gallery[0]["image"])))
+    for i in range(4):  # same seed -> same image, different seeds -> different images
+        assert np.array_equal(arrays[i], arrays[i + 4])
+    assert not np.array_equal(arrays[0], arrays[1])
+
+
+def test_defaults_bind_localhost_without_share():
+    import app
+
+    args = app.parse_args([])
+    assert args.host == "127.0.0.1" and args.share is False
+    config = app.config_from_args(args)
+    kwargs = app.launch_kwargs(config, host=args.host, port=args.port, share=args.share)
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
+
+
+def test_model_flags_point_tasks_at_checkpoints():
+    import app
+
+    args = app.parse_args(["--base", "base-x", "--mv-adapter", "mv.safetensors", "--res-base", "res-y"])
+    config = app.config_from_args(args)
+    assert config.source("mv").base == "base-x" and config.source("mv").adapter == "mv.safetensors"
+    assert config.source("res").base == "res-y"
+    assert config.source("i2v").motion_adapter is None and not config.source("hipa").is_embedded
+
+
+def test_missing_pipeline_module_shows_not_available(monkeypatch):
+    import app
+
+    real = app._module_error
+    monkeypatch.setattr(
+        app,
+        "_module_error",
+        lambda module: "ModuleNotFoundError: gone" if module.endswith("pipeline_i2v_adapter") else real(module),
+    )
+    demo = app.build_demo(app.AppConfig())
+    text = str(demo.config)
+    assert "Image to video is not available" in text and "ModuleNotFoundError: gone" in text
+    endpoints = {dep.get("api_name") for dep in demo.config["dependencies"]}
+    assert "image_to_video" not in endpoints and "text_to_multiview" in endpoints
+
+
+def test_model_load_failure_is_a_message_and_is_retried(tmp_path):
+    import app
+
+    calls = []
+
+    def loader(key, source, device, dtype):
+        calls.append(key)
+        raise OSError("no such model 'x' (offline?)")
+
+    demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path, loader=loader))
+    wrapped = app._user_errors(demo_app.one_step)
+    for _ in range(2):
+        with pytest.raises(app.gr.Error, match="OSError: no such model"):
+            wrapped("a cube", "", 0, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)
+    assert calls == ["hipa", "hipa"]
