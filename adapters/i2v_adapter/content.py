@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_processor import (
+    AttnProcessor2_0,
     IPAdapterAttnProcessor,
     IPAdapterAttnProcessor2_0,
     IPAdapterXFormersAttnProcessor,
@@ -69,7 +70,9 @@ def fresh_content_state_dict(
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        proj = ImageProjection(cross_dim, image_embed_dim, num_tokens)
+        proj = ImageProjection(
+            image_embed_dim=image_embed_dim, cross_attention_dim=cross_dim, num_image_text_embeds=num_tokens
+        )
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)
@@ -131,11 +134,19 @@ class ContentAdapter:
             group, _, rest = key[len(CONTENT_PREFIX) :].partition(".")
             nested[group][rest] = value
         before = dict(unet.attn_processors)
-        unet._load_ip_adapter_weights([nested], low_cpu_mem_usage=False)
+        # diffusers re-instantiates non-IP processors with no arguments; park adapter processors (modules with
+        # constructor arguments, like the I2V first-frame ones) behind a plain processor meanwhile
+        parked = {name: (AttnProcessor2_0() if isinstance(proc, nn.Module) else proc) for name, proc in before.items()}
+        unet.set_attn_processor(dict(parked))
+        try:
+            unet._load_ip_adapter_weights([nested], low_cpu_mem_usage=False)
+        except Exception:
+            unet.set_attn_processor(dict(before))
+            raise
         # diffusers re-creates every processor; put back the non-IP ones we had (attn1 adapters, motion modules)
         after = unet.attn_processors
         keep = {name: (proc if isinstance(proc, _IP_PROCESSORS) else before[name]) for name, proc in after.items()}
-        unet.set_attn_processor(keep)
+        unet.set_attn_processor(dict(keep))
         originals = {name: before[name] for name, proc in keep.items() if isinstance(proc, _IP_PROCESSORS)}
         adapter = cls(unet, image_embed_dim, num_tokens, originals)
         adapter.set_scale(scale)

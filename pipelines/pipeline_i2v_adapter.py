@@ -1,0 +1,698 @@
+"""``I2VAdapterPipeline``: image-to-video on AnimateDiff with I2V-Adapter (arXiv 2312.16693).
+
+Extends diffusers' ``AnimateDiffPipeline`` (an SD 1.5-family base + ``MotionAdapter`` -> ``UNetMotionModel``):
+
+* the input image's latent is frame 0 and stays clean: it is put back into the latents before every UNet call and
+  after every scheduler step, and the UNet sees it unscaled;
+* the UNet's spatial self-attention layers carry I2V-Adapter's first-frame attention (``load_i2v_adapter``);
+* the later frames can start from the Frame Similarity Prior instead of pure noise (``similarity_prior``);
+* optional content adapter (IP-Adapter-style image tokens, fed with the input image automatically);
+* optional per-frame ``ControlNetModel`` / ``MultiControlNetModel`` (``conditioning_frames``).
+
+Everything else is AnimateDiff's: ``enable_model_cpu_offload``, ``enable_vae_slicing``, LoRAs
+(``load_lora_weights``), ``load_ip_adapter``, schedulers, ``callback_on_step_end``, ``output_type``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AnimateDiffPipeline,
+    AutoencoderKL,
+    ControlNetModel,
+    MotionAdapter,
+    SchedulerMixin,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.models import MultiControlNetModel
+from diffusers.pipelines.animatediff.pipeline_output import AnimateDiffPipelineOutput
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import is_compiled_module
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from adapters.i2v_adapter import (
+    I2VAdapter,
+    SimilarityPrior,
+    apply_similarity_prior,
+    get_i2v_adapter,
+    load_i2v_adapter,
+)
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["I2VAdapterPipeline", "export_to_gif", "export_to_video", "load_video_frames"]
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import MotionAdapter
+        >>> from diffusers.utils import load_image
+        >>> from pipelines import I2VAdapterPipeline
+        >>> from pipelines.pipeline_i2v_adapter import export_to_gif
+
+        >>> motion = MotionAdapter.from_pretrained("guoyww/animatediff-motion-adapter-v1-5-2")
+        >>> pipe = I2VAdapterPipeline.from_pretrained(
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", motion_adapter=motion, i2v_adapter="i2v.safetensors"
+        ... )
+        >>> frames = pipe(image=load_image("cat.png"), prompt="a cat turning its head", num_frames=16).frames[0]
+        >>> export_to_gif(frames, "cat.gif")
+        ```
+"""
+
+
+class I2VAdapterPipeline(AnimateDiffPipeline):
+    r"""Image-to-video generation with I2V-Adapter on an AnimateDiff ``UNetMotionModel``.
+
+    Args:
+        vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder:
+            as in ``AnimateDiffPipeline`` (``unet`` may be a ``UNet2DConditionModel``; it is combined with
+            ``motion_adapter`` into a ``UNetMotionModel``).
+        controlnet: optional per-frame ``ControlNetModel`` (or a list / ``MultiControlNetModel``).
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _optional_components = ["feature_extractor", "image_encoder", "motion_adapter", "controlnet"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel | UNetMotionModel,
+        motion_adapter: MotionAdapter | None,
+        scheduler: SchedulerMixin,
+        feature_extractor: CLIPImageProcessor | None = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        controlnet: ControlNetModel | MultiControlNetModel | None = None,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            motion_adapter=motion_adapter,
+            scheduler=scheduler,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+        )
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNetModel(controlnet)
+        self.register_modules(controlnet=controlnet)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.control_video_processor = VideoProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> I2VAdapterPipeline:
+        """``DiffusionPipeline.from_pretrained`` plus:
+
+        Args:
+            motion_adapter: a ``MotionAdapter`` or a folder / hub id of one.
+            i2v_adapter: path (or state dict) of an I2V-Adapter file to load, or ``"fresh"`` for a new zero adapter.
+            i2v_adapter_scale: its scale (default 1.0).
+        """
+        i2v_adapter = kwargs.pop("i2v_adapter", None)
+        i2v_scale = kwargs.pop("i2v_adapter_scale", 1.0)
+        motion = kwargs.get("motion_adapter")
+        if isinstance(motion, (str, os.PathLike)):
+            kwargs["motion_adapter"] = MotionAdapter.from_pretrained(motion, torch_dtype=kwargs.get("torch_dtype"))
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if isinstance(i2v_adapter, str) and i2v_adapter == "fresh":
+            pipe.init_i2v_adapter(scale=i2v_scale)
+        elif i2v_adapter is not None:
+            pipe.load_i2v_adapter(i2v_adapter, scale=i2v_scale)
+        return pipe
+
+    @property
+    def i2v_adapter(self) -> I2VAdapter | None:
+        """The attached :class:`~adapters.i2v_adapter.I2VAdapter` (``None`` when none is loaded)."""
+        return get_i2v_adapter(self.unet)
+
+    def load_i2v_adapter(
+        self,
+        weights: str | os.PathLike | Mapping[str, torch.Tensor],
+        *,
+        scale: float = 1.0,
+        content_scale: float = 1.0,
+        allow_pickle: bool = False,
+    ) -> I2VAdapter:
+        """Load an I2V-Adapter file (ours or the authors' layout) into the UNet, replacing any loaded one.
+
+        The file is validated completely first; on any error (``AdapterWeightsError``) the pipeline is unchanged.
+        """
+        adapter = load_i2v_adapter(
+            self.unet, weights, scale=scale, content_scale=content_scale, allow_pickle=allow_pickle
+        )
+        if adapter.content is not None and self.image_encoder is None:
+            logger.warning(
+                "The I2V-Adapter file has a content adapter, which needs a CLIP `image_encoder` "
+                "(CLIPVisionModelWithProjection) in the pipeline; pass one to from_pretrained."
+            )
+        return adapter
+
+    def init_i2v_adapter(
+        self, *, scale: float = 1.0, content: bool = False, content_num_tokens: int = 4
+    ) -> I2VAdapter:
+        """Attach a fresh (zero-output) I2V-Adapter, e.g. to train it; ``content=True`` adds a content adapter sized
+        for ``self.image_encoder``."""
+        current = self.i2v_adapter
+        if current is not None:
+            current.unload()
+        embed_dim = None
+        if content:
+            if self.image_encoder is None:
+                raise ValueError("`content=True` needs an `image_encoder` (CLIPVisionModelWithProjection).")
+            embed_dim = self.image_encoder.config.projection_dim
+        return I2VAdapter.attach(
+            self.unet, scale=scale, content_image_embed_dim=embed_dim, content_num_tokens=content_num_tokens
+        )
+
+    def set_i2v_adapter_scale(self, scale: float) -> None:
+        """Scale of the first-frame attention (0 = plain AnimateDiff UNet)."""
+        if self.i2v_adapter is None:
+            raise ValueError("No I2V-Adapter is loaded; call `load_i2v_adapter` first.")
+        self.i2v_adapter.set_scale(scale)
+
+    def unload_i2v_adapter(self) -> None:
+        """Remove the I2V-Adapter (and its content adapter); the UNet is restored bit-identically."""
+        if self.i2v_adapter is not None:
+            self.i2v_adapter.unload()
+
+    def save_i2v_adapter(self, path: str | os.PathLike) -> None:
+        """Save the loaded I2V-Adapter to a safetensors file."""
+        if self.i2v_adapter is None:
+            raise ValueError("No I2V-Adapter is loaded.")
+        self.i2v_adapter.save(path)
+
+    def load_ip_adapter(self, *args, **kwargs):
+        """diffusers' ``load_ip_adapter``, keeping the I2V first-frame processors in place."""
+        adapter = self.i2v_adapter
+        if adapter is None:
+            return super().load_ip_adapter(*args, **kwargs)
+        if adapter.content is not None:
+            raise ValueError("The loaded I2V-Adapter has its own content adapter; unload it before an IP-Adapter.")
+        with adapter.suspended():
+            return super().load_ip_adapter(*args, **kwargs)
+
+    def unload_ip_adapter(self):
+        """diffusers' ``unload_ip_adapter``, keeping the I2V first-frame processors in place."""
+        adapter = self.i2v_adapter
+        if adapter is None:
+            return super().unload_ip_adapter()
+        if adapter.content is not None:
+            adapter.content.unload()
+            adapter.content = None
+            return None
+        with adapter.suspended():
+            return super().unload_ip_adapter()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode the frames of a chunk one at a time (``vae.enable_slicing()``; the pipeline-level helper was removed
+        from recent diffusers). Frames are also decoded in chunks of ``decode_chunk_size``."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Undo :meth:`enable_vae_slicing`."""
+        self.vae.disable_slicing()
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def check_i2v_inputs(
+        self,
+        image,
+        num_frames,
+        height,
+        width,
+        num_inference_steps,
+        adapter_scale,
+        conditioning_frames,
+        batch_size,
+    ) -> None:
+        """Checks specific to image-to-video; each error names the argument and the allowed values."""
+        if image is None:
+            raise ValueError("`image` is required: the first frame to animate (PIL image, np.ndarray or tensor).")
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"`num_frames` must be an int >= 1, got {num_frames!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int divisible by 8, got {value!r}.")
+        if adapter_scale is not None:
+            if not isinstance(adapter_scale, (int, float)) or adapter_scale < 0:
+                raise ValueError(f"`adapter_scale` must be a float >= 0, got {adapter_scale!r}.")
+            if self.i2v_adapter is None:
+                raise ValueError("`adapter_scale` was given but no I2V-Adapter is loaded (`load_i2v_adapter`).")
+        n_images = len(image) if isinstance(image, list) else (image.shape[0] if getattr(image, "ndim", 3) == 4 else 1)
+        if n_images not in (1, batch_size):
+            raise ValueError(f"`image` must hold 1 or {batch_size} (= prompts) images, got {n_images}.")
+        if conditioning_frames is not None:
+            if self.controlnet is None:
+                raise ValueError("`conditioning_frames` needs a pipeline built with a `controlnet`.")
+            nets = self.controlnet.nets if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
+            per_net = conditioning_frames if len(nets) > 1 else [conditioning_frames]
+            if len(per_net) != len(nets):
+                raise ValueError(
+                    f"`conditioning_frames` must be a list of {len(nets)} frame lists (one per ControlNet)."
+                )
+            for frames in per_net:
+                if not isinstance(frames, (list, tuple)) or len(frames) != num_frames:
+                    got = len(frames) if isinstance(frames, (list, tuple)) else type(frames).__name__
+                    raise ValueError(f"`conditioning_frames` must hold `num_frames` = {num_frames} frames, got {got}.")
+
+    def prepare_image_latents(
+        self,
+        image: PipelineImageInput,
+        height: int,
+        width: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The input image's clean latent (VAE posterior mean, scaled), ``(batch_size, C, height/f, width/f)``.
+
+        Deterministic (no sampling), so the same image always gives the same first frame.
+        """
+        pixels = self.image_processor.preprocess(image, height=height, width=width)
+        pixels = pixels.to(device=device, dtype=self.vae.dtype)
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.mode() * self.vae.config.scaling_factor
+        if latents.shape[0] == 1 and batch_size > 1:
+            latents = latents.repeat(batch_size, 1, 1, 1)
+        return latents.to(dtype)
+
+    def _prepare_control_frames(self, conditioning_frames, width, height, batch_size, device, dtype, cfg):
+        def one(frames):
+            video = self.control_video_processor.preprocess_video(frames, height=height, width=width)
+            video = video.to(dtype=torch.float32).permute(0, 2, 1, 3, 4).flatten(0, 1)  # (F, 3, H, W)
+            video = video.repeat(batch_size, 1, 1, 1).to(device=device, dtype=dtype)
+            return torch.cat([video] * 2) if cfg else video
+
+        if isinstance(self.controlnet, MultiControlNetModel):
+            return [one(frames) for frames in conditioning_frames]
+        return one(conditioning_frames)
+
+    # ------------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PipelineImageInput = None,
+        prompt: str | list[str] | None = None,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        adapter_scale: float | None = None,
+        similarity_prior: SimilarityPrior | tuple[float, float] | dict | float | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        conditioning_frames: list[PipelineImageInput] | None = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers convention)
+        decode_chunk_size: int = 16,
+    ) -> AnimateDiffPipelineOutput | tuple:
+        r"""Animate ``image``.
+
+        Args:
+            image: the first frame (PIL image, ``np.ndarray`` HWC in [0, 1], or tensor ``(B, 3, H, W)`` in [0, 1]).
+            prompt: text prompt(s); or pass ``prompt_embeds``.
+            num_frames: frames to generate, including the input frame (>= 1).
+            height, width: output size in pixels (multiples of 8; default: the image's size, rounded down).
+            num_inference_steps: denoising steps (the prior may skip the first ones).
+            guidance_scale: classifier-free guidance weight (> 1 enables it).
+            negative_prompt: negative prompt(s).
+            adapter_scale: first-frame attention scale for this call (default: the adapter's current scale).
+            similarity_prior: Frame Similarity Prior as ``(strength, start)``, a ``SimilarityPrior``, a dict or a
+                bare strength; ``None`` or strength 0 = plain noise initialisation.
+            eta: DDIM eta.
+            generator: torch generator(s) for the noise.
+            latents: pre-generated noise ``(B, C, num_frames, H/f, W/f)`` (frame 0 is replaced by the image latent).
+            prompt_embeds, negative_prompt_embeds: pre-computed text embeddings.
+            ip_adapter_image, ip_adapter_image_embeds: IP-Adapter / content adapter inputs (the content adapter uses
+                ``image`` when neither is given).
+            conditioning_frames: per-frame control images (``num_frames`` of them; a list of such lists for
+                several ControlNets); needs a pipeline with a ``controlnet``.
+            controlnet_conditioning_scale, control_guidance_start, control_guidance_end: as in diffusers'
+                ControlNet pipelines.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return an ``AnimateDiffPipelineOutput`` (``.frames``) instead of a tuple.
+            cross_attention_kwargs: passed to the attention processors (e.g. LoRA ``scale``).
+            clip_skip: CLIP layers to skip.
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each step.
+            callback_on_step_end_tensor_inputs: tensors given to the callback (from ``_callback_tensor_inputs``).
+            decode_chunk_size: frames decoded per VAE call.
+
+        Returns:
+            ``AnimateDiffPipelineOutput`` with ``frames``: a list (per video) of PIL lists, or an array/tensor
+            ``(B, F, H, W, 3)`` / ``(B, F, 3, H, W)``.
+        """
+        # 0. Default height and width to the image's size
+        if height is None or width is None:
+            if image is not None:
+                h0, w0 = self.image_processor.get_default_height_width(image[0] if isinstance(image, list) else image)
+                h0, w0 = h0 - h0 % 8, w0 - w0 % 8
+            else:
+                h0 = w0 = self.unet.config.sample_size * self.vae_scale_factor
+            height = height or h0
+            width = width or w0
+
+        # 1. Check inputs. Raise error if not correct
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        self.check_i2v_inputs(
+            image, num_frames, height, width, num_inference_steps, adapter_scale, conditioning_frames, batch_size
+        )
+        prior = SimilarityPrior.coerce(similarity_prior)
+        if self.free_noise_enabled:
+            raise ValueError("FreeNoise is not supported by I2VAdapterPipeline; call `disable_free_noise()`.")
+
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+
+        # 2. Define call parameters
+        device = self._execution_device
+        num_videos_per_prompt = 1
+        adapter = self.i2v_adapter
+        if adapter is None:
+            logger.warning("No I2V-Adapter loaded: only the clean first frame conditions the video.")
+        previous_scale = adapter.scale if adapter is not None else None
+        controlnet = None
+        if conditioning_frames is not None:
+            controlnet = self.controlnet._orig_mod if is_compiled_module(self.controlnet) else self.controlnet
+
+        # 3. Encode input prompt
+        lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_videos_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=self.clip_skip,
+        )
+        if self.do_classifier_free_guidance:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        prompt_embeds = prompt_embeds.repeat_interleave(repeats=num_frames, dim=0)
+
+        # 4. Image embeddings for the content adapter / IP-Adapter
+        added_cond_kwargs = None
+        if getattr(self.unet, "encoder_hid_proj", None) is not None:
+            if ip_adapter_image is None and ip_adapter_image_embeds is None:
+                if self.image_encoder is None:
+                    raise ValueError(
+                        "The content adapter / IP-Adapter needs an `image_encoder`, or pass `ip_adapter_image_embeds`."
+                    )
+                ip_adapter_image = image
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                batch_size * num_videos_per_prompt,
+                self.do_classifier_free_guidance,
+            )
+            added_cond_kwargs = {"image_embeds": image_embeds}
+
+        # 5. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 6. Prepare latent variables: noise, the Frame Similarity Prior, the clean first frame
+        num_channels_latents = self.unet.config.in_channels
+        image_latents = self.prepare_image_latents(
+            image, height, width, batch_size * num_videos_per_prompt, device, prompt_embeds.dtype
+        )
+        latents = self.prepare_latents(
+            batch_size * num_videos_per_prompt,
+            num_channels_latents,
+            num_frames,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+        latents, timesteps = apply_similarity_prior(
+            self.scheduler, latents, image_latents, timesteps, prior, generator=generator
+        )
+        first_frame = image_latents.unsqueeze(2)  # (B, C, 1, h, w)
+        latents = torch.cat([first_frame, latents[:, :, 1:]], dim=2)
+
+        # 7. Prepare extra step kwargs and ControlNet inputs
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        controlnet_keep = []
+        if controlnet is not None:
+            nets = controlnet.nets if isinstance(controlnet, MultiControlNetModel) else [controlnet]
+            starts = control_guidance_start if isinstance(control_guidance_start, list) else [control_guidance_start]
+            ends = control_guidance_end if isinstance(control_guidance_end, list) else [control_guidance_end]
+            starts, ends = starts * (len(nets) // len(starts)), ends * (len(nets) // len(ends))
+            if isinstance(controlnet, MultiControlNetModel) and isinstance(controlnet_conditioning_scale, float):
+                controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(nets)
+            control_frames = self._prepare_control_frames(
+                conditioning_frames,
+                width,
+                height,
+                batch_size * num_videos_per_prompt,
+                device,
+                controlnet.dtype,
+                self.do_classifier_free_guidance,
+            )
+            for i in range(len(timesteps)):
+                keeps = [
+                    1.0 - float(i / len(timesteps) < s or (i + 1) / len(timesteps) > e) for s, e in zip(starts, ends)
+                ]
+                controlnet_keep.append(keeps[0] if isinstance(controlnet, ControlNetModel) else keeps)
+
+        if adapter is not None and adapter_scale is not None:
+            adapter.set_scale(adapter_scale)
+        self._num_timesteps = len(timesteps)
+        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+        num_warmup_steps = max(num_warmup_steps, 0)
+
+        # 8. Denoising loop
+        try:
+            with self.progress_bar(total=len(timesteps)) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                    # the first frame enters the UNet clean and unscaled, whatever the scheduler's input scaling
+                    reps = latent_model_input.shape[0] // first_frame.shape[0]
+                    latent_model_input = torch.cat(
+                        [
+                            first_frame.repeat(reps, 1, 1, 1, 1).to(latent_model_input.dtype),
+                            latent_model_input[:, :, 1:],
+                        ],
+                        dim=2,
+                    )
+
+                    down_res = mid_res = None
+                    if controlnet is not None:
+                        if isinstance(controlnet_keep[i], list):
+                            cond_scale = [c * s for c, s in zip(controlnet_conditioning_scale, controlnet_keep[i])]
+                        else:
+                            scale_i = controlnet_conditioning_scale
+                            scale_i = scale_i[0] if isinstance(scale_i, list) else scale_i
+                            cond_scale = scale_i * controlnet_keep[i]
+                        control_input = latent_model_input.transpose(1, 2)
+                        control_input = control_input.reshape((-1,) + control_input.shape[2:])
+                        down_res, mid_res = controlnet(
+                            control_input,
+                            t,
+                            encoder_hidden_states=prompt_embeds,
+                            controlnet_cond=control_frames,
+                            conditioning_scale=cond_scale,
+                            guess_mode=False,
+                            return_dict=False,
+                        )
+
+                    noise_pred = self.unet(
+                        latent_model_input,
+                        t,
+                        encoder_hidden_states=prompt_embeds,
+                        cross_attention_kwargs=cross_attention_kwargs,
+                        added_cond_kwargs=added_cond_kwargs,
+                        down_block_additional_residuals=down_res,
+                        mid_block_additional_residual=mid_res,
+                    ).sample
+
+                    if self.do_classifier_free_guidance:
+                        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                        noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+                    # re-insert the clean first frame
+                    latents = torch.cat([first_frame.to(latents.dtype), latents[:, :, 1:]], dim=2)
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {}
+                        for k in callback_on_step_end_tensor_inputs:
+                            callback_kwargs[k] = locals()[k]
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                        latents = torch.cat([first_frame.to(latents.dtype), latents[:, :, 1:]], dim=2)
+                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                        progress_bar.update()
+        finally:
+            if adapter is not None and adapter_scale is not None:
+                adapter.set_scale(previous_scale)
+
+        # 9. Post processing
+        if output_type == "latent":
+            video = latents
+        else:
+            video_tensor = self.decode_latents(latents, decode_chunk_size)
+            video = self.video_processor.postprocess_video(video=video_tensor, output_type=output_type)
+
+        # 10. Offload all models
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (video,)
+        return AnimateDiffPipelineOutput(frames=video)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# video files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _frames_to_uint8(frames) -> list[np.ndarray]:
+    """PIL list, ``(F, H, W, 3)`` array/tensor in [0, 1] (or uint8), or ``(F, 3, H, W)`` tensor -> uint8 HWC list."""
+    if isinstance(frames, torch.Tensor):
+        arr = frames.detach().cpu().float()
+        if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+            arr = arr.permute(0, 2, 3, 1)
+        frames = arr.numpy()
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4:
+            raise ValueError(f"`frames` as an array must be (num_frames, H, W, 3), got shape {frames.shape}.")
+        frames = list(frames)
+    if not isinstance(frames, (list, tuple)) or len(frames) == 0:
+        raise ValueError("`frames` must be a non-empty list of PIL images or arrays.")
+    out = []
+    for frame in frames:
+        if isinstance(frame, PIL.Image.Image):
+            arr = np.asarray(frame.convert("RGB"))
+        else:
+            arr = np.asarray(frame)
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+            if arr.ndim == 2:
+                arr = np.stack([arr] * 3, axis=-1)
+        out.append(arr)
+    return out
+
+
+def export_to_video(frames, output_path: str | os.PathLike, fps: int = 8, quality: float = 9.0) -> str:
+    """Write frames to an mp4 (H.264 via ``imageio-ffmpeg``; install the ``video`` extra).
+
+    Args:
+        frames: a list of PIL images, an array ``(F, H, W, 3)`` in [0, 1] or uint8, or a tensor.
+        output_path: the ``.mp4`` path.
+        fps: frames per second.
+        quality: imageio-ffmpeg quality (0-10).
+
+    Returns:
+        The path written.
+    """
+    try:
+        import imageio.v2 as imageio
+    except ImportError as err:
+        raise ImportError(
+            "mp4 export needs `imageio` and `imageio-ffmpeg`: pip install 'diffusion-adapters[video]'"
+        ) from err
+    arrays = _frames_to_uint8(frames)
+    output_path = str(output_path)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    with imageio.get_writer(output_path, fps=fps, codec="libx264", quality=quality, macro_block_size=1) as writer:
+        for arr in arrays:
+            writer.append_data(arr)
+    return output_path
+
+
+def export_to_gif(frames, output_path: str | os.PathLike, fps: int = 8, loop: int = 0) -> str:
+    """Write frames to an animated GIF with PIL (no extra dependency). Same ``frames`` types as
+    :func:`export_to_video`."""
+    images = [PIL.Image.fromarray(a) for a in _frames_to_uint8(frames)]
+    output_path = str(output_path)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    images[0].save(
+        output_path,
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, round(1000 / fps)),
+        loop=loop,
+        optimize=False,
+        disposal=2,
+    )
+    return output_path
+
+
+def load_video_frames(path: str | os.PathLike) -> list[PIL.Image.Image]:
+    """Read an mp4/gif (or any format imageio reads) into RGB PIL frames."""
+    path = str(path)
+    if path.lower().endswith(".gif"):
+        frames = []
+        with PIL.Image.open(path) as im:
+            for index in range(getattr(im, "n_frames", 1)):
+                im.seek(index)
+                frames.append(im.convert("RGB"))
+        return frames
+    try:
+        import imageio.v2 as imageio
+    except ImportError as err:
+        raise ImportError("reading videos needs `imageio` and `imageio-ffmpeg`.") from err
+    with imageio.get_reader(path) as reader:
+        return [PIL.Image.fromarray(np.asarray(frame)[..., :3]) for frame in reader]
