@@ -1,0 +1,96 @@
+"""``python -m pipelines TASK ... --out DIR`` writes the task's images / video into DIR (placeholder models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def placeholder_models(monkeypatch):
+    monkeypatch.setenv("DIFFUSION_ADAPTERS_PLACEHOLDER", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def example_image() -> str:
+    from pipelines.embedded import example_images
+
+    return str(example_images()[0][0])
+
+
+def run_cli(*args: str) -> None:
+    from pipelines.__main__ import main
+
+    assert main([*args, "--quiet"]) == 0
+
+
+def test_mv_writes_views_grid_and_zip(tmp_path):
+    out = tmp_path / "mv"
+    run_cli("mv", "--prompt", "a red cube", "--num-views", "3", "--steps", "2", "--out", str(out))
+    views = sorted(out.glob("view_*.png"))
+    assert [p.name for p in views] == ["view_00.png", "view_01.png", "view_02.png"]
+    assert all(Image.open(p).size == (64, 64) for p in views)
+    assert Image.open(out / "grid.png").size == (3 * 64, 64)
+    with zipfile.ZipFile(out / "views.zip") as zf:
+        assert len(zf.namelist()) == 3
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"] == "mv" and result["placeholder_weights"] is True
+
+
+def test_i2v_writes_mp4_gif_and_frames(tmp_path, example_image):
+    import imageio.v3 as iio
+
+    out = tmp_path / "i2v"
+    run_cli("i2v", "--image", example_image, "--prompt", "spin", "--frames", "3", "--steps", "2", "--out", str(out))
+    assert iio.imread(out / "video.mp4").shape[0] == 3
+    assert Image.open(out / "video.gif").n_frames == 3
+    assert len(list((out / "frames").glob("frame_*.png"))) == 3
+
+
+def test_hipa_and_res_write_images(tmp_path):
+    out = tmp_path / "hipa"
+    run_cli("hipa", "--prompt", "a cube", "--compare", "plain", "--out", str(out))
+    assert {p.name for p in out.glob("*.png")} == {"hipa.png", "plain.png"}
+    out = tmp_path / "res"
+    run_cli("res", "--prompt", "a cube", "--height", "64", "--width", "128", "--steps", "2", "--out", str(out))
+    assert Image.open(out / "res_adapter.png").size == (128, 64)
+    assert Image.open(out / "base.png").size == (128, 64)
+
+
+def test_i2mv_with_image(tmp_path, example_image):
+    out = tmp_path / "i2mv"
+    run_cli("i2mv", "--image", example_image, "--azimuths", "0,90", "--steps", "1", "--out", str(out))
+    assert len(list(out.glob("view_*.png"))) == 2
+
+
+def test_bad_input_exits_2_before_loading(tmp_path):
+    from pipelines.__main__ import main
+
+    assert main(["mv", "--prompt", "x", "--num-views", "40", "--out", str(tmp_path / "a")]) == 2
+    not_image = tmp_path / "x.png"
+    not_image.write_text("nope")
+    assert main(["i2v", "--image", str(not_image), "--out", str(tmp_path / "b")]) == 2
+
+
+def test_module_entry_point_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode == 0
+    for task in ("mv", "i2mv", "i2v", "hipa", "res"):
+        assert task in res.stdout
