@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,12 @@ class ToyConfig(TrainConfig):
     nan_at_step: int | None = field(default=None, metadata={"help": "Return a NaN loss at this step (test)."})
     crash_at_step: int | None = field(default=None, metadata={"help": "Raise at this step (test)."})
     record_indices: bool = field(default=False, metadata={"help": "Write the example indices each rank saw."})
+    pause_at_step: int | None = field(
+        default=None, metadata={"help": "Write output_dir/paused and sleep at this step, to be killed (test)."}
+    )
+    pause_in_checkpoint: bool = field(
+        default=False, metadata={"help": "Pause inside the checkpoint write of pause_at_step instead (test)."}
+    )
 
 
 class ToyLatents(Dataset):
@@ -106,6 +113,8 @@ class ToyTrainer(AdapterTrainer):
         step = self.global_step + 1
         if cfg.crash_at_step == step:
             raise InjectedCrash(f"injected crash at step {step}")
+        if cfg.pause_at_step == step and not cfg.pause_in_checkpoint:
+            self._pause()
         if cfg.record_indices:
             self.seen_indices.append([int(i) for i in batch["index"]])
         latents = batch["latents"]
@@ -118,6 +127,15 @@ class ToyTrainer(AdapterTrainer):
         if cfg.nan_at_step == step:
             loss = loss * float("nan")
         return loss
+
+    def _pause(self) -> None:
+        (Path(self.config.output_dir) / "paused").write_text(str(self.global_step))
+        time.sleep(600)  # the test kills the process here
+
+    def _save_state_hook(self, models, weights, output_dir):
+        super()._save_state_hook(models, weights, output_dir)
+        if self.config.pause_in_checkpoint and self.config.pause_at_step == self.global_step:
+            self._pause()  # killed with the adapter written but the optimizer, RNG states and marker not yet
 
     def train(self) -> None:
         super().train()

@@ -652,7 +652,7 @@ class AdapterTrainer:
         from adapters.weights import check_adapter_kind, load_weights
 
         path = Path(input_dir) / ADAPTER_WEIGHTS_NAME
-        state_dict, metadata = load_weights(path, device=self.device)
+        state_dict, metadata = load_weights(path)  # on CPU; load_adapter_state_dict copies into place
         check_adapter_kind(metadata, self.adapter_kind, source=str(path))
         self.load_adapter_state_dict(state_dict)
         if self.ema is not None:
