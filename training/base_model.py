@@ -4,9 +4,9 @@ It has exactly the components and on-disk layout of a hub SD 1.5 repository (``m
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``), only smaller, so every pipeline and adapter loads it
 by the same code path as a real checkpoint:
 
-* ``AutoencoderKL`` with a down-scale factor of 4 and 4 latent channels (64 px images -> 16x16 latents);
-* ``UNet2DConditionModel`` (64/128/128 channels, one layer per block, no attention at the highest resolution, two
-  samplers: total down-scale 4 in latent space, so image sizes are multiples of 16);
+* ``AutoencoderKL`` with a down-scale factor of 2 and 4 latent channels (32 px images -> 16x16 latents);
+* ``UNet2DConditionModel`` (32/64/64 channels, one layer per block, no attention at the highest resolution, two
+  samplers: total down-scale 4 in latent space, so image sizes are multiples of 8);
 * a 2-layer ``CLIPTextModel`` (64-d) and a ``CLIPTokenizer`` whose byte-level BPE is built from the mini-world's
   caption vocabulary, so every caption word is one token (any other text still tokenizes, byte by byte).
 
@@ -38,16 +38,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NATIVE_RESOLUTION = 64
+NATIVE_RESOLUTION = 32
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 
 VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 3,
-    "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [32, 64],
     "layers_per_block": 1,
     "latent_channels": 4,
     "norm_num_groups": 16,
@@ -55,16 +55,16 @@ VAE_CONFIG = {
 }
 
 UNET_CONFIG = {
-    "sample_size": NATIVE_RESOLUTION // 4,
+    "sample_size": NATIVE_RESOLUTION // 2,
     "in_channels": 4,
     "out_channels": 4,
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [64, 128, 128],
+    "block_out_channels": [32, 64, 64],
     "layers_per_block": 1,
     "cross_attention_dim": 64,
     "attention_head_dim": 8,
-    "norm_num_groups": 32,
+    "norm_num_groups": 16,
 }
 
 TEXT_ENCODER_CONFIG = {
@@ -226,3 +226,34 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Keeps each item of ``dataset`` in memory after its first render (for procedural data reused over epochs).
+
+    Use with ``num_workers=0``: worker processes would each fill their own cache.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        self._cache: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self._cache:
+            self._cache[index] = self.dataset[index]
+        return self._cache[index]
+
+
+def miniworld_images(resolution, num_samples: int, seed: int = 0, max_objects: int = 2, **kwargs) -> CachedDataset:
+    """Cached mini-world text-image pairs framed for the embedded base (closer camera, at most two objects).
+
+    Items: ``{"pixel_values": (3, H, W) in [-1, 1], "text": str, "height": int, "width": int}``.
+    """
+    from training.miniworld import TextImageDataset
+
+    kwargs.setdefault("distance_range", (1.5, 1.8))
+    data = TextImageDataset(resolution, length=num_samples, seed=seed, max_objects=max_objects, **kwargs)
+    return CachedDataset(data)

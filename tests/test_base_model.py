@@ -1,0 +1,60 @@
+"""training.base_model: the embedded base's tokenizer and SD 1.5 layout."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from training.base_model import (
+    NATIVE_RESOLUTION,
+    build_tokenizer,
+    clip_bpe,
+    init_base,
+    miniworld_images,
+    miniworld_vocabulary,
+)
+
+
+def test_every_caption_word_is_one_token():
+    tokenizer = build_tokenizer()
+    for word in miniworld_vocabulary():
+        assert tokenizer.tokenize(word) == [f"{word}</w>"], word
+    assert tokenizer.model_max_length == 77
+    ids = tokenizer("a small red cube beside a large blue torus").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert len(ids) == 9 + 2  # one token per word, plus BOS and EOS
+
+
+def test_unknown_text_still_tokenizes_byte_by_byte():
+    tokenizer = build_tokenizer()
+    pieces = tokenizer.tokenize("an astronaut!")
+    assert "".join(pieces).replace("</w>", "") == "anastronaut!"
+
+
+def test_bpe_is_deterministic_and_clip_shaped():
+    vocab, merges = clip_bpe(["cube", "sphere", "cube"])
+    assert (vocab, merges) == clip_bpe(["cube", "sphere"])
+    assert list(vocab)[-2:] == ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 512 + len(merges) + 2
+
+
+def test_init_base_loads_as_stable_diffusion(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    init_base(tmp_path / "base")
+    index = json.loads((tmp_path / "base" / "model_index.json").read_text())
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base")
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red cube", num_inference_steps=1, output_type="np").images
+    assert image.shape == (1, NATIVE_RESOLUTION, NATIVE_RESOLUTION, 3)
+    assert pipe.vae_scale_factor == 2
+
+
+def test_miniworld_images_are_cached():
+    data = miniworld_images(NATIVE_RESOLUTION, 4)
+    first = data[1]
+    assert first is data[1]
+    assert first["pixel_values"].shape == (3, NATIVE_RESOLUTION, NATIVE_RESOLUTION)
+    assert torch.all(first["pixel_values"].abs() <= 1)

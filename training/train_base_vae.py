@@ -1,0 +1,100 @@
+"""Stage 1 of the embedded base: train its ``AutoencoderKL`` on mini-world renders.
+
+Run ``python -m training.train_base_vae --pretrained_model_name_or_path <init folder> --output_dir <dir>`` where the
+init folder comes from ``python -m training.base_model --out <init folder>``. The output folder is a complete base in
+the SD 1.5 layout (the other components copied unchanged), with the trained VAE and its latent ``scaling_factor``
+measured on the training data (1 / std of the latents), ready for stage 2 (``training.train_base``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training.core import AdapterTrainer, TrainConfig, main
+
+
+@dataclass
+class BaseVAEConfig(TrainConfig):
+    kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term of the VAE loss."})
+    num_samples: int = field(default=4096, metadata={"help": "Distinct mini-world images (rendered once, cached)."})
+    scaling_samples: int = field(
+        default=256, metadata={"help": "Training images used to measure the latent scaling factor at the end."}
+    )
+
+
+class BaseVAETrainer(AdapterTrainer):
+    """Reconstruction + KL training of the embedded base's VAE on mini-world images."""
+
+    config_class = BaseVAEConfig
+    adapter_kind = "base_vae"
+
+    def build_models(self) -> None:
+        self.load_components("vae")
+        self.vae.requires_grad_(True).train()
+
+    def trainable_parameters(self):
+        return list(self.vae.named_parameters())
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.vae.state_dict()
+
+    def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.vae.load_state_dict(state_dict, strict=True)
+
+    def build_dataset(self):
+        from training.base_model import miniworld_images
+
+        if not hasattr(self, "_dataset"):
+            self._dataset = miniworld_images(self.config.resolution, self.config.num_samples, seed=self.seed or 0)
+        return self._dataset
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        """``batch["pixel_values"]``: ``(B, 3, H, W)`` in [-1, 1]; MSE + L1 reconstruction plus a small KL."""
+        pixels = batch["pixel_values"].to(self.device)
+        posterior = self.vae.encode(pixels).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon.float(), pixels.float()) + 0.5 * F.l1_loss(recon.float(), pixels.float())
+        return rec + self.config.kl_weight * posterior.kl().mean()
+
+    def log_validation(self, step: int):
+        from PIL import Image
+
+        data = self.build_dataset()
+        pixels = torch.stack([data[i]["pixel_values"] for i in range(4)]).to(self.device)
+        recon = self.vae.decode(self.vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
+        both = torch.cat([pixels, recon], dim=3)  # original | reconstruction
+        arrays = ((both.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().astype("uint8")
+        return [Image.fromarray(a) for a in arrays]
+
+    @torch.no_grad()
+    def save_adapter(self, output_dir) -> Path:
+        out = Path(output_dir)
+        source = Path(self.config.pretrained_model_name_or_path)
+        data = self.build_dataset()
+        vae = self.accelerator.unwrap_model(self.vae).eval()
+        latents = []
+        for start in range(0, self.config.scaling_samples, 32):
+            idx = range(start, min(start + 32, self.config.scaling_samples))
+            pixels = torch.stack([data[i]["pixel_values"] for i in idx]).to(self.device)
+            latents.append(vae.encode(pixels).latent_dist.mode().float())
+        scaling = float(1.0 / torch.cat(latents).std())
+        vae.register_to_config(scaling_factor=scaling)
+        for item in source.iterdir():
+            if item.name == "vae" or item.name.startswith("checkpoint"):
+                continue
+            target = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+        vae.save_pretrained(out / "vae")
+        return out
+
+
+if __name__ == "__main__":
+    main(BaseVAETrainer)
