@@ -428,6 +428,7 @@ class MVAdapterPipelineMixin:
         distance: float | Sequence[float] | None = None,
         fov: float | Sequence[float] | None = None,
         cameras: Cameras | np.ndarray | torch.Tensor | None = None,
+        condition_maps: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 50,
@@ -460,6 +461,8 @@ class MVAdapterPipelineMixin:
             azimuth_deg, elevation_deg, distance, fov: cameras on a sphere (azimuth 0 = front; ``fov`` in degrees
                 makes them perspective, default orthographic with the official box).
             cameras: a :class:`~adapters.mv_adapter.Cameras` or OpenCV ``(V, 4, 4)`` camera-to-world matrices.
+            condition_maps: precomputed condition ``(V, C_in, H, W)`` in ``[0, 1]`` for the condition encoder
+                (replaces cameras / geometry maps; e.g. a training set's maps or a custom condition).
             height, width: output size (any multiple of :attr:`size_multiple`; non-square allowed).
             num_inference_steps: denoising steps.
             guidance_scale: text classifier-free guidance (default 7.0 for text modes, 3.0 with ``image``, as the
@@ -485,6 +488,8 @@ class MVAdapterPipelineMixin:
         if num_views is None:
             if cameras is not None:
                 num_views = len(cameras)
+            elif condition_maps is not None:
+                num_views = len(condition_maps)
             elif azimuth_deg is not None:
                 num_views = len(azimuth_deg)
             elif position_map is not None:
@@ -560,12 +565,17 @@ class MVAdapterPipelineMixin:
         latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
 
         # 6. Condition maps -> encoder residuals (computed once, the same for every branch and step)
-        if position_map is None:
-            cameras = cameras or self.prepare_cameras(views, None, azimuth_deg, elevation_deg, distance, fov)
-        maps = self.prepare_condition(
-            cameras=cameras, position_map=position_map, normal_map=normal_map, height=height, width=width,
-            device=device, dtype=dtype,
-        )  # fmt: skip
+        if condition_maps is not None:
+            maps = torch.as_tensor(condition_maps).to(device=device, dtype=dtype)
+            if maps.shape[-2:] != (height, width):
+                maps = torch.nn.functional.interpolate(maps, size=(height, width), mode="bilinear")
+        else:
+            if position_map is None:
+                cameras = cameras or self.prepare_cameras(views, None, azimuth_deg, elevation_deg, distance, fov)
+            maps = self.prepare_condition(
+                cameras=cameras, position_map=position_map, normal_map=normal_map, height=height, width=width,
+                device=device, dtype=dtype,
+            )  # fmt: skip
         if maps.shape[0] != views:
             raise ValueError(f"The condition has {maps.shape[0]} views but `num_views` is {views}.")
         features = self._encode_condition(maps, device, dtype)

@@ -223,9 +223,13 @@ class Cameras:
         return cls(c2w, fov, _as_tensor(ortho_scale, n, "ortho_scale"), orthographic)
 
     @classmethod
-    def from_json(cls, entries: Sequence[dict]) -> Cameras:
-        """Cameras from ``cameras.json`` entries (the mini-world export: ``c2w`` OpenCV, ``projection``,
-        ``fov_deg``, ``ortho_scale``; an optional ``convention`` key per entry)."""
+    def from_json(cls, entries: Sequence[dict] | dict) -> Cameras:
+        """Cameras from ``cameras.json``: the mini-world export's object (``{"convention", "projection",
+        "frames": [{"c2w", "fov_deg", "ortho_scale"}, ...]}``) or a plain list of such entries (``c2w`` OpenCV unless
+        an entry or the object says ``"convention": "opengl"``)."""
+        if isinstance(entries, dict):
+            top = {k: v for k, v in entries.items() if k in ("convention", "projection")}
+            entries = [{**top, **frame} for frame in entries.get("frames", [])]
         if not entries:
             raise ValueError("`cameras` is empty.")
         projections = {e.get("projection", "orthographic") for e in entries}
