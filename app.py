@@ -464,11 +464,13 @@ def _unavailable(title: str, module: str, reason: str) -> None:
     )
 
 
-def _run_examples_on_click(examples: gr.Examples, fn: Callable, inputs: list, outputs: list) -> None:
+def _run_examples_on_click(
+    examples: gr.Examples, fn: Callable, inputs: list, outputs: list, progress_on: list
+) -> None:
     """Clicking an example fills its inputs, then runs the tab's action with the tab's current settings."""
     event = getattr(examples, "load_input_event", None)
     if event is not None:
-        event.then(fn, inputs=inputs, outputs=outputs, api_visibility="undocumented")
+        event.then(fn, inputs=inputs, outputs=outputs, show_progress_on=progress_on, api_visibility="undocumented")
 
 
 def build_demo(config: AppConfig | None = None) -> gr.Blocks:
@@ -516,16 +518,17 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         mv_prompt = gr.Textbox(label="Prompt", value="a red cube", lines=2, elem_id="mv-prompt")
                         mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
                         mv_seed, mv_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False):
-                            mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views")
+                        with gr.Accordion("Advanced", open=False, elem_id="mv-advanced"):
+                            mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views", elem_id="mv-views")
                             mv_azimuths = gr.Textbox(
+                                elem_id="mv-azimuths",
                                 label="Azimuths (degrees, comma separated; overrides Views)",
                                 value="",
                                 placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
                             )
                             mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
                             mv_height, mv_width = _size_sliders(native, multiple)
-                            mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="mv-steps")
                             mv_guidance = gr.Slider(0, 15, value=7.0, step=0.5, label="Guidance scale")
                             mv_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Multi-view attention scale")
                         mv_button = gr.Button("Generate", variant="primary", elem_id="mv-generate")
@@ -542,10 +545,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ]  # fmt: skip
                 mv_outputs = [mv_gallery, mv_zip, mv_seed, mv_info]
                 mv_fn = _user_errors(state.text_to_multiview)
-                mv_button.click(mv_fn, mv_inputs, mv_outputs, api_name="text_to_multiview")
-                mv_prompt.submit(mv_fn, mv_inputs, mv_outputs, api_visibility="undocumented")
+                mv_button.click(
+                    mv_fn, mv_inputs, mv_outputs, show_progress_on=[mv_gallery, mv_zip], api_name="text_to_multiview"
+                )
+                mv_prompt.submit(
+                    mv_fn, mv_inputs, mv_outputs, show_progress_on=[mv_gallery, mv_zip], api_visibility="undocumented"
+                )
                 ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["mv"]], inputs=[mv_prompt], label="Examples")
-                _run_examples_on_click(ex, mv_fn, mv_inputs, mv_outputs)
+                _run_examples_on_click(ex, mv_fn, mv_inputs, mv_outputs, [mv_gallery, mv_zip])
 
         # ---------------------------------------------------------------- Image to multi-view
         with gr.Tab(TASKS["i2mv"].title, id="i2mv"):
@@ -576,8 +583,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                     gr.Image(label="Normal map", type="filepath", height=160), "Normal map"
                                 )
                         i2mv_seed, i2mv_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False):
-                            i2mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views")
+                        with gr.Accordion("Advanced", open=False, elem_id="i2mv-advanced"):
+                            i2mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views", elem_id="i2mv-views")
                             i2mv_azimuths = gr.Textbox(
                                 label="Azimuths (degrees, comma separated; overrides Views)",
                                 value="",
@@ -585,7 +592,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             )
                             i2mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
                             i2mv_height, i2mv_width = _size_sliders(native, multiple)
-                            i2mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            i2mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="i2mv-steps")
                             i2mv_guidance = gr.Slider(0, 15, value=3.0, step=0.5, label="Guidance scale")
                             i2mv_ref_guidance = gr.Slider(
                                 0, 10, value=0, step=0.5, label="Reference guidance (0 = one joint guidance)"
@@ -607,12 +614,18 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ]  # fmt: skip
                 i2mv_outputs = [i2mv_gallery, i2mv_zip, i2mv_seed, i2mv_info]
                 i2mv_fn = _user_errors(state.image_to_multiview)
-                i2mv_button.click(i2mv_fn, i2mv_inputs, i2mv_outputs, api_name="image_to_multiview")
+                i2mv_button.click(
+                    i2mv_fn,
+                    i2mv_inputs,
+                    i2mv_outputs,
+                    show_progress_on=[i2mv_gallery, i2mv_zip],
+                    api_name="image_to_multiview",
+                )
                 if mv_examples:
                     ex = gr.Examples(
                         mv_examples, inputs=[i2mv_image, i2mv_prompt, i2mv_position, i2mv_normal], label="Examples"
                     )
-                    _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs)
+                    _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs, [i2mv_gallery, i2mv_zip])
 
         # ---------------------------------------------------------------- Image to video
         with gr.Tab(TASKS["i2v"].title, id="i2v"):
@@ -634,10 +647,12 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         i2v_prompt = gr.Textbox(label="Prompt", value="", lines=1, elem_id="i2v-prompt")
                         i2v_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
                         i2v_seed, i2v_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False):
-                            i2v_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames")
+                        with gr.Accordion("Advanced", open=False, elem_id="i2v-advanced"):
+                            i2v_frames = gr.Slider(
+                                2, MAX_FRAMES, value=8, step=1, label="Frames", elem_id="i2v-frames"
+                            )
                             i2v_height, i2v_width = _size_sliders(native, multiple)
-                            i2v_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            i2v_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="i2v-steps")
                             i2v_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
                             i2v_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="First-frame attention scale")
                             i2v_prior = gr.Slider(
@@ -650,7 +665,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         i2v_button = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
                     with gr.Column(scale=3):
                         i2v_video = gr.Video(
-                            label="Video", autoplay=True, loop=True, elem_id="i2v-video", elem_classes=["pixelated"],
+                            label="Video", autoplay=True, loop=True, height=400, elem_id="i2v-video", elem_classes=["pixelated"],
                             interactive=False,
                         )  # fmt: skip
                         i2v_files = gr.File(label="Download (mp4, GIF)", file_count="multiple", elem_id="i2v-files")
@@ -661,10 +676,12 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ]  # fmt: skip
                 i2v_outputs = [i2v_video, i2v_files, i2v_seed, i2v_info]
                 i2v_fn = _user_errors(state.image_to_video)
-                i2v_button.click(i2v_fn, i2v_inputs, i2v_outputs, api_name="image_to_video")
+                i2v_button.click(
+                    i2v_fn, i2v_inputs, i2v_outputs, show_progress_on=[i2v_video, i2v_files], api_name="image_to_video"
+                )
                 if video_examples:
                     ex = gr.Examples(video_examples, inputs=[i2v_image, i2v_prompt], label="Examples")
-                    _run_examples_on_click(ex, i2v_fn, i2v_inputs, i2v_outputs)
+                    _run_examples_on_click(ex, i2v_fn, i2v_inputs, i2v_outputs, [i2v_video, i2v_files])
 
         # ---------------------------------------------------------------- One step
         with gr.Tab(TASKS["hipa"].title, id="hipa"):
@@ -689,7 +706,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             value=[ONE_STEP_COMPARISONS["plain"], ONE_STEP_COMPARISONS["teacher"]],
                             label="Compare with (same seed)",
                         )
-                        with gr.Accordion("Advanced", open=False):
+                        with gr.Accordion("Advanced", open=False, elem_id="hipa-advanced"):
                             hipa_height, hipa_width = _size_sliders(native, multiple)
                             hipa_steps = gr.Slider(1, 4, value=1, step=1, label="HiPA steps")
                             hipa_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance (1 = off)")
@@ -709,10 +726,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ]  # fmt: skip
                 hipa_outputs = [hipa_gallery, hipa_seed, hipa_info]
                 hipa_fn = _user_errors(state.one_step)
-                hipa_button.click(hipa_fn, hipa_inputs, hipa_outputs, api_name="one_step")
-                hipa_prompt.submit(hipa_fn, hipa_inputs, hipa_outputs, api_visibility="undocumented")
+                hipa_button.click(
+                    hipa_fn, hipa_inputs, hipa_outputs, show_progress_on=[hipa_gallery], api_name="one_step"
+                )
+                hipa_prompt.submit(
+                    hipa_fn, hipa_inputs, hipa_outputs, show_progress_on=[hipa_gallery], api_visibility="undocumented"
+                )
                 ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["hipa"]], inputs=[hipa_prompt], label="Examples")
-                _run_examples_on_click(ex, hipa_fn, hipa_inputs, hipa_outputs)
+                _run_examples_on_click(ex, hipa_fn, hipa_inputs, hipa_outputs, [hipa_gallery])
 
         # ---------------------------------------------------------------- Any resolution
         with gr.Tab(TASKS["res"].title, id="res"):
@@ -739,9 +760,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                 ["1:1", "4:3", "3:4", "16:9", "9:16", "2:1", "1:2"], value="1:1", label="Aspect ratio"
                             )
                         res_seed, res_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False):
+                        with gr.Accordion("Advanced", open=False, elem_id="res-advanced"):
                             res_compare = gr.Checkbox(value=True, label="Also generate without ResAdapter")
-                            res_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                            res_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="res-steps")
                             res_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
                             res_lora = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter LoRA scale")
                             res_norm = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter norm scale")
@@ -763,10 +784,22 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ]  # fmt: skip
                 res_outputs = [res_with, res_without, res_seed, res_info]
                 res_fn = _user_errors(state.any_resolution)
-                res_button.click(res_fn, res_inputs, res_outputs, api_name="any_resolution")
-                res_prompt.submit(res_fn, res_inputs, res_outputs, api_visibility="undocumented")
+                res_button.click(
+                    res_fn,
+                    res_inputs,
+                    res_outputs,
+                    show_progress_on=[res_with, res_without],
+                    api_name="any_resolution",
+                )
+                res_prompt.submit(
+                    res_fn,
+                    res_inputs,
+                    res_outputs,
+                    show_progress_on=[res_with, res_without],
+                    api_visibility="undocumented",
+                )
                 ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[res_prompt], label="Examples")
-                _run_examples_on_click(ex, res_fn, res_inputs, res_outputs)
+                _run_examples_on_click(ex, res_fn, res_inputs, res_outputs, [res_with, res_without])
 
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)
     demo.app_state = state
