@@ -1,0 +1,223 @@
+"""Tests of the evaluation metrics (benchmarks/metrics.py) and the evaluation command (benchmarks/quality.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import metrics
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pixel metrics
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _images(n=3, h=16, w=20, seed=0):
+    return np.random.default_rng(seed).random((n, h, w, 3))
+
+
+def test_psnr_identical_is_inf_and_known_value():
+    x = _images()
+    assert np.all(np.isinf(metrics.psnr(x, x)))
+    a = np.zeros((1, 8, 8, 3))
+    b = np.full((1, 8, 8, 3), 0.1)  # MSE 0.01 -> 20 dB
+    assert metrics.psnr(a, b)[0] == pytest.approx(20.0)
+    assert metrics.psnr(a * 255, b * 255, data_range=255.0)[0] == pytest.approx(20.0)
+    # uint8 input is scaled to [0, 1]
+    u = np.zeros((8, 8, 3), np.uint8)
+    v = np.full((8, 8, 3), 51, np.uint8)  # 0.2 -> MSE 0.04 -> 13.98 dB
+    assert metrics.psnr(u, v)[0] == pytest.approx(10 * math.log10(1 / 0.04))
+
+
+def test_psnr_decreases_with_noise():
+    x = _images(1)
+    rng = np.random.default_rng(1)
+    values = [metrics.psnr(x, np.clip(x + s * rng.standard_normal(x.shape), 0, 1))[0] for s in (0.01, 0.05, 0.2)]
+    assert values[0] > values[1] > values[2]
+
+
+def test_ssim_identity_and_closed_form():
+    x = _images()
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, atol=1e-12)
+    # Constant images: variances and covariance vanish, so SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1).
+    a, b = np.full((1, 12, 12, 3), 0.2), np.full((1, 12, 12, 3), 0.6)
+    c1 = (0.01) ** 2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert metrics.ssim(a, b)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def _ssim_reference(x: np.ndarray, y: np.ndarray, win: int = 7, sigma: float = 1.5) -> float:
+    """Direct loop implementation of Wang et al. SSIM (Gaussian window, valid positions, mean over channels)."""
+    g = np.exp(-((np.arange(win) - (win - 1) / 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    wgt = np.outer(g, g)
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    h, w, c = x.shape
+    for ch in range(c):
+        for i in range(h - win + 1):
+            for j in range(w - win + 1):
+                px, py = x[i : i + win, j : j + win, ch], y[i : i + win, j : j + win, ch]
+                mx, my = (wgt * px).sum(), (wgt * py).sum()
+                vx, vy = (wgt * (px - mx) ** 2).sum(), (wgt * (py - my) ** 2).sum()
+                cxy = (wgt * (px - mx) * (py - my)).sum()
+                vals.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_direct_reference_and_orders_distortions():
+    x = _images(1, 12, 14)[0]
+    y = np.clip(x + 0.1 * np.random.default_rng(3).standard_normal(x.shape), 0, 1)
+    assert metrics.ssim(x, y)[0] == pytest.approx(_ssim_reference(x, y), abs=1e-10)
+    mild = np.clip(x + 0.02, 0, 1)
+    assert metrics.ssim(x, mild)[0] > metrics.ssim(x, y)[0]
+    assert metrics.ssim(x, 1 - x)[0] < 0.2
+
+
+def test_pixel_metrics_inputs():
+    from PIL import Image
+
+    x = (_images(1)[0] * 255).astype(np.uint8)
+    pil = Image.fromarray(x)
+    assert np.isinf(metrics.psnr([pil], x)[0])
+    assert metrics.to_array(torch.from_numpy(x)).shape == (1, 16, 20, 3)
+    with pytest.raises(ValueError, match="same size"):
+        metrics.psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 9, 3)))
+    with pytest.raises(ValueError, match="H, W, 3"):
+        metrics.to_array(np.zeros((8, 8)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Frechet distance and statistics
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((200, 8))
+    assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    d = [metrics.frechet_distance(f, f + s) for s in (0.5, 1.0, 2.0)]
+    assert d[0] < d[1] < d[2]
+    # Pure mean shift of s in every one of 8 dims: FD = 8 s^2 exactly.
+    assert d[1] == pytest.approx(8.0, rel=1e-6)
+    # Scaled covariance: N(0, I) vs N(0, 4I) -> tr(I) + tr(4I) - 2 tr(2I) = D.
+    g = rng.standard_normal((20000, 4))
+    assert metrics.frechet_distance(g, 2 * g) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_statistics_helpers():
+    s = metrics.summarize([1.0, 2.0, 3.0, 4.0])
+    assert s["mean"] == 2.5 and s["n"] == 4
+    assert s["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    assert s["ci_low"] <= 2.5 <= s["ci_high"]
+    p = metrics.paired_bootstrap([1.0, 1.1, 0.9, 1.0] * 5, [0.0, 0.1, -0.1, 0.0] * 5)
+    assert p["diff"] == pytest.approx(1.0) and p["ci_low"] > 0.9
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((64, 4))
+    out = metrics.bootstrap_fd({"near": rng.standard_normal((32, 4)), "far": rng.standard_normal((32, 4)) + 2}, real)
+    assert out["near"]["fd"] < out["far"]["fd"]
+    assert out["near - far"]["ci_high"] < 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# video metrics
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _FakeClassifier(torch.nn.Module):
+    """Features = mean colour per channel (enough for the consistency metrics' arithmetic)."""
+
+    def features(self, x):
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1) + 2.0
+
+    def predict(self, x):
+        return [{"pairs": {("red", "cube")} if x[i, 0].mean() > 0 else set()} for i in range(len(x))]
+
+
+def test_motion_and_consistency_metrics():
+    clf = _FakeClassifier()
+    still = np.repeat(_images(1, 16, 16), 4, axis=0)
+    m = metrics.motion_amount(still)
+    assert m["consecutive"] == 0.0 and m["first_last"] == 0.0
+    moving = np.stack([np.roll(still[0], 3 * k, axis=1) for k in range(4)])
+    assert metrics.motion_amount(moving)["consecutive"] > 0.05
+    c = metrics.frame_consistency(clf, still)
+    assert c["feature_similarity"] == pytest.approx(1.0) and c["ssim"] == pytest.approx(1.0)
+    fid = metrics.first_frame_fidelity(clf, still, still[0])
+    assert fid["psnr"] == 100.0 and fid["ssim"] == pytest.approx(1.0) and fid["identity"] == pytest.approx(1.0)
+    assert fid["attribute_kept"] == 1.0
+    cv = metrics.cross_view_consistency(clf, moving)
+    assert cv["feature_similarity"] == pytest.approx(1.0) and cv["attribute_agreement"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# with the shipped classifier
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from training.miniworld.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+
+    if not DEFAULT_CLASSIFIER_PATH.exists():
+        pytest.skip("no attribute classifier in assets/eval/")
+    return load_classifier()
+
+
+def test_classifier_accuracy_on_ground_truth_renders(classifier):
+    from benchmarks.quality import real_renders
+
+    images, prompts = real_renders(range(48), 32, 32)
+    acc = metrics.prompt_accuracy(classifier, images, prompts)
+    assert acc["colors_ok"].mean() > 0.85
+    assert acc["match"].mean() > 0.6
+
+
+def test_fd_on_renders_small_for_same_distribution_larger_for_noise(classifier):
+    from benchmarks.quality import real_renders
+
+    a, _ = real_renders(range(0, 64), 32, 32)
+    b, _ = real_renders(range(64, 128), 32, 32)
+    fa, fb = metrics.classifier_features(classifier, a), metrics.classifier_features(classifier, b)
+    noisy = np.clip(b + 0.25 * np.random.default_rng(0).standard_normal(b.shape), 0, 1)
+    fn = metrics.classifier_features(classifier, noisy)
+    assert metrics.frechet_distance(fa, fa) == pytest.approx(0.0, abs=1e-4)
+    assert metrics.frechet_distance(fa, fb) < metrics.frechet_distance(fa, fn)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the command
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_quality_command_end_to_end(tmp_path, monkeypatch):
+    """Runs every section on placeholder models with 2 seeds / 2 steps: the report and JSON are written, every
+    section either has results or a 'not available' line."""
+    from benchmarks import quality
+
+    monkeypatch.setenv("DIFFUSION_ADAPTERS_PLACEHOLDER", "1")
+    payload = quality.main(
+        ["--seeds", "2", "--steps", "2", "--out", str(tmp_path), "--allow-placeholders", "--fd-boot", "20"]
+    )
+    md = (tmp_path / "quality.md").read_text()
+    data = json.loads((tmp_path / "quality.json").read_text())
+    assert set(data["sections"]) == {"res_adapter", "mv_adapter", "i2v_adapter", "hipa"}
+    for name, section in data["sections"].items():
+        assert section["status"] in ("ok", "not available"), name
+        if section["status"] == "not available":
+            assert section["reason"]
+            assert "not available:" in md
+    assert payload["sections"].keys() == data["sections"].keys()
+
+
+def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
+    from benchmarks import quality
+
+    monkeypatch.setenv("DIFFUSION_ADAPTERS_ASSETS", str(tmp_path / "no-assets"))
+    quality.main(["--seeds", "2", "--out", str(tmp_path)])
+    md = (tmp_path / "quality.md").read_text()
+    assert md.count("not available:") == 4
