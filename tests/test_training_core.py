@@ -510,6 +510,147 @@ def test_noise_offset_is_per_sample_channel():
     assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < 1000
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# training/data.py
+# ----------------------------------------------------------------------------------------------------------------------
+def _image_folder(root: Path, sizes: list[tuple[int, int]], manifest: bool = True) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i * 40 % 255, 100, 200)).save(root / f"{i:02d}.png")
+        if manifest:
+            lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"image {i}", "tag": i}))
+        else:
+            (root / f"{i:02d}.txt").write_text(f"caption {i}\n")
+    if manifest:
+        (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_image_caption_dataset_items_and_captions(tmp_path):
+    from training.data import ImageCaptionDataset
+
+    ds = ImageCaptionDataset(_image_folder(tmp_path / "m", [(40, 20), (20, 20)]), resolution=16)
+    item = ds[0]
+    assert item["pixel_values"].shape == (3, 16, 16)
+    assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
+    assert item["text"] == "image 0" and item["extra"] == {"tag": 0}
+    assert item["original_size"] == (20, 40) and item["crop_top_left"] == (0, 8)  # centre crop of the 32x16 resize
+    batch = ImageCaptionDataset.collate([ds[0], ds[1]])
+    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["text"] == ["image 0", "image 1"]
+
+    sidecar = ImageCaptionDataset(_image_folder(tmp_path / "s", [(8, 8)], manifest=False), resolution=8)
+    assert sidecar[0]["text"] == "caption 0"
+
+    # random crops depend only on (seed, epoch, index): a resumed run sees the same crops
+    a = ImageCaptionDataset(tmp_path / "m", resolution=16, center_crop=False, random_flip=True, seed=1)
+    b = ImageCaptionDataset(tmp_path / "m", resolution=16, center_crop=False, random_flip=True, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert torch.equal(a[0]["pixel_values"], b[0]["pixel_values"]) and a[0]["crop_top_left"] == b[0]["crop_top_left"]
+
+
+def test_missing_and_unreadable_files_error_or_skip(tmp_path):
+    from training.data import DataFileError, ImageCaptionDataset
+
+    root = _image_folder(tmp_path / "m", [(8, 8), (8, 8), (8, 8)])
+    (root / "01.png").unlink()
+    with pytest.raises(DataFileError, match=r"01\.png") as info:
+        ImageCaptionDataset(root, resolution=8)
+    assert info.value.path.endswith("01.png")
+    ds = ImageCaptionDataset(root, resolution=8, on_missing_file="skip")
+    assert len(ds) == 2 and ds.skipped[0].endswith("01.png")
+
+    _image_folder(root, [(8, 8), (8, 8), (8, 8)])  # all back
+    (root / "02.png").write_bytes(b"not an image")  # unreadable
+    with pytest.raises(DataFileError, match=r"02\.png"):
+        ImageCaptionDataset(root, resolution=8)[2]
+    skipping = ImageCaptionDataset(root, resolution=8, on_missing_file="skip")
+    assert skipping[2]["path"].endswith("00.png")  # replaced by the next readable item
+    assert any(p.endswith("02.png") for p in skipping.skipped)
+
+    (root / "metadata.jsonl").write_text('{"file_name": "00.png", "text": "ok"}\n{broken\n')
+    with pytest.raises(DataFileError, match=r"metadata\.jsonl:2"):
+        ImageCaptionDataset(root)
+
+
+def test_buckets_and_bucket_batch_sampler():
+    from training.data import BucketBatchSampler, make_buckets, nearest_bucket
+
+    buckets = make_buckets(256, 1024, 64, max_ratio=2.0)
+    assert all(w % 64 == 0 and h % 64 == 0 and 256 <= min(w, h) and max(w, h) <= 1024 for w, h in buckets)
+    assert all(max(w / h, h / w) <= 2.0 for w, h in buckets)
+    assert (1024, 512) in buckets and (1024, 448) not in buckets
+    kohya = make_buckets(256, 2048, 64, max_ratio=4.0, max_area=1024 * 1024)
+    assert (1024, 1024) in kohya and all(w * h <= 1024 * 1024 for w, h in kohya)
+    assert len({w for w, _ in kohya}) == len(kohya)  # one (the largest) height per width
+    assert buckets[nearest_bucket(2000, 1000, buckets)][0] == 2 * buckets[nearest_bucket(2000, 1000, buckets)][1]
+
+    ids = [0, 1, 0, 2, 1, 0, 0, 2, 1]
+    sampler = BucketBatchSampler(ids, batch_size=2, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 5  # buckets of 4, 3 and 2 examples
+    assert all(len({ids[i] for i in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert list(sampler) == batches  # same epoch, same order
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    assert (
+        len(BucketBatchSampler(ids, batch_size=2, drop_last=True))
+        == 4
+        == len(list(BucketBatchSampler(ids, 2, drop_last=True)))
+    )
+
+
+class BucketImageTrainer(ToyTrainer):
+    """The toy adapter on images of two aspect ratios, batched by bucket (pixels + luminance as 4 channels)."""
+
+    def build_dataset(self):
+        from training.data import ImageCaptionDataset
+
+        root = Path(self.config.train_data_dir)
+        return ImageCaptionDataset(root, buckets=[(16, 8), (8, 16)], seed=self.seed)
+
+    def build_dataloader(self, dataset):
+        from torch.utils.data import DataLoader
+
+        from training.data import BucketBatchSampler
+
+        sampler = BucketBatchSampler(dataset.bucket_ids, self.config.train_batch_size, seed=self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+
+    def compute_loss(self, batch):
+        pixels = batch["pixel_values"]
+        self.shapes = getattr(self, "shapes", []) + [tuple(pixels.shape)]
+        latents = torch.cat([pixels, pixels.mean(dim=1, keepdim=True)], dim=1)
+        return super().compute_loss(
+            {
+                "latents": latents,
+                "encoder_hidden_states": torch.zeros(len(pixels), 4, 32),
+                "index": torch.zeros(len(pixels)),
+            }
+        )
+
+
+def test_bucketed_image_folder_trains_and_resumes(tiny_sd15, tmp_path):
+    data = _image_folder(tmp_path / "data", [(32, 16), (16, 32), (30, 14), (14, 30), (40, 20), (20, 44)])
+    common = dict(train_data_dir=str(data), max_train_steps=5, checkpointing_steps=2, center_crop=False)
+    _reset_accelerate()
+    ref = BucketImageTrainer(make_config(tiny_sd15, tmp_path / "a", **common))
+    ref.train()
+    assert {s[2:] for s in ref.shapes} == {(8, 16), (16, 8)}  # one bucket per batch, both buckets used
+    _reset_accelerate()
+    with pytest.raises(InjectedCrash):
+        BucketImageTrainer(make_config(tiny_sd15, tmp_path / "b", crash_at_step=4, **common)).train()
+    _reset_accelerate()
+    BucketImageTrainer(make_config(tiny_sd15, tmp_path / "b", resume_from_checkpoint="latest", **common)).train()
+    reference, got = final_adapter(tmp_path / "a"), final_adapter(tmp_path / "b")
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=0, atol=1e-6)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main(ToyTrainer)

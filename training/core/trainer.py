@@ -128,6 +128,7 @@ class AdapterTrainer:
         self.accelerator = None
         self.weight_dtype = torch.float32
         self.global_step = 0
+        self.epoch = 0
         self.max_train_steps: int | None = None
         self.total_batch_size: int | None = None
         self.ema: TrainableEMA | None = None
@@ -439,6 +440,11 @@ class AdapterTrainer:
         self._train_module, self.optimizer, self.train_dataloader, self.lr_scheduler = acc.prepare(
             self._train_module, optimizer, dataloader, lr_scheduler
         )
+        if getattr(self.train_dataloader, "generator", True) is None:
+            # without its own generator a DataLoader draws its base seed from the global RNG each time an iterator
+            # is created, so a resumed run (new iterator after the RNG restore) would diverge from an
+            # uninterrupted one
+            self.train_dataloader.generator = torch.Generator().manual_seed(self.seed)
         self.steps_per_epoch = math.ceil(len(self.train_dataloader) / cfg.gradient_accumulation_steps)
         self.max_train_steps = max_steps
         self.num_train_epochs = math.ceil(max_steps / self.steps_per_epoch)
@@ -511,55 +517,57 @@ class AdapterTrainer:
         )
         params = [p for _, p in self._trainable]
         check_grad_norm = acc.mixed_precision != "fp16"  # fp16 overflow is handled by the grad scaler
-        done = self.global_step >= self.max_train_steps
-        for epoch in range(first_epoch, self.num_train_epochs):
-            if done:
-                break
-            self.epoch = epoch
-            self.train_dataloader.set_epoch(epoch)
-            loader = self.train_dataloader
-            if epoch == first_epoch and skip_batches:
-                loader = acc.skip_first_batches(self.train_dataloader, skip_batches)
-            step_loss = 0.0
-            for batch in loader:
-                with acc.accumulate(self._train_module):
-                    loss = self._train_module(batch)
-                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                        raise TypeError("compute_loss(batch) must return a scalar tensor.")
-                    losses = acc.gather(loss.detach().float().reshape(1))
-                    if not bool(torch.isfinite(losses).all()):
-                        self._raise_non_finite("Loss", losses)
-                    step_loss += losses.mean().item() / cfg.gradient_accumulation_steps
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                        if check_grad_norm and grad_norm is not None and not bool(torch.isfinite(grad_norm).all()):
-                            self._raise_non_finite("Gradient norm", grad_norm.reshape(-1))
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+        try:
+            done = self.global_step >= self.max_train_steps
+            for epoch in range(first_epoch, self.num_train_epochs):
+                if done:
+                    break
+                self.epoch = epoch
+                _set_epoch(self.train_dataloader, epoch)
+                loader = self.train_dataloader
+                if epoch == first_epoch and skip_batches:
+                    loader = acc.skip_first_batches(self.train_dataloader, skip_batches)
+                step_loss = 0.0
+                for batch in loader:
+                    with acc.accumulate(self._train_module):
+                        loss = self._train_module(batch)
+                        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                            raise TypeError("compute_loss(batch) must return a scalar tensor.")
+                        losses = acc.gather(loss.detach().float().reshape(1))
+                        if not bool(torch.isfinite(losses).all()):
+                            self._raise_non_finite("Loss", losses)
+                        step_loss += losses.mean().item() / cfg.gradient_accumulation_steps
+                        acc.backward(loss)
+                        grad_norm = None
+                        if acc.sync_gradients and cfg.max_grad_norm:
+                            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                            if check_grad_norm and grad_norm is not None and not bool(torch.isfinite(grad_norm).all()):
+                                self._raise_non_finite("Gradient norm", grad_norm.reshape(-1))
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
 
-                if acc.sync_gradients:
-                    self.global_step += 1
-                    if self.ema is not None:
-                        self.ema.step()
-                    progress.update(1)
-                    self.last_loss = step_loss
-                    logs = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
-                    if grad_norm is not None:
-                        logs["grad_norm"] = float(grad_norm)
-                    progress.set_postfix(loss=f"{step_loss:.4g}", lr=f"{logs['lr']:.3g}")
-                    acc.log(logs, step=self.global_step)
-                    step_loss = 0.0
-                    if self.global_step % cfg.checkpointing_steps == 0:
-                        self.save_checkpoint()
-                    if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
-                        self.run_validation()
-                    if self.global_step >= self.max_train_steps:
-                        done = True
-                        break
-        progress.close()
+                    if acc.sync_gradients:
+                        self.global_step += 1
+                        if self.ema is not None:
+                            self.ema.step()
+                        progress.update(1)
+                        self.last_loss = step_loss
+                        logs = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
+                        if grad_norm is not None:
+                            logs["grad_norm"] = float(grad_norm)
+                        progress.set_postfix(loss=f"{step_loss:.4g}", lr=f"{logs['lr']:.3g}")
+                        acc.log(logs, step=self.global_step)
+                        step_loss = 0.0
+                        if self.global_step % cfg.checkpointing_steps == 0:
+                            self.save_checkpoint()
+                        if cfg.validation_steps and self.global_step % cfg.validation_steps == 0:
+                            self.run_validation()
+                        if self.global_step >= self.max_train_steps:
+                            done = True
+                            break
+        finally:
+            progress.close()
 
     def _raise_non_finite(self, what: str, values: torch.Tensor) -> None:
         step = self.global_step + 1
@@ -771,6 +779,26 @@ class AdapterTrainer:
                 "Only the adapter may train, but these parameters require grad and are not in "
                 f"trainable_parameters(): {_listing(stray)}. Freeze them (requires_grad_(False)) or list them."
             )
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the loader and on every sampler / batch sampler / dataset inside it that has one.
+
+    accelerate only reaches some of them (not a custom batch sampler under ``skip_first_batches`` or a dataset
+    behind a sampler); each epoch's shuffling and random augmentation then depend only on ``(seed, epoch)``.
+    """
+    seen: set[int] = set()
+    stack = [loader]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen or isinstance(obj, (torch.Tensor, str, int, float)):
+            continue
+        seen.add(id(obj))
+        set_epoch = getattr(obj, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        for attr in ("batch_sampler", "sampler", "dataset", "base_dataloader"):
+            stack.append(getattr(obj, attr, None))
 
 
 def main(trainer_cls: type[AdapterTrainer], argv: Sequence[str] | None = None) -> AdapterTrainer:
