@@ -128,7 +128,8 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         i2v_scale = kwargs.pop("i2v_adapter_scale", 1.0)
         motion = kwargs.get("motion_adapter")
         if isinstance(motion, (str, os.PathLike)):
-            kwargs["motion_adapter"] = MotionAdapter.from_pretrained(motion, torch_dtype=kwargs.get("torch_dtype"))
+            dtype_kw = {k: kwargs[k] for k in ("dtype", "torch_dtype") if k in kwargs}  # whichever the caller uses
+            kwargs["motion_adapter"] = MotionAdapter.from_pretrained(motion, **dtype_kw)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if isinstance(i2v_adapter, str) and i2v_adapter == "fresh":
             pipe.init_i2v_adapter(scale=i2v_scale)
@@ -218,6 +219,29 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             return None
         with adapter.suspended():
             return super().unload_ip_adapter()
+
+    def _keeping_i2v_processors(self, method, *args, **kwargs):
+        adapter = self.i2v_adapter
+        if adapter is None:
+            return method(*args, **kwargs)
+        with adapter.suspended():
+            return method(*args, **kwargs)
+
+    def enable_xformers_memory_efficient_attention(self, *args, **kwargs):
+        """diffusers' method; the I2V processors stay and wrap the new xformers self-attention."""
+        return self._keeping_i2v_processors(super().enable_xformers_memory_efficient_attention, *args, **kwargs)
+
+    def disable_xformers_memory_efficient_attention(self, *args, **kwargs):
+        """diffusers' method; the I2V processors stay."""
+        return self._keeping_i2v_processors(super().disable_xformers_memory_efficient_attention, *args, **kwargs)
+
+    def fuse_qkv_projections(self, *args, **kwargs):
+        """diffusers' method; the I2V processors stay and wrap the fused self-attention."""
+        return self._keeping_i2v_processors(super().fuse_qkv_projections, *args, **kwargs)
+
+    def unfuse_qkv_projections(self, *args, **kwargs):
+        """diffusers' method; the I2V processors stay."""
+        return self._keeping_i2v_processors(super().unfuse_qkv_projections, *args, **kwargs)
 
     def enable_vae_slicing(self) -> None:
         """Decode the frames of a chunk one at a time (``vae.enable_slicing()``; the pipeline-level helper was removed
@@ -417,8 +441,9 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         device = self._execution_device
         num_videos_per_prompt = 1
         adapter = self.i2v_adapter
-        if adapter is None:
+        if adapter is None and not getattr(self, "_warned_no_adapter", False):
             logger.warning("No I2V-Adapter loaded: only the clean first frame conditions the video.")
+            self._warned_no_adapter = True
         previous_scale = adapter.scale if adapter is not None else None
         controlnet = None
         if conditioning_frames is not None:

@@ -349,3 +349,30 @@ def test_degradation_blurs_and_masks():
 def test_prior_rejects_bad_coefficients(value):
     with pytest.raises(ValueError, match="similarity_prior"):
         SimilarityPrior.coerce(value)
+
+
+def test_composes_with_peft_lora_on_the_base(tiny_animatediff):
+    """A LoRA on the base attention (diffusers/peft) and the I2V-Adapter work together; K/V go through the LoRA."""
+    from peft import LoraConfig
+
+    unet = tiny_models.tiny_motion_unet()
+    sample, text = _inputs()
+    plain = _predict(unet, sample, text)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    with_lora = _predict(unet, sample, text)
+    assert (with_lora - plain).abs().max() > 1e-3
+    adapter = I2VAdapter.attach(unet)
+    assert torch.equal(_predict(unet, sample, text), with_lora)  # fresh adapter on a LoRA'd base
+    _randomise(adapter)
+    both = _predict(unet, sample, text)
+    assert (both - with_lora).abs().max() > 1e-3
+    assert not any("lora" in k for k in adapter.state_dict())  # the LoRA is not part of our file
+    adapter.set_scale(0.0)
+    assert torch.equal(_predict(unet, sample, text), with_lora)
+    adapter.unload()
+    assert torch.equal(_predict(unet, sample, text), with_lora)

@@ -198,3 +198,10 @@ def test_content_adapter_run(tiny_animatediff, tmp_path):
     assert to_v and all(v.abs().sum() > 0 for v in to_v)  # trained away from the zero init
     loaded = load_i2v_adapter(_base_unet(tiny_animatediff), out / "adapter_model.safetensors")
     assert loaded.content is not None
+
+
+def test_miniworld_clips(tiny_animatediff, tmp_path):
+    out = tmp_path / "mw"
+    argv = _argv(tiny_animatediff, tmp_path, out, 1, "--dataset", "miniworld", "--num_samples", "2")
+    trainer = main(I2VAdapterTrainer, argv)
+    assert trainer.global_step == 1 and (out / "adapter_model.safetensors").is_file()
