@@ -129,14 +129,16 @@ def _load(name: str, cfg: argparse.Namespace) -> Any:
     return pipe
 
 
-def _classifier() -> Any:
+def _classifier(path: str | None = None) -> Any:
     from training.miniworld.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 
-    if not DEFAULT_CLASSIFIER_PATH.exists():
-        raise NotAvailable(
-            f"no attribute classifier at {DEFAULT_CLASSIFIER_PATH} (train it: python -m training.miniworld.classifier)"
-        )
-    clf = load_classifier()
+    path = Path(path) if path else DEFAULT_CLASSIFIER_PATH
+    if not path.exists():
+        raise NotAvailable(f"no attribute classifier at {path} (train it: python -m training.miniworld.classifier)")
+    try:
+        clf = load_classifier(path)
+    except (RuntimeError, ValueError, OSError) as err:  # a file from another classifier version
+        raise NotAvailable(f"the attribute classifier cannot be loaded ({str(err).splitlines()[0]})") from err
     clf.requires_grad_(False)
     return clf
 
@@ -210,7 +212,13 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         return max(mult, int(round(v / mult)) * mult)
 
     sizes = [(native, native)]
-    for h, w in [(native // 2, native // 2), (native * 3 // 2,) * 2, (native * 2,) * 2, (native, native * 2)]:
+    wanted = cfg.res_sizes or [
+        (native // 2, native // 2),
+        (native * 3 // 2,) * 2,
+        (native * 2,) * 2,
+        (native, native * 2),
+    ]
+    for h, w in wanted:
         hw = (snap(h), snap(w))
         if hw not in sizes:
             sizes.append(hw)
@@ -826,7 +834,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             if clf is None:
-                clf = _classifier()
+                clf = _classifier(cfg.classifier)
             sections[name] = _RUNNERS[name](cfg, clf)
             if cfg.allow_placeholders:
                 from pipelines.embedded import embedded_info
@@ -871,15 +879,33 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for part in text.replace(" ", "").split(","):
+        try:
+            h, w = (int(v) for v in part.lower().split("x"))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"sizes look like 16x16,32x64, got {text!r}") from err
+        sizes.append((h, w))
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=32, help="seeds (scenes / objects / clips) per comparison")
     p.add_argument("--steps", type=int, default=25, help="sampler steps of the multi-step arms")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the text-to-image arms")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (I2V)")
-    p.add_argument("--n-real", type=int, default=None, help="real renders per FD reference set (default 2 x seeds)")
+    p.add_argument("--n-real", type=int, default=None, help="real renders per FD reference set (default 4 x seeds)")
     p.add_argument("--fd-boot", type=int, default=200, help="bootstrap resamples for FD confidence intervals")
     p.add_argument("--batch", type=int, default=16, help="images per pipeline call")
+    p.add_argument(
+        "--res-sizes",
+        type=_parse_sizes,
+        default=None,
+        help="ResAdapter sizes as HxW,HxW (default: half, 1.5x, 2x native and native x 2 native; native is always added)",
+    )
+    p.add_argument("--classifier", default=None, help="attribute classifier file (default: assets/eval/)")
     p.add_argument("--device", default="cpu", help="torch device for the pipelines (cpu, cuda, ...)")
     p.add_argument("--only", nargs="*", default=None, help="sections: res mv i2v hipa (default: all)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output folder for quality.md / quality.json")
@@ -897,7 +923,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = build_parser().parse_args(argv)
     if cfg.seeds < 2:
         raise SystemExit("--seeds must be >= 2 (spreads need at least two seeds)")
-    cfg.n_real = cfg.n_real or max(2 * cfg.seeds, 16)
+    cfg.n_real = cfg.n_real or max(4 * cfg.seeds, 32)
     only = cfg.only or list(SECTIONS)
     bad = [o for o in only if o not in _SHORT and o not in SECTIONS]
     if bad:
