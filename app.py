@@ -37,6 +37,7 @@ from typing import Any
 #: The app's own folder for outputs and Gradio's cache (set before gradio is imported, which reads it at import).
 APP_DIR_ENV = "DIFFUSION_ADAPTERS_APP_DIR"
 DEFAULT_APP_DIR = Path(os.environ.get(APP_DIR_ENV) or Path(tempfile.gettempdir()) / "diffusion-adapters-app")
+_USER_GRADIO_TEMP_DIR = os.environ.get("GRADIO_TEMP_DIR")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(DEFAULT_APP_DIR / "gradio"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -45,7 +46,7 @@ import gradio as gr  # noqa: E402
 
 logger = logging.getLogger("diffusion_adapters.app")
 
-__all__ = ["AppConfig", "ModelManager", "build_demo", "main", "parse_args"]
+__all__ = ["AppConfig", "ModelManager", "build_demo", "launch_kwargs", "main", "parse_args", "use_output_dir"]
 
 #: Model keys (``pipelines.embedded`` names) and the flags that override their parts.
 MODEL_KEYS = ("mv", "i2v", "hipa", "res")
@@ -474,7 +475,11 @@ def _run_examples_on_click(
 
 
 def build_demo(config: AppConfig | None = None) -> gr.Blocks:
-    """Build the Blocks (no model is loaded: models load on first use). ``demo.app_state`` is the :class:`DemoApp`."""
+    """Build the Blocks (no model is loaded: models load on first use). ``demo.app_state`` is the :class:`DemoApp`.
+
+    The app's own files go under ``config.output_dir``; Gradio's upload/cache folder is ``$GRADIO_TEMP_DIR``
+    (:func:`use_output_dir` points it below ``output_dir``; ``main`` does so before building).
+    """
     from pipelines.tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
 
     config = config or AppConfig()
@@ -806,6 +811,16 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     return demo
 
 
+def use_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Point Gradio's upload/cache folder at ``<output_dir>/gradio`` (unless the user set ``$GRADIO_TEMP_DIR``), so
+    everything the app writes stays under ``output_dir``. Call before :func:`build_demo` and ``launch``; one app
+    per process."""
+    folder = Path(output_dir).resolve() / "gradio"
+    if _USER_GRADIO_TEMP_DIR is None:
+        os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return Path(os.environ["GRADIO_TEMP_DIR"])
+
+
 def launch_kwargs(config: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict:
     """Keyword arguments for ``demo.launch`` (host, port, share, upload limit, look)."""
     return {
@@ -878,8 +893,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
-    if Path(args.output_dir).resolve() != DEFAULT_APP_DIR.resolve() and "GRADIO_TEMP_DIR" not in os.environ:
-        logger.info("Gradio's cache folder was fixed at import; it stays under %s", DEFAULT_APP_DIR)
+    cache = use_output_dir(config.output_dir)
+    logger.info(f"Writing outputs under {Path(config.output_dir).resolve()} (Gradio cache: {cache})")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(f"Binding to {args.host}: the demo is reachable from other machines.")
     demo = build_demo(config)

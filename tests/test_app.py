@@ -41,6 +41,8 @@ def served(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("app-out")
     config = app.AppConfig(output_dir=out, max_upload_mb=1.0, concurrency_limit=2)
+    previous_cache = os.environ.get("GRADIO_TEMP_DIR")
+    app.use_output_dir(out)
     demo = app.build_demo(config)
     kwargs = app.launch_kwargs(config, port=free_port())
     demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
@@ -50,6 +52,8 @@ def served(tmp_path_factory):
     finally:
         demo.close()
         os.environ.pop("DIFFUSION_ADAPTERS_PLACEHOLDER", None)
+        if previous_cache is not None:
+            os.environ["GRADIO_TEMP_DIR"] = previous_cache
 
 
 def mv_args(prompt="a red cube", views=4, azimuths="", height=64, width=64, seed=0):
@@ -105,8 +109,10 @@ def test_text_to_multiview(served):
     # custom azimuths set the number of views
     gallery, *_ = client.predict(*mv_args(azimuths="0, 120, 240"), api_name="/text_to_multiview")
     assert len(gallery) == 3
-    # everything the request wrote is under the app's own output folder
+    # everything the request wrote is under the app's own output folder (outputs and Gradio's cache)
     assert list((Path(out) / "outputs" / "mv").glob("*/views.zip"))
+    if os.environ["GRADIO_TEMP_DIR"] == str(Path(out).resolve() / "gradio"):  # unless the user set it
+        assert list((Path(out) / "gradio").rglob("*.png")) and list((Path(out) / "gradio").rglob("views.zip"))
 
 
 def test_image_to_multiview_with_geometry(served, tmp_path):
@@ -253,7 +259,7 @@ def test_model_flags_point_tasks_at_checkpoints():
     assert config.source("i2v").motion_adapter is None and not config.source("hipa").is_embedded
 
 
-def test_missing_pipeline_module_shows_not_available(monkeypatch):
+def test_missing_pipeline_module_shows_not_available(served, monkeypatch):
     import app
 
     real = app._module_error
@@ -262,7 +268,7 @@ def test_missing_pipeline_module_shows_not_available(monkeypatch):
         "_module_error",
         lambda module: "ModuleNotFoundError: gone" if module.endswith("pipeline_i2v_adapter") else real(module),
     )
-    demo = app.build_demo(app.AppConfig())
+    demo = app.build_demo(app.AppConfig(output_dir=served[2]))
     text = str(demo.config)
     assert "Image to video is not available" in text and "ModuleNotFoundError: gone" in text
     endpoints = {dep.get("api_name") for dep in demo.config["dependencies"]}

@@ -84,6 +84,8 @@ def url(tmp_path_factory):
     import app
 
     config = app.AppConfig(output_dir=tmp_path_factory.mktemp("browser-app"), concurrency_limit=2)
+    previous_cache = os.environ.get("GRADIO_TEMP_DIR")
+    app.use_output_dir(config.output_dir)
     demo = app.build_demo(config)
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs(config, port=free_port()))
     try:
@@ -91,6 +93,8 @@ def url(tmp_path_factory):
     finally:
         demo.close()
         os.environ.pop("DIFFUSION_ADAPTERS_PLACEHOLDER", None)
+        if previous_cache is not None:
+            os.environ["GRADIO_TEMP_DIR"] = previous_cache
 
 
 @pytest.fixture
