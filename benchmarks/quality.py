@@ -582,9 +582,10 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     }
 
 
-def _hipa_teacher_settings(pipe: Any) -> tuple[int, float]:
-    """Teacher steps and guidance from the HiPA LoRA file's metadata (defaults 25 / 7.5)."""
-    steps, guidance = 25, 7.5
+def _hipa_teacher_settings(pipe: Any) -> tuple[int, float, str]:
+    """Teacher steps, guidance and sampler (``"ddim"`` / ``"dpm"``) from the HiPA LoRA file's metadata
+    (``diffusion_adapters.teacher_*`` entries written by ``training.train_hipa``); defaults 25, 7.5, ddim."""
+    found: dict[str, str] = {}
     info = getattr(pipe, "embedded_info", None)
     folder = info.parts.get("hipa") if info is not None else None
     if folder:
@@ -593,25 +594,22 @@ def _hipa_teacher_settings(pipe: Any) -> tuple[int, float]:
         for path in sorted(Path(folder).rglob("*.safetensors")):
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            blob = {}
-            for value in meta.values():
-                if isinstance(value, str) and value.startswith("{"):
-                    try:
-                        blob.update(json.loads(value))
-                    except ValueError:
-                        continue
-            blob.update(meta)
-            try:
-                steps = int(blob.get("teacher_steps", steps))
-                guidance = float(blob.get("teacher_guidance_scale", guidance))
-            except (TypeError, ValueError):
-                pass
-    return steps, guidance
+            for key, value in meta.items():
+                for name in ("teacher_steps", "teacher_guidance_scale", "teacher_scheduler"):
+                    if key == name or key.endswith("." + name):
+                        found[name] = str(value)
+    try:
+        steps = int(float(found.get("teacher_steps", 25)))
+        guidance = float(found.get("teacher_guidance_scale", 7.5))
+    except ValueError:
+        steps, guidance = 25, 7.5
+    sampler = "dpm" if found.get("teacher_scheduler", "ddim").strip('"') == "dpm" else "ddim"
+    return steps, guidance, sampler
 
 
 def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     """HiPA one step vs plain one step vs the multi-step teacher."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     pipe = _load("hipa", cfg)
     has_lora = bool(getattr(pipe, "get_active_adapters", lambda: [])())
@@ -619,7 +617,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         raise NotAvailable("the HiPA pipeline loaded without a LoRA")
     native = _native(pipe)
     n = cfg.seeds
-    teacher_steps, teacher_guidance = _hipa_teacher_settings(pipe)
+    teacher_steps, teacher_guidance, teacher_sampler = _hipa_teacher_settings(pipe)
     if cfg.steps < teacher_steps and cfg.allow_placeholders:
         teacher_steps = cfg.steps
     real, real_prompts = real_renders(range(cfg.n_real), native, native)
@@ -637,8 +635,10 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         )  # fmt: skip
 
     components = dict(pipe.components)
-    components["scheduler"] = DDIMScheduler.from_config(
-        getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config)
+    scheduler_cls = DPMSolverMultistepScheduler if teacher_sampler == "dpm" else DDIMScheduler
+    overrides = {"clip_sample": False} if teacher_sampler == "ddim" else {}
+    components["scheduler"] = scheduler_cls.from_config(
+        getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config), **overrides
     )
     teacher = StableDiffusionPipeline(
         **{k: v for k, v in components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
@@ -681,7 +681,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     labels = {
         "hipa": "HiPA LoRA, 1 step",
         "plain": "base, 1 step (no LoRA)",
-        "teacher": f"teacher: base, {teacher_steps} DDIM steps, guidance {teacher_guidance}",
+        "teacher": f"teacher: base, {teacher_steps} {teacher_sampler.upper()} steps, guidance {teacher_guidance}",
     }
     lines = [
         f"{n} seeds at {native} px (prompts = captions of evaluation scenes 0..{n - 1}); FD to {cfg.n_real} real "
@@ -710,7 +710,13 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "spread), accuracy not lower, and at least half of the plain-to-teacher FD gap closed",
         "holds": bool(holds),
         "summary": summary,
-        "settings": {"size": native, "seeds": n, "teacher_steps": teacher_steps, "teacher_guidance": teacher_guidance},
+        "settings": {
+            "size": native,
+            "seeds": n,
+            "teacher_steps": teacher_steps,
+            "teacher_guidance": teacher_guidance,
+            "teacher_sampler": teacher_sampler,
+        },
         "results": {
             "fd": {k: fd[k] for k in arms},
             "fd_hipa_minus_plain": fd_hipa_plain,
