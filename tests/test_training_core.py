@@ -379,6 +379,54 @@ def test_config_errors_name_the_option(tmp_path, capsys):
     assert "lr_scheduler" in capsys.readouterr().err
 
 
+def test_shipped_configs_parse():
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    cfg = TrainConfig.from_args(["--config", str(configs / "example_train.yaml"), "--learning_rate", "3e-5"])
+    assert cfg.learning_rate == pytest.approx(3e-5) and cfg.snr_gamma == 5.0 and cfg.resume_from_checkpoint == "latest"
+    kinds = {
+        name: yaml.safe_load((configs / f"{name}.yaml").read_text())["distributed_type"]
+        for name in ("accelerate_ddp", "accelerate_deepspeed_zero2", "accelerate_fsdp")
+    }
+    assert kinds == {
+        "accelerate_ddp": "MULTI_GPU",
+        "accelerate_deepspeed_zero2": "DEEPSPEED",
+        "accelerate_fsdp": "FSDP",
+    }
+    fsdp = yaml.safe_load((configs / "accelerate_fsdp.yaml").read_text())["fsdp_config"]
+    assert fsdp["fsdp_use_orig_params"] is True  # frozen base + trainable adapter in the same modules
+
+
+def test_bf16_gradient_checkpointing_scale_lr(tiny_sd15, tmp_path):
+    trainer = run(
+        tiny_sd15,
+        tmp_path / "run",
+        max_train_steps=2,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        scale_lr=True,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+    )
+    assert trainer.weight_dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in trainer.unet.parameters())  # frozen base in the weight dtype
+    assert all(p.dtype == torch.float32 for p in trainer.adapter.parameters())  # trainable weights stay fp32
+    assert trainer.unet.is_gradient_checkpointing
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 2 * 2)  # lr * accum * batch
+    assert trainer.total_batch_size == 4
+    assert torch.count_nonzero(final_adapter(tmp_path / "run")["up.weight"]) > 0
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tiny_sd15, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        run(tiny_sd15, tmp_path, use_8bit_adam=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # only-the-adapter-trains guarantee, validation images, main()
 # ----------------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ LR_SCHEDULERS = (
     "polynomial",
     "constant",
     "constant_with_warmup",
-    "piecewise_constant",
 )
 
 

@@ -45,6 +45,7 @@ resumed from).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -588,10 +589,11 @@ class AdapterTrainer:
             self.ema.copy_to()  # the EMA weights are the result
         if cfg.validation_steps and self.global_step % cfg.validation_steps != 0:
             self.run_validation()
-        if acc.is_main_process:
-            path = self.save_adapter(cfg.output_dir)
-            logger.info(f"Saved the trained {self.adapter_kind} adapter to {path}")
-            write_json_atomic(self._trainer_state(), Path(cfg.output_dir) / TRAINER_STATE_NAME)
+        with self._full_params():
+            if acc.is_main_process:
+                path = self.save_adapter(cfg.output_dir)
+                logger.info(f"Saved the trained {self.adapter_kind} adapter to {path}")
+                write_json_atomic(self._trainer_state(), Path(cfg.output_dir) / TRAINER_STATE_NAME)
         acc.wait_for_everyone()
 
     # ==================================================================================================================
@@ -646,10 +648,21 @@ class AdapterTrainer:
         self._last_checkpoint = final
         return final
 
+    def _full_params(self, writeback: bool = False):
+        """Under FSDP, a context in which the (sharded) parameters are whole on every rank; collective."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator is None or self.accelerator.distributed_type != DistributedType.FSDP:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.summon_full_params(self._train_module, writeback=writeback)
+
     def _save_state_hook(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
         from adapters.weights import save_weights
 
-        state_dict = self.adapter_state_dict()
+        with self._full_params():
+            state_dict = {k: v.detach().to("cpu", copy=True) for k, v in self.adapter_state_dict().items()}
         if self.accelerator.is_main_process:
             save_weights(state_dict, Path(output_dir) / ADAPTER_WEIGHTS_NAME, metadata=self.adapter_metadata())
             if self.ema is not None:
@@ -662,7 +675,8 @@ class AdapterTrainer:
         path = Path(input_dir) / ADAPTER_WEIGHTS_NAME
         state_dict, metadata = load_weights(path)  # on CPU; load_adapter_state_dict copies into place
         check_adapter_kind(metadata, self.adapter_kind, source=str(path))
-        self.load_adapter_state_dict(state_dict)
+        with self._full_params(writeback=True):
+            self.load_adapter_state_dict(state_dict)
         if self.ema is not None:
             ema_path = Path(input_dir) / EMA_WEIGHTS_NAME
             if ema_path.is_file():
@@ -677,9 +691,17 @@ class AdapterTrainer:
     # ==================================================================================================================
     def run_validation(self) -> list[Any]:
         """Call :meth:`log_validation` (main process, EMA weights when enabled), save the images and log them."""
+        from accelerate.utils import DistributedType
+
         if type(self).log_validation is AdapterTrainer.log_validation:
             return []
         acc = self.accelerator
+        zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+        if acc.distributed_type == DistributedType.FSDP or zero3:
+            if not getattr(self, "_warned_validation", False):
+                logger.warning("Validation images are skipped with sharded parameters (FSDP / ZeRO-3).")
+                self._warned_validation = True
+            return []
         images: list[Any] = []
         if acc.is_main_process:
             modes = {name: m.training for name, m in self._module_attributes()}
