@@ -202,7 +202,7 @@ def _model_note(key: str, source: ModelSource) -> str:
 
 def _base_geometry(source: ModelSource) -> tuple[int, int]:
     """``(native side, size multiple)`` of a base from its config files only; defaults when unknown."""
-    from pipelines.embedded import assets_dir, embedded_info
+    from pipelines.embedded import embedded_info
 
     if source.base is not None:
         folder = Path(source.base)
@@ -218,7 +218,6 @@ def _base_geometry(source: ModelSource) -> tuple[int, int]:
         vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 512, 64
-    del assets_dir
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
     unet_factor = 2 ** (len(unet.get("block_out_channels", [0] * 4)) - 1)
     sample = unet.get("sample_size", 64)

@@ -464,6 +464,20 @@ def _load_mv(base, adapter, motion_adapter, dtype):
     return MVAdapterPipeline.from_pretrained(base, adapter_config={"variant": "i2mv"}, **dtype_kwargs(dtype))
 
 
+def _weights_file(path: str | os.PathLike, hint: str) -> str:
+    """A local folder holding one adapter file -> that file (several: the one whose name contains ``hint``)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) > 1:
+        files = [f for f in files if hint in f.name] or files
+    if len(files) != 1:
+        names = [f.name for f in sorted(folder.glob("*.safetensors"))]
+        raise ValueError(f"Expected one {hint} .safetensors file in {folder}, found {names or 'none'}.")
+    return str(files[0])
+
+
 def _load_i2v(base, adapter, motion_adapter, dtype):
     from diffusers import MotionAdapter
 
@@ -471,7 +485,10 @@ def _load_i2v(base, adapter, motion_adapter, dtype):
 
     motion = MotionAdapter.from_pretrained(motion_adapter, **dtype_kwargs(dtype))
     return I2VAdapterPipeline.from_pretrained(
-        base, motion_adapter=motion, i2v_adapter=adapter or "fresh", **dtype_kwargs(dtype)
+        base,
+        motion_adapter=motion,
+        i2v_adapter=_weights_file(adapter, "i2v") if adapter else "fresh",
+        **dtype_kwargs(dtype),
     )
 
 
