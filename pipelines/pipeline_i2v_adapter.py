@@ -7,7 +7,8 @@ Extends diffusers' ``AnimateDiffPipeline`` (an SD 1.5-family base + ``MotionAdap
 * the UNet's spatial self-attention layers carry I2V-Adapter's first-frame attention (``load_i2v_adapter``);
 * the later frames can start from the Frame Similarity Prior instead of pure noise (``similarity_prior``);
 * optional content adapter (IP-Adapter-style image tokens, fed with the input image automatically);
-* optional per-frame ``ControlNetModel`` / ``MultiControlNetModel`` (``conditioning_frames``).
+* optional per-frame ``ControlNetModel`` / ``MultiControlNetModel`` (``conditioning_frames``), or SparseCtrl's
+  ``SparseControlNetModel`` (a few ``conditioning_frames`` at ``controlnet_frame_indices``).
 
 Everything else is AnimateDiff's: ``enable_model_cpu_offload``, ``enable_vae_slicing``, LoRAs
 (``load_lora_weights``), ``load_ip_adapter``, schedulers, ``callback_on_step_end``, ``output_type``.
@@ -28,6 +29,7 @@ from diffusers import (
     ControlNetModel,
     MotionAdapter,
     SchedulerMixin,
+    SparseControlNetModel,
     UNet2DConditionModel,
     UNetMotionModel,
 )
@@ -77,7 +79,8 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder:
             as in ``AnimateDiffPipeline`` (``unet`` may be a ``UNet2DConditionModel``; it is combined with
             ``motion_adapter`` into a ``UNetMotionModel``).
-        controlnet: optional per-frame ``ControlNetModel`` (or a list / ``MultiControlNetModel``).
+        controlnet: optional per-frame ``ControlNetModel`` (or a list / ``MultiControlNetModel``), or a
+            ``SparseControlNetModel`` (SparseCtrl) for conditions on a few frames.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -94,7 +97,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         scheduler: SchedulerMixin,
         feature_extractor: CLIPImageProcessor | None = None,
         image_encoder: CLIPVisionModelWithProjection | None = None,
-        controlnet: ControlNetModel | MultiControlNetModel | None = None,
+        controlnet: ControlNetModel | MultiControlNetModel | SparseControlNetModel | None = None,
     ):
         super().__init__(
             vae=vae,
@@ -110,6 +113,9 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             controlnet = MultiControlNetModel(controlnet)
         self.register_modules(controlnet=controlnet)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.control_image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
         self.control_video_processor = VideoProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
@@ -263,6 +269,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         adapter_scale,
         conditioning_frames,
         batch_size,
+        controlnet_frame_indices=None,
     ) -> None:
         """Checks specific to image-to-video; each error names the argument and the allowed values."""
         if image is None:
@@ -285,6 +292,19 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         if conditioning_frames is not None:
             if self.controlnet is None:
                 raise ValueError("`conditioning_frames` needs a pipeline built with a `controlnet`.")
+            if isinstance(self.controlnet, SparseControlNetModel):
+                frames = (
+                    conditioning_frames if isinstance(conditioning_frames, (list, tuple)) else [conditioning_frames]
+                )
+                indices = controlnet_frame_indices or list(range(len(frames)))
+                if not 1 <= len(frames) <= num_frames:
+                    raise ValueError(f"`conditioning_frames` must hold 1 to `num_frames` = {num_frames} images.")
+                if len(indices) != len(frames) or not all(0 <= int(i) < num_frames for i in indices):
+                    raise ValueError(
+                        f"`controlnet_frame_indices` must give one index in [0, {num_frames}) per conditioning "
+                        f"frame ({len(frames)}), got {indices!r}."
+                    )
+                return
             nets = self.controlnet.nets if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
             per_net = conditioning_frames if len(nets) > 1 else [conditioning_frames]
             if len(per_net) != len(nets):
@@ -328,6 +348,23 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             return [one(frames) for frames in conditioning_frames]
         return one(conditioning_frames)
 
+    def _prepare_sparse_control(
+        self, conditioning_frames, indices, width, height, batch_size, num_frames, device, dtype, cfg
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SparseCtrl condition ``(B', C, F, h, w)`` (zeros except at ``indices``) and mask ``(B', 1, F, h, w)``."""
+        frames = conditioning_frames if isinstance(conditioning_frames, (list, tuple)) else [conditioning_frames]
+        images = self.control_image_processor.preprocess(list(frames), height=height, width=width)  # (K, 3, H, W)
+        images = images.to(device=device, dtype=self.vae.dtype)
+        if self.controlnet.config.use_simplified_condition_embedding:
+            images = self.vae.encode(2 * images - 1).latent_dist.mode() * self.vae.config.scaling_factor
+        cond = torch.zeros((1, images.shape[1], num_frames, *images.shape[2:]), device=device, dtype=dtype)
+        mask = torch.zeros((1, 1, num_frames, *images.shape[2:]), device=device, dtype=dtype)
+        index = torch.as_tensor(list(indices), device=device, dtype=torch.long)
+        cond[:, :, index] = images.to(dtype).permute(1, 0, 2, 3).unsqueeze(0)
+        mask[:, :, index] = 1
+        reps = batch_size * (2 if cfg else 1)
+        return cond.repeat(reps, 1, 1, 1, 1), mask.repeat(reps, 1, 1, 1, 1)
+
     # ------------------------------------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -350,6 +387,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         conditioning_frames: list[PipelineImageInput] | None = None,
+        controlnet_frame_indices: list[int] | None = None,
         controlnet_conditioning_scale: float | list[float] = 1.0,
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
@@ -381,7 +419,9 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             ip_adapter_image, ip_adapter_image_embeds: IP-Adapter / content adapter inputs (the content adapter uses
                 ``image`` when neither is given).
             conditioning_frames: per-frame control images (``num_frames`` of them; a list of such lists for
-                several ControlNets); needs a pipeline with a ``controlnet``.
+                several ControlNets); needs a pipeline with a ``controlnet``. With a ``SparseControlNetModel``:
+                a few images, placed at ``controlnet_frame_indices``.
+            controlnet_frame_indices: frames the sparse conditions belong to (default ``0, 1, ...``).
             controlnet_conditioning_scale, control_guidance_start, control_guidance_end: as in diffusers'
                 ControlNet pipelines.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
@@ -426,7 +466,15 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         else:
             batch_size = prompt_embeds.shape[0]
         self.check_i2v_inputs(
-            image, num_frames, height, width, num_inference_steps, adapter_scale, conditioning_frames, batch_size
+            image,
+            num_frames,
+            height,
+            width,
+            num_inference_steps,
+            adapter_scale,
+            conditioning_frames,
+            batch_size,
+            controlnet_frame_indices,
         )
         prior = SimilarityPrior.coerce(similarity_prior)
         if self.free_noise_enabled:
@@ -520,20 +568,34 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             starts, ends = starts * (len(nets) // len(starts)), ends * (len(nets) // len(ends))
             if isinstance(controlnet, MultiControlNetModel) and isinstance(controlnet_conditioning_scale, float):
                 controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(nets)
-            control_frames = self._prepare_control_frames(
-                conditioning_frames,
-                width,
-                height,
-                batch_size * num_videos_per_prompt,
-                device,
-                controlnet.dtype,
-                self.do_classifier_free_guidance,
-            )
+            if isinstance(controlnet, SparseControlNetModel):
+                n_cond = len(conditioning_frames) if isinstance(conditioning_frames, (list, tuple)) else 1
+                sparse_cond, sparse_mask = self._prepare_sparse_control(
+                    conditioning_frames,
+                    controlnet_frame_indices or list(range(n_cond)),
+                    width,
+                    height,
+                    batch_size * num_videos_per_prompt,
+                    num_frames,
+                    device,
+                    controlnet.dtype,
+                    self.do_classifier_free_guidance,
+                )
+            else:
+                control_frames = self._prepare_control_frames(
+                    conditioning_frames,
+                    width,
+                    height,
+                    batch_size * num_videos_per_prompt,
+                    device,
+                    controlnet.dtype,
+                    self.do_classifier_free_guidance,
+                )
             for i in range(len(timesteps)):
                 keeps = [
                     1.0 - float(i / len(timesteps) < s or (i + 1) / len(timesteps) > e) for s, e in zip(starts, ends)
                 ]
-                controlnet_keep.append(keeps[0] if isinstance(controlnet, ControlNetModel) else keeps)
+                controlnet_keep.append(keeps if isinstance(controlnet, MultiControlNetModel) else keeps[0])
 
         if adapter is not None and adapter_scale is not None:
             adapter.set_scale(adapter_scale)
@@ -567,17 +629,29 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
                             scale_i = controlnet_conditioning_scale
                             scale_i = scale_i[0] if isinstance(scale_i, list) else scale_i
                             cond_scale = scale_i * controlnet_keep[i]
-                        control_input = latent_model_input.transpose(1, 2)
-                        control_input = control_input.reshape((-1,) + control_input.shape[2:])
-                        down_res, mid_res = controlnet(
-                            control_input,
-                            t,
-                            encoder_hidden_states=prompt_embeds,
-                            controlnet_cond=control_frames,
-                            conditioning_scale=cond_scale,
-                            guess_mode=False,
-                            return_dict=False,
-                        )
+                        if isinstance(controlnet, SparseControlNetModel):
+                            down_res, mid_res = controlnet(
+                                latent_model_input,
+                                t,
+                                encoder_hidden_states=prompt_embeds,
+                                controlnet_cond=sparse_cond,
+                                conditioning_mask=sparse_mask,
+                                conditioning_scale=cond_scale,
+                                guess_mode=False,
+                                return_dict=False,
+                            )
+                        else:
+                            control_input = latent_model_input.transpose(1, 2)
+                            control_input = control_input.reshape((-1,) + control_input.shape[2:])
+                            down_res, mid_res = controlnet(
+                                control_input,
+                                t,
+                                encoder_hidden_states=prompt_embeds,
+                                controlnet_cond=control_frames,
+                                conditioning_scale=cond_scale,
+                                guess_mode=False,
+                                return_dict=False,
+                            )
 
                     noise_pred = self.unet(
                         latent_model_input,

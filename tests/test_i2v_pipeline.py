@@ -350,3 +350,40 @@ def test_fuse_qkv_keeps_the_adapter(clean_pipe):
         clean_pipe.unfuse_qkv_projections()
     assert all(clean_pipe.unet.get_submodule(p).processor is proc for p, proc in ours.items())
     torch.testing.assert_close(_run(clean_pipe), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_control(pipe):
+    """SparseCtrl (``SparseControlNetModel``): a condition on one frame changes the video, frame 0 stays clean."""
+    from diffusers import SparseControlNetModel
+
+    from tests.tiny_models import SD15_UNET_CONFIG
+
+    torch.manual_seed(0)
+    sparse = SparseControlNetModel(
+        in_channels=4,
+        down_block_types=("CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion", "DownBlockMotion"),
+        block_out_channels=SD15_UNET_CONFIG["block_out_channels"],
+        layers_per_block=SD15_UNET_CONFIG["layers_per_block"],
+        norm_num_groups=SD15_UNET_CONFIG["norm_num_groups"],
+        cross_attention_dim=SD15_UNET_CONFIG["cross_attention_dim"],
+        attention_head_dim=SD15_UNET_CONFIG["attention_head_dim"],
+        conditioning_embedding_out_channels=(8, 16),
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+    ).eval()
+    for conv in [*sparse.controlnet_down_blocks, sparse.controlnet_mid_block]:
+        torch.nn.init.normal_(conv.weight, std=0.05)  # trained-like, not zero
+    sp_pipe = I2VAdapterPipeline.from_pipe(pipe, controlnet=sparse)
+    sp_pipe.set_progress_bar_config(disable=True)
+    try:
+        _randomise(sp_pipe.init_i2v_adapter())
+        without = _run(sp_pipe, guidance_scale=2.0)
+        with_sparse = _run(
+            sp_pipe, guidance_scale=2.0, conditioning_frames=[_image(seed=5)], controlnet_frame_indices=[2]
+        )
+        assert (with_sparse - without).abs().max() > 1e-4
+        assert torch.equal(with_sparse[:, :, 0], without[:, :, 0])
+        with pytest.raises(ValueError, match="controlnet_frame_indices"):
+            _run(sp_pipe, conditioning_frames=[_image()], controlnet_frame_indices=[FRAMES])
+    finally:
+        sp_pipe.unload_i2v_adapter()
