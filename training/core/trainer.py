@@ -6,8 +6,9 @@ Subclass contract (this is all a ``training/train_<adapter>.py`` declares)::
         config_class = MyConfig                 # a TrainConfig subclass (optional; default TrainConfig)
         adapter_kind = "my_adapter"             # written into the saved files' metadata
 
-        def build_models(self) -> None:         # load the base (self.load_components(...)), attach the adapter;
-            ...                                 # store every model as an attribute of self
+        def build_models(self) -> None:         # load the base (self.load_components("unet", "vae", ...,
+            ...                                 # "noise_scheduler")), attach the adapter; every model must be an
+                                                # attribute of self (directly or in a list/dict attribute)
         def trainable_parameters(self):         # -> list[Parameter] or list[(name, Parameter)]: the adapter only
             ...
         def adapter_state_dict(self):           # -> dict[str, Tensor]: the adapter's weights, in our file format
@@ -17,12 +18,22 @@ Subclass contract (this is all a ``training/train_<adapter>.py`` declares)::
         def build_dataset(self):                # -> torch.utils.data.Dataset
             ...
         collate_fn = None                       # optional: callable(list_of_examples) -> batch
-        def compute_loss(self, batch):          # -> scalar Tensor; use self.noise_scheduler, sample_noise, ...
+        def compute_loss(self, batch):          # -> scalar Tensor; self.global_step = optimizer steps done so far
             ...
-        def log_validation(self, step):         # optional -> list[PIL.Image] (runs on the main process, no_grad)
+        def log_validation(self, step):         # optional -> list[PIL.Image] (main process, no_grad, EMA weights)
             ...
         def save_adapter(self, output_dir):     # optional; default: adapter_model.safetensors + metadata
             ...
+
+Optional, rarely needed: ``build_dataloader(dataset)`` (e.g. a :class:`training.data.BucketBatchSampler`; give the
+DataLoader a ``generator``) and ``adapter_metadata()`` (extra metadata for the saved files). Helpers for subclasses:
+``load_components``, ``freeze``, ``assert_only_trainable``, ``device``, ``weight_dtype``, ``accelerator``, ``seed``,
+and :mod:`training.core.diffusion` (``sample_noise``, ``sample_timesteps``, ``get_target``, ``diffusion_loss``).
+
+Exact resume (a resumed run ends with the same weights as an uninterrupted one) needs only that the dataset draws
+no random numbers from the global RNGs: derive augmentations from ``(seed, epoch, index)`` as
+:class:`training.data.ImageCaptionDataset` does (the trainer calls ``set_epoch(epoch)`` on datasets and samplers
+that have it). ``compute_loss`` may use the global torch RNG freely: every rank's RNG state is checkpointed.
 
 What the base does, in order (``train()``): build the ``Accelerator`` (mixed precision, gradient accumulation,
 tracker, project dir) -> seed -> ``build_models()`` -> check that *every* parameter with ``requires_grad`` is in
@@ -495,7 +506,12 @@ class AdapterTrainer:
                 f"Resuming a run seeded {state['seed']} with seed {self.seed}: data order and noise will differ."
             )
         logger.info(f"Resuming from checkpoint {path}")
-        self.accelerator.load_state(str(path))
+        from accelerate.utils import DistributedType
+
+        kwargs = {}
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            kwargs["load_module_strict"] = False  # saved with exclude_frozen_parameters; the adapter via our hook
+        self.accelerator.load_state(str(path), **kwargs)
         self.global_step = int(state["global_step"])
         self._last_checkpoint = path
 
