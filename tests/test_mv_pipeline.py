@@ -169,3 +169,26 @@ def test_vae_slicing_tiling_and_lora(sd15):
     np.testing.assert_allclose(a, c, atol=1e-6)  # fresh LoRA (zero up weights) changes nothing
     sd15.unet.delete_adapters("extra")
     sd15.init_mv_adapter()
+
+
+def test_pipeline_uses_official_condition_and_schedule(sd15):
+    """The condition fed to the encoder and the sampling timesteps equal the official inference code's."""
+    from diffusers import PNDMScheduler
+
+    from tests.test_mv_camera import _official_interpolated_betas, official_c2w_opengl, official_ortho_condition
+
+    seen = {}
+    hook = sd15.mv_adapter.cond_encoder.register_forward_pre_hook(lambda m, a: seen.setdefault("cond", a[0].clone()))
+    steps = []
+    try:
+        sd15("a cat", num_views=6, num_inference_steps=3, guidance_scale=1.0, output_type="latent",
+             callback_on_step_end=lambda p, i, t, kw: steps.append(int(t)) or {})  # fmt: skip
+    finally:
+        hook.remove()
+    gl = official_c2w_opengl([0.0] * 6, [1.8] * 6, [a - 90 for a in [0, 45, 90, 180, 270, 315]])
+    torch.testing.assert_close(seen["cond"], official_ortho_condition(gl, 32), atol=1e-6, rtol=0)
+    betas = _official_interpolated_betas(sd15.scheduler.alphas_cumprod, 8.0)
+    official = PNDMScheduler.from_config(sd15.scheduler.config, trained_betas=betas.numpy())
+    official.set_timesteps(3)
+    assert steps == [int(t) for t in official.timesteps]
+    assert type(sd15.scheduler) is PNDMScheduler

@@ -1,0 +1,172 @@
+"""MV-Adapter benchmark: one call producing N = 6 views vs 6 base generations (goal: <= 1.2x time and memory).
+
+Both are timed end to end (prompt encoding, sampling, VAE decode) at the same size, steps and guidance in one
+process:
+
+- baseline ``base_x6``: the base ``StableDiffusionPipeline`` generating 6 images in one batched call;
+- ``mv_adapter_6views``: ``MVAdapterPipeline`` (multi-view row attention + condition encoder, camera maps) making 6
+  views in one call;
+- ``mv_adapter_6views_full``: the same with full multi-view attention (all views' tokens).
+
+Sizes: ``tiny`` is the tiny SD 1.5-like test model at 32 px; ``mid`` is a mid-sized UNet (channels 64/128/256,
+attention at every level, random weights) on the same VAE and text encoder at 64 px. ``--base <SD folder>
+--resolution 512 --device cuda`` times a real checkpoint. Random adapter weights stand in for trained ones (timing
+does not depend on the values).
+
+Run ``python -m benchmarks.bench_mv_adapter --size tiny|mid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+
+from benchmarks.runner import compare, environment, write_results
+
+logger = logging.getLogger(__name__)
+
+SIZES = {"tiny": 32, "mid": 64, "full": 512}
+GOAL_RATIO = 1.2
+NUM_VIEWS = 6
+
+
+def _mid_unet(base: str):
+    """A mid-sized SD 1.5-like UNet (random weights) that fits the tiny text encoder and VAE."""
+    from diffusers import UNet2DConditionModel
+
+    tiny = UNet2DConditionModel.load_config(base, subfolder="unet")
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=tiny["in_channels"],
+        out_channels=tiny["out_channels"],
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128, 256),
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=tiny["cross_attention_dim"],
+        norm_num_groups=32,
+    )
+
+
+def run(
+    size: str = "tiny",
+    *,
+    base: str | None = None,
+    resolution: int | None = None,
+    device: str = "cpu",
+    steps: int = 4,
+    repeats: int = 3,
+    write: bool = True,
+) -> dict:
+    """Time MV-Adapter (6 views, one call) against 6 base images; returns (and writes) ``{"environment", "rows"}``."""
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines.pipeline_mv_adapter_sd import MVAdapterSDPipeline
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if base is None:
+        from tests.tiny_models import tiny_sd15_path
+
+        base = str(tiny_sd15_path())
+    resolution = resolution or SIZES.get(size, 32)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    load = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    extra = {}
+    if size == "mid":
+        extra["unet"] = _mid_unet(base).to(dtype)
+    base_pipe = StableDiffusionPipeline.from_pretrained(base, **load, **extra).to(device)
+    mv_pipe = MVAdapterSDPipeline.from_pretrained(base, **load, **extra).to(device)
+    full_pipe = MVAdapterSDPipeline.from_pretrained(base, **load, **extra, adapter_config={"attention_mode": "full"})
+    full_pipe.to(device)
+    for pipe in (mv_pipe, full_pipe):
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in pipe.mv_adapter.trainable_parameters():
+                p.copy_(torch.randn(p.shape, generator=gen).to(p) * 0.02)
+    for pipe in (base_pipe, mv_pipe, full_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    prompt = "a red cube"
+    common = {
+        "height": resolution,
+        "width": resolution,
+        "num_inference_steps": steps,
+        "guidance_scale": 7.0,
+        "negative_prompt": "blurry",
+        "output_type": "np",
+    }
+
+    def gen():
+        return torch.Generator(device).manual_seed(0)
+
+    result = compare(
+        lambda: base_pipe(prompt, num_images_per_prompt=NUM_VIEWS, generator=gen(), **common),
+        {
+            "mv_adapter_6views": lambda: mv_pipe(prompt, num_views=NUM_VIEWS, generator=gen(), **common),
+            "mv_adapter_6views_full": lambda: full_pipe(prompt, num_views=NUM_VIEWS, generator=gen(), **common),
+        },
+        repeats=repeats,
+        device=device,
+    )
+    rows = [
+        {
+            "size": size,
+            "resolution": resolution,
+            "steps": steps,
+            "variant": "base_x6 (one batched call)",
+            "median_s": result["baseline"]["median_s"],
+            "peak_mem_bytes": result["baseline"]["peak_mem_bytes"],
+            "time_ratio": 1.0,
+            "mem_ratio": 1.0,
+            "goal": "-",
+            "met": "-",
+        }
+    ]
+    for name, res in result["candidates"].items():
+        goal = name.startswith("mv_adapter")
+        met = "-"
+        if goal:
+            met = res["time_ratio"] <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
+        rows.append(
+            {
+                "size": size,
+                "resolution": resolution,
+                "steps": steps,
+                "variant": name,
+                "median_s": res["median_s"],
+                "peak_mem_bytes": res["peak_mem_bytes"],
+                "time_ratio": res["time_ratio"],
+                "mem_ratio": res["mem_ratio"],
+                "goal": f"<= {GOAL_RATIO}x" if goal else "-",
+                "met": met,
+            }
+        )
+    payload = {"environment": environment(dtype, device), "rows": rows}
+    if write:
+        write_results(f"mv_adapter_{size}", payload)
+    for row in rows:
+        logger.info("%s: %.3fs, time x%.3f, mem x%s", row["variant"], row["median_s"], row["time_ratio"],
+                    row["mem_ratio"])  # fmt: skip
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny", choices=list(SIZES))
+    parser.add_argument("--base", default=None, help="SD 1.x/2.x folder (default: the tiny test model)")
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args.size, base=args.base, resolution=args.resolution, device=args.device, steps=args.steps,
+        repeats=args.repeats)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
