@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,8 @@ from adapters.i2v_adapter import (
 )
 
 logger = logging.get_logger(__name__)
+
+I2V_ADAPTER_WEIGHTS_NAME = "i2v_adapter.safetensors"
 
 __all__ = ["I2VAdapterPipeline", "export_to_gif", "export_to_video", "load_video_frames"]
 
@@ -137,11 +140,24 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             dtype_kw = {k: kwargs[k] for k in ("dtype", "torch_dtype") if k in kwargs}  # whichever the caller uses
             kwargs["motion_adapter"] = MotionAdapter.from_pretrained(motion, **dtype_kw)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        saved = Path(pretrained_model_name_or_path) / I2V_ADAPTER_WEIGHTS_NAME
+        if i2v_adapter is None and saved.is_file():  # written by save_pretrained
+            i2v_adapter = saved
         if isinstance(i2v_adapter, str) and i2v_adapter == "fresh":
             pipe.init_i2v_adapter(scale=i2v_scale)
         elif i2v_adapter is not None:
             pipe.load_i2v_adapter(i2v_adapter, scale=i2v_scale)
         return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` of the plain components (the UNet is saved without the adapter), plus the
+        I2V-Adapter as ``i2v_adapter.safetensors`` beside them; ``from_pretrained`` of the folder loads it back."""
+        adapter = self.i2v_adapter
+        if adapter is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with adapter.detached():
+            super().save_pretrained(save_directory, *args, **kwargs)
+        adapter.save(Path(save_directory) / I2V_ADAPTER_WEIGHTS_NAME)
 
     @property
     def i2v_adapter(self) -> I2VAdapter | None:

@@ -3,6 +3,8 @@ adapter, output types, video export."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -238,6 +240,10 @@ def test_content_adapter(pipe, image_encoder, tmp_path):
         assert torch.equal(_run(cpipe, guidance_scale=2.0), plain)
         adapter.content.set_scale(1.0)
         adapter.set_scale(1.0)
+        cpipe.save_pretrained(tmp_path / "saved")  # the base is saved without the content adapter
+        unet_config = json.loads((tmp_path / "saved" / "unet" / "config.json").read_text())
+        assert unet_config["encoder_hid_dim_type"] is None
+        assert torch.equal(_run(cpipe, guidance_scale=2.0), on)
         path = tmp_path / "i2v_content.safetensors"
         cpipe.save_i2v_adapter(path)
         cpipe.unload_i2v_adapter()
@@ -387,3 +393,21 @@ def test_sparse_control(pipe):
             _run(sp_pipe, conditioning_frames=[_image()], controlnet_frame_indices=[FRAMES])
     finally:
         sp_pipe.unload_i2v_adapter()
+
+
+def test_save_pretrained_round_trip(clean_pipe, tmp_path):
+    from safetensors import safe_open
+
+    adapter = clean_pipe.init_i2v_adapter()
+    _randomise(adapter)
+    expected = _run(clean_pipe)
+    clean_pipe.save_pretrained(tmp_path / "saved")
+    assert clean_pipe.i2v_adapter is adapter and torch.equal(_run(clean_pipe), expected)  # still attached
+    weights = next((tmp_path / "saved" / "unet").glob("*.safetensors"))
+    with safe_open(str(weights), framework="pt") as handle:
+        assert not any("i2v" in key or ".processor." in key for key in handle.keys())
+    assert (tmp_path / "saved" / "i2v_adapter.safetensors").is_file()
+    reloaded = I2VAdapterPipeline.from_pretrained(tmp_path / "saved")
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.i2v_adapter is not None
+    assert torch.equal(_run(reloaded), expected)

@@ -13,6 +13,9 @@ contribution is exactly zero until trained (the UNet output stays bit-identical 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
@@ -217,3 +220,23 @@ class ContentAdapter:
         self.unet.encoder_hid_proj = None
         self.unet.config.encoder_hid_dim_type = None
         self._originals = {}
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Temporarily remove the content adapter (e.g. to save the plain UNet), then put the same modules back."""
+        ip_procs = self.processors()
+        projection = self.unet.encoder_hid_proj
+        procs = self.unet.attn_processors
+        for name, original in self._originals.items():
+            procs[name] = original
+        self.unet.set_attn_processor(procs)
+        self.unet.encoder_hid_proj = None
+        self.unet.config.encoder_hid_dim_type = None
+        try:
+            yield
+        finally:
+            procs = self.unet.attn_processors
+            procs.update(ip_procs)
+            self.unet.set_attn_processor(procs)
+            self.unet.encoder_hid_proj = projection
+            self.unet.config.encoder_hid_dim_type = "ip_image_proj"

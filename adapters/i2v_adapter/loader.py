@@ -221,6 +221,18 @@ class I2VAdapter:
 
             self._originals = swap_attn_processors(self.unet, make, ((p, modules[p]) for p in procs))
 
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[None]:
+        """Temporarily remove the whole adapter (first-frame processors, hook, content adapter) so the UNet is the
+        plain base (e.g. for ``save_pretrained``); the same modules are put back afterwards."""
+        content = self.content.suspended() if self.content is not None else contextlib.nullcontext()
+        with content, self.suspended():
+            self._hook.remove()
+            try:
+                yield
+            finally:
+                self._hook = install_num_frames_hook(self.unet, self.context)
+
     # ------------------------------------------------------------------------------------------------ access
     @property
     def processors(self) -> dict[str, I2VAdapterAttnProcessor]:
