@@ -153,6 +153,41 @@ def _multiple(pipe: Any) -> int:
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
+def save_samples(cfg: argparse.Namespace, name: str, rows: list[tuple[str, np.ndarray]], limit: int = 6) -> str | None:
+    """Write a PNG grid of sample images (one row per arm, at most ``limit`` images each, cells padded to the largest
+    image and upscaled to >= 64 px) to ``<out>/quality_samples/<name>.png``; returns the path relative to ``<out>``
+    (``None`` with ``--no-samples``). Row labels go to the report, in order."""
+    if getattr(cfg, "no_samples", False) or not rows:
+        return None
+    from PIL import Image
+
+    cells = [[np.asarray(im) for im in imgs[:limit]] for _, imgs in rows]
+    ch = max(c.shape[0] for row in cells for c in row)
+    cw = max(c.shape[1] for row in cells for c in row)
+    scale = max(1, math.ceil(64 / max(ch, cw)))
+    pad = 2
+    cols = max(len(r) for r in cells)
+    grid = np.ones(((ch + pad) * len(cells), (cw + pad) * cols, 3))
+    for r, row in enumerate(cells):
+        for c, im in enumerate(row):
+            y, x = r * (ch + pad), c * (cw + pad)
+            grid[y : y + im.shape[0], x : x + im.shape[1]] = np.clip(im, 0.0, 1.0)
+    image = Image.fromarray((grid * 255).round().astype(np.uint8))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    rel = Path("quality_samples") / f"{name}.png"
+    path = Path(cfg.out) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return rel.as_posix()
+
+
+def _sample_lines(rel: str | None, labels: list[str]) -> list[str]:
+    if rel is None:
+        return []
+    return ["", f"Samples (rows: {'; '.join(labels)}):", "", f"![samples]({rel})"]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # verdicts
 # ----------------------------------------------------------------------------------------------------------------------
@@ -235,6 +270,7 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
+    samples: list[tuple[str, np.ndarray]] = []
     for h, w in sizes:
         real, real_prompts = real_renders(range(cfg.n_real), h, w)
         prompts = real_prompts[:n]
@@ -282,6 +318,8 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         )
         if not is_native:
             verdicts.append((key, fd_diff["verdict"], acc_diff["verdict"]))
+        samples += [(f"{key} base", arms["base"]), (f"{key} ResAdapter", arms["res"]), (f"{key} real", real[:n])]
+    lines += _sample_lines(save_samples(cfg, "res_adapter", samples), [label for label, _ in samples])
     fd_hold = [k for k, v, _ in verdicts if v == "holds"]
     fd_rev = [k for k, v, _ in verdicts if v == "reversed"]
     acc_rev = [k for k, _, v in verdicts if v == "reversed"]
@@ -328,7 +366,9 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         raise NotAvailable("the MV pipeline has no adapter loaded")
     native = _native(pipe)
     views = int(adapter.config.num_views)
-    camera_mode = "mvadapter" if (adapter.config.condition == "geometry" and views == 6) else "ortho_ring"
+    camera_mode = cfg.mv_camera_mode or (
+        "mvadapter" if (adapter.config.condition == "geometry" and views == 6) else "ortho_ring"
+    )
     ds = MultiViewDataset(views, camera_mode, native, seed=EVAL_DATA_SEED)
     use_ref = bool(adapter.config.use_ref)
     mode = ("i" if use_ref else "t") + ("g2mv" if adapter.config.condition == "geometry" else "2mv")
@@ -340,6 +380,7 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     def add(arm: str, key: str, value: float) -> None:
         per.setdefault(arm, {}).setdefault(key, []).append(float(value))
 
+    samples: list[tuple[str, np.ndarray]] = []
     t0 = time.perf_counter()
     for i in range(cfg.seeds):
         item = ds[i]
@@ -364,6 +405,8 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             )
         )  # fmt: skip
         outs["ground_truth"] = gt
+        if i < 3:
+            samples += [(f"object {i} {arm}", v) for arm, v in outs.items()]
         novel = slice(1, None) if use_ref else slice(0, None)
         for arm, v in outs.items():
             add(arm, "psnr", np.minimum(metrics.psnr(v[novel], gt[novel]), 100.0).mean())
@@ -414,6 +457,7 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             f"| {labels[b]} | {_fmt_diff(d['psnr'], 2)} | {_fmt_diff(d['ssim'])} | "
             f"{_fmt_diff(d['consistency_features'])} | {_fmt_diff(d['consistency_attributes'], 2)} |"
         )
+    lines += _sample_lines(save_samples(cfg, "mv_adapter", samples, limit=views), [lb for lb, _ in samples])
     need = [
         diffs[b][k]["verdict"] for b in ("independent", "base_t2i") for k in ("psnr", "ssim", "consistency_features")
     ]
@@ -478,6 +522,7 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     ds = VideoDataset(frames, native, seed=EVAL_DATA_SEED)
     steps = cfg.steps
     per: dict[str, dict[str, list[float]]] = {}
+    samples: list[tuple[str, np.ndarray]] = []
 
     def add(arm: str, values: dict[str, float], prefix: str) -> None:
         for k, v in values.items():
@@ -504,6 +549,8 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "still": np.repeat(image[None], frames, axis=0),
             "ground_truth": gt,
         }
+        if i < 3:
+            samples += [(f"clip {i} {arm}", clip) for arm, clip in clips.items() if arm != "still"]
         for arm, clip in clips.items():
             add(arm, metrics.first_frame_fidelity(clf, clip, image), "fidelity_")
             add(arm, metrics.frame_consistency(clf, clip), "consistency_")
@@ -562,6 +609,7 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "Verdicts are shown for the claimed directions only (identity and first-frame fidelity vs AnimateDiff from "
         "text, motion vs the still image); the other differences are descriptive.",
     ]
+    lines += _sample_lines(save_samples(cfg, "i2v_adapter", samples, limit=frames), [lb for lb, _ in samples])
     identity_vs_text = diffs["animatediff_text"]["fidelity_identity"]["verdict"]
     fidelity_vs_text = diffs["animatediff_text"]["fidelity_ssim"]["verdict"]
     moves = diffs["still"]["motion_consecutive"]["verdict"]
@@ -699,6 +747,8 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         f"- FD HiPA - teacher: {_fmt_diff(fd_hipa_teacher, 2)}; accuracy HiPA - teacher: {_fmt_diff(acc_hipa_teacher, 2)}",
         f"- share of the plain-to-teacher gap closed by HiPA: FD {_pct(closed)}, accuracy {_pct(acc_closed)}",
     ]
+    samples = [(labels[a], arms[a]) for a in ("hipa", "plain", "teacher")] + [("real renders", real[:n])]
+    lines += _sample_lines(save_samples(cfg, "hipa", samples, limit=8), [lb for lb, _ in samples])
     holds = fd_hipa_plain["verdict"] == "holds" and acc_hipa_plain["verdict"] != "reversed" and closed >= 0.5
     summary = (
         f"FD vs plain one step: {fd_hipa_plain['verdict']}; accuracy vs plain: {acc_hipa_plain['verdict']}; "
@@ -911,6 +961,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ResAdapter sizes as HxW,HxW (default: half, 1.5x, 2x native and native x 2 native; native is always added)",
     )
+    p.add_argument(
+        "--mv-camera-mode",
+        default=None,
+        choices=["ortho_ring", "persp_ring", "mvadapter", "random"],
+        help="mini-world cameras of the MV-Adapter section (default: ortho_ring; mvadapter for 6-view geometry)",
+    )
+    p.add_argument("--no-samples", action="store_true", help="do not write sample image grids")
     p.add_argument("--classifier", default=None, help="attribute classifier file (default: assets/eval/)")
     p.add_argument("--device", default="cpu", help="torch device for the pipelines (cpu, cuda, ...)")
     p.add_argument("--only", nargs="*", default=None, help="sections: res mv i2v hipa (default: all)")

@@ -239,6 +239,9 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
     assert md.count("**Untrained placeholder models**") == 4
     assert "| size (HxW) |" in md and "PSNR (dB)" in md and "frame-0 SSIM" in md and "HiPA LoRA, 1 step" in md
     assert payload["sections"].keys() == data["sections"].keys()
+    for name in data["sections"]:
+        assert (tmp_path / "quality_samples" / f"{name}.png").is_file()
+        assert f"](quality_samples/{name}.png)" in md
 
 
 def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
