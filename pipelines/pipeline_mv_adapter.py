@@ -52,6 +52,7 @@ __all__ = [
     "MVAdapterPipelineMixin",
     "MVAdapterPipelineOutput",
     "make_multiview_grid",
+    "prepare_reference_image",
 ]
 
 #: The negative prompt of the official inference scripts.
@@ -85,6 +86,33 @@ def make_multiview_grid(views: Sequence[PIL.Image.Image], rows: int = 1, cols: i
     for i, view in enumerate(views):
         grid.paste(view, ((i % cols) * w, (i // cols) * h))
     return grid
+
+
+def prepare_reference_image(image: PIL.Image.Image, height: int, width: int, *, fill: float = 0.9) -> PIL.Image.Image:
+    """Centre an RGBA object as the official inference scripts do before image-to-multi-view.
+
+    The alpha bounding box is cropped, scaled so its longer side fills ``fill`` of the target side, centred on a
+    ``width x height`` canvas and composited over gray (0.5). RGB images are only resized.
+    """
+    if image.mode != "RGBA":
+        return image.convert("RGB").resize((width, height), PIL.Image.BICUBIC)
+    arr = np.asarray(image)
+    ys, xs = np.nonzero(arr[..., 3] > 0)
+    if len(ys) == 0:
+        raise ValueError("The reference image's alpha channel is empty.")
+    y0, y1 = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 1, arr.shape[0])
+    x0, x1 = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 1, arr.shape[1])
+    crop = arr[y0:y1, x0:x1]
+    h, w = crop.shape[:2]
+    if h > w:
+        new_w, new_h = int(w * (height * fill) / h), int(height * fill)
+    else:
+        new_h, new_w = int(h * (width * fill) / w), int(width * fill)
+    crop = np.asarray(PIL.Image.fromarray(crop).resize((max(new_w, 1), max(new_h, 1))))
+    canvas = np.zeros((height, width, 4), dtype=np.uint8)
+    top, left = (height - crop.shape[0]) // 2, (width - crop.shape[1]) // 2
+    canvas[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return _rgba_on_gray(PIL.Image.fromarray(canvas, mode="RGBA"))
 
 
 def _is_xl_config(model_index: dict[str, Any]) -> bool:
@@ -172,6 +200,18 @@ class MVAdapterPipelineMixin:
         if self.mv_adapter is None:
             raise ValueError("No MV-Adapter is loaded: call `load_mv_adapter(...)` or `init_mv_adapter()`.")
         return self.mv_adapter
+
+    def _adapter_detached(self):
+        return self.mv_adapter.detached() if self.mv_adapter is not None else contextlib.nullcontext()
+
+    def enable_xformers_memory_efficient_attention(self, *args: Any, **kwargs: Any) -> None:
+        """xformers for the base attention; the adapter stays attached around the new processors."""
+        with self._adapter_detached():
+            super().enable_xformers_memory_efficient_attention(*args, **kwargs)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        with self._adapter_detached():
+            super().disable_xformers_memory_efficient_attention()
 
     # ------------------------------------------------------------------------------------------------------------
     # saving / loading with the base

@@ -192,3 +192,16 @@ def test_pipeline_uses_official_condition_and_schedule(sd15):
     official.set_timesteps(3)
     assert steps == [int(t) for t in official.timesteps]
     assert type(sd15.scheduler) is PNDMScheduler
+
+
+def test_prepare_reference_image():
+    from pipelines.pipeline_mv_adapter import prepare_reference_image
+
+    arr = np.zeros((40, 60, 4), dtype=np.uint8)
+    arr[5:15, 10:30] = (255, 0, 0, 255)  # a 10x20 red box
+    out = np.asarray(prepare_reference_image(PIL.Image.fromarray(arr, mode="RGBA"), 32, 32)).astype(int)
+    assert out.shape == (32, 32, 3)
+    assert tuple(out[0, 0]) == (127, 127, 127)  # gray background
+    red = np.argwhere((out[..., 0] > 200) & (out[..., 1] < 50))
+    assert red[:, 1].max() - red[:, 1].min() + 1 >= 26  # longer side fills ~90% of the width
+    assert abs(red[:, 0].mean() - 15.5) < 1.5 and abs(red[:, 1].mean() - 15.5) < 1.5  # centred

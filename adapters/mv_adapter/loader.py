@@ -273,6 +273,11 @@ class MVAdapter:
 
 def _resolve_file(source: str | os.PathLike, weight_name: str | None) -> Path:
     path = Path(source)
+    if not path.exists() and weight_name is not None and str(source).count("/") == 1:
+        # a hub repository id, e.g. ("huanngzh/mv-adapter", "mvadapter_i2mv_sdxl.safetensors"); honours HF_HUB_OFFLINE
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(source), weight_name))
     if path.is_dir():
         if weight_name is not None:
             path = path / weight_name
