@@ -627,7 +627,10 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 )
                 if mv_examples:
                     ex = gr.Examples(
-                        mv_examples, inputs=[i2mv_image, i2mv_prompt, i2mv_position, i2mv_normal], label="Examples"
+                        mv_examples,
+                        inputs=[i2mv_image, i2mv_prompt, i2mv_position, i2mv_normal],
+                        label="Examples",
+                        elem_id="i2mv-examples",
                     )
                     _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs, [i2mv_gallery, i2mv_zip])
 
@@ -774,11 +777,11 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                     with gr.Column(scale=3):
                         with gr.Row():
                             res_with = gr.Image(
-                                label="With ResAdapter", format="png", elem_id="res-with", elem_classes=["pixelated"],
+                                label="With ResAdapter", format="png", height=360, elem_id="res-with", elem_classes=["pixelated"],
                                 interactive=False,
                             )  # fmt: skip
                             res_without = gr.Image(
-                                label="Base only", format="png", elem_id="res-without", elem_classes=["pixelated"],
+                                label="Base only", format="png", height=360, elem_id="res-without", elem_classes=["pixelated"],
                                 interactive=False,
                             )  # fmt: skip
                         res_info = gr.Markdown(label="Status", elem_id="res-info")

@@ -203,3 +203,29 @@ def test_one_step_tab_and_error_message(page, tmp_path):
     page.get_by_text("must be between 1 and 12").first.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(800)  # let the toast finish fading in
     page.screenshot(path=str(tmp_path / "04_error.png"), full_page=True)
+
+
+def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
+    # Image to multi-view: one click on the example with geometry maps runs it (with the steps set below).
+    page.get_by_role("tab", name="Image to multi-view").click()
+    open_advanced(page, "i2mv")
+    set_slider(page, "i2mv-steps", 2)
+    examples = page.locator("#i2mv-examples")
+    examples.locator("img").last.click()
+    images = page.locator("#i2mv-gallery img")
+    images.nth(5).wait_for(timeout=TIMEOUT_MS)
+    assert_nontrivial(images.nth(0).evaluate(PIXEL_STATS_JS), 32)
+    page.get_by_text("6 views in").wait_for()
+    page.screenshot(path=str(tmp_path / "05_image_to_multiview.png"), full_page=True)
+
+    # Any resolution: the default 2x the native side (64 px placeholder -> 128 px), with and without the adapter.
+    page.get_by_role("tab", name="Any resolution").click()
+    open_advanced(page, "res")
+    set_slider(page, "res-steps", 2)
+    page.locator("#res-generate").click()
+    for elem in ("#res-with img", "#res-without img"):
+        page.locator(elem).wait_for(timeout=TIMEOUT_MS)
+        stats = page.locator(elem).evaluate(PIXEL_STATS_JS)
+        assert_nontrivial(stats, 32)
+        assert stats["w"] == stats["h"] == 128, stats
+    page.screenshot(path=str(tmp_path / "06_any_resolution.png"), full_page=True)
