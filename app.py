@@ -136,6 +136,10 @@ def _default_loader(key: str, source: ModelSource, device: str | None, dtype: st
     )
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (the message says which and why)."""
+
+
 class ModelManager:
     """Loads each model once, on first use, and serialises calls into it.
 
@@ -164,7 +168,15 @@ class ModelManager:
             if key not in self._models:
                 loader = self.config.loader or _default_loader
                 start = time.perf_counter()
-                pipe = loader(key, self.config.source(key), self.config.device, self.config.dtype)
+                source = self.config.source(key)
+                try:
+                    pipe = loader(key, source, self.config.device, self.config.dtype)
+                except (ImportError, OSError, ValueError, RuntimeError) as err:
+                    what = "the embedded model" if source.is_embedded else f"{source}"
+                    hint = "" if source.is_embedded else " Hub ids need a connection (and HF_HUB_OFFLINE unset)."
+                    raise ModelLoadError(
+                        f"Could not load {what} for '{key}': {type(err).__name__}: {err}.{hint}"
+                    ) from err
                 logger.info(f"Loaded model '{key}' in {time.perf_counter() - start:.1f} s.")
                 self._models[key] = pipe
             return self._models[key]
@@ -274,7 +286,7 @@ def _user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, ModelLoadError) as err:
             raise gr.Error(str(err)) from err
         except Exception as err:  # noqa: BLE001 -- the request fails with a message; the server stays up
             logger.exception(f"{fn.__name__} failed")
@@ -894,6 +906,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = config_from_args(args)
     cache = use_output_dir(config.output_dir)
     logger.info(f"Writing outputs under {Path(config.output_dir).resolve()} (Gradio cache: {cache})")

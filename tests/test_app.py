@@ -287,6 +287,6 @@ def test_model_load_failure_is_a_message_and_is_retried(tmp_path):
     demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path, loader=loader))
     wrapped = app._user_errors(demo_app.one_step)
     for _ in range(2):
-        with pytest.raises(app.gr.Error, match="OSError: no such model"):
+        with pytest.raises(app.gr.Error, match="Could not load the embedded model for 'hipa': OSError: no such model"):
             wrapped("a cube", "", 0, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)
     assert calls == ["hipa", "hipa"]
