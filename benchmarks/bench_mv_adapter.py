@@ -61,6 +61,7 @@ def run(
     device: str = "cpu",
     steps: int = 4,
     repeats: int = 3,
+    rounds: int = 2,
     write: bool = True,
 ) -> dict:
     """Time MV-Adapter (6 views, one call) against 6 base images; returns (and writes) ``{"environment", "rows"}``."""
@@ -111,6 +112,7 @@ def run(
         },
         repeats=repeats,
         device=device,
+        rounds=rounds,  # interleaved baseline/candidate rounds cancel slow drifts of a shared machine
     )
     rows = [
         {
@@ -162,10 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(args.size, base=args.base, resolution=args.resolution, device=args.device, steps=args.steps,
-        repeats=args.repeats)  # fmt: skip
+        repeats=args.repeats, rounds=args.rounds)  # fmt: skip
 
 
 if __name__ == "__main__":
