@@ -335,6 +335,16 @@ def test_checkpoints_total_limit_prunes_oldest(tiny_sd15, tmp_path):
     assert latest_checkpoint(out).name == "checkpoint-5"
 
 
+def test_resume_paths(tiny_sd15, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-checkpoint"):
+        run(tiny_sd15, tmp_path / "a", resume_from_checkpoint=str(tmp_path / "no-such-checkpoint"))
+    # "latest" without any checkpoint starts a fresh run; an explicit folder name is looked up in output_dir
+    trainer = run(tiny_sd15, tmp_path / "b", resume_from_checkpoint="latest", max_train_steps=2, checkpointing_steps=1)
+    assert trainer.global_step == 2
+    trainer = run(tiny_sd15, tmp_path / "b", resume_from_checkpoint="checkpoint-1", max_train_steps=3)
+    assert trainer.global_step == 3
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # (g) config: YAML/TOML + CLI overrides
 # ----------------------------------------------------------------------------------------------------------------------
