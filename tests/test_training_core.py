@@ -469,6 +469,7 @@ class ValidatingTrainer(ToyTrainer):
         from PIL import Image
 
         assert not torch.is_grad_enabled()
+        torch.randn(100)  # like a pipeline without a generator: must not perturb training
         value = int(self.adapter["up"].weight.abs().sum().item() * 1000) % 255
         return [Image.new("RGB", (8, 8), (value, 0, 0)), Image.new("RGB", (8, 8), (0, value, 0))]
 
@@ -483,6 +484,17 @@ def test_validation_images_saved_and_logged(tiny_sd15, tmp_path):
     assert sorted(p.name for p in (out / "validation" / "step-2").iterdir()) == ["00.png", "01.png"]
     events = list((out / "logs").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 1000
+
+
+def test_validation_with_ema_does_not_perturb_training(tiny_sd15, tmp_path):
+    common = dict(max_train_steps=4, use_ema=True, ema_decay=0.5)
+    run(tiny_sd15, tmp_path / "plain", **common)
+    _reset_accelerate()
+    trainer = ValidatingTrainer(make_config(tiny_sd15, tmp_path / "val", validation_steps=1, **common))
+    trainer.train()
+    assert len(list((tmp_path / "val" / "validation").iterdir())) == 4
+    for key, value in final_adapter(tmp_path / "plain").items():
+        torch.testing.assert_close(final_adapter(tmp_path / "val")[key], value, rtol=0, atol=0)
 
 
 def test_main_runs_from_argv(tiny_sd15, tmp_path):

@@ -725,7 +725,9 @@ class AdapterTrainer:
                 self.ema.store()
                 self.ema.copy_to()
             try:
-                with torch.no_grad():
+                # validation must not perturb training: it runs on its own copy of the global RNG states (else a
+                # resumed run, restored from the checkpoint saved just before validation, would diverge)
+                with _forked_rng(self.device), torch.no_grad():
                     images = list(self.log_validation(self.global_step) or [])
             finally:
                 if self.ema is not None:
@@ -817,6 +819,21 @@ class AdapterTrainer:
                 "Only the adapter may train, but these parameters require grad and are not in "
                 f"trainable_parameters(): {_listing(stray)}. Freeze them (requires_grad_(False)) or list them."
             )
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device):
+    """Run a block without changing the torch (CPU and ``device``), numpy and Python global RNG states."""
+    import random
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
