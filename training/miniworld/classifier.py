@@ -16,7 +16,8 @@ Images are resized so that their shorter side is :data:`INPUT_SHORT_SIDE` pixels
 fully convolutional with global pooling) - mini-world cameras frame the scene by the shorter side, so objects keep
 their size in the classifier's input at every resolution and aspect ratio.
 
-Training (renders with labels from the per-pixel object index, so occluded or out-of-frame objects do not count)::
+Training uses renders labelled from the renderer's per-pixel object index (occluded or out-of-frame objects do not
+count), plus a training-only dense head that classifies shape and colour per location at 1/4 resolution::
 
     nice -n 10 python -m training.miniworld.classifier --out assets/eval/classifier.safetensors
 
