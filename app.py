@@ -332,6 +332,16 @@ class DemoApp:
         except ValueError as err:
             raise gr.Error(str(err).replace("`", "")) from err
 
+    @contextlib.contextmanager
+    def using(self, key: str, progress: Any = None) -> Iterator[Any]:
+        """The model ``key`` held for one request; reports "Loading the model" / "Waiting" through ``progress``."""
+        if progress is not None:
+            first = key not in self.models.loaded
+            with contextlib.suppress(Exception):  # progress reporting must never fail a request
+                progress(0, desc="Loading the model (first use)..." if first else "Waiting for the model...")
+        with self.models.use(key) as pipe:
+            yield pipe
+
     @staticmethod
     def _info(pipe: Any, text: str, seconds: float) -> str:
         info = getattr(pipe, "embedded_info", None)
@@ -351,7 +361,7 @@ class DemoApp:
 
         seed = _pick_seed(seed, randomize)
         start = time.perf_counter()
-        with self.models.use("mv") as pipe:
+        with self.using("mv", progress) as pipe:
             views = tasks.text_to_multiview(
                 pipe, prompt, negative_prompt=negative_prompt, num_views=int(num_views), azimuths=azimuths,
                 elevation=float(elevation), height=int(height), width=int(width), num_inference_steps=int(steps),
@@ -373,7 +383,7 @@ class DemoApp:
         normal = self.read_image(normal_map, "Normal map", required=False)
         seed = _pick_seed(seed, randomize)
         start = time.perf_counter()
-        with self.models.use("mv") as pipe:
+        with self.using("mv", progress) as pipe:
             views = tasks.image_to_multiview(
                 pipe, reference, prompt or "", negative_prompt=negative_prompt, position_map=position,
                 normal_map=normal, num_views=int(num_views), azimuths=azimuths, elevation=float(elevation),
@@ -394,7 +404,7 @@ class DemoApp:
         first = self.read_image(image, "Input image")
         seed = _pick_seed(seed, randomize)
         start = time.perf_counter()
-        with self.models.use("i2v") as pipe:
+        with self.using("i2v", progress) as pipe:
             frames = tasks.image_to_video(
                 pipe, first, prompt or "", negative_prompt=negative_prompt, num_frames=int(num_frames),
                 height=int(height), width=int(width), num_inference_steps=int(steps), guidance_scale=float(guidance),
@@ -402,8 +412,14 @@ class DemoApp:
                 prior_start=float(prior_start), seed=seed,
             )  # fmt: skip
         folder = self.run_dir("i2v")
-        files = tasks.save_video(frames, folder / "video.mp4", folder / "video.gif", fps=int(fps))
         info = self._info(pipe, f"{len(frames)} frames", time.perf_counter() - start)
+        try:
+            files = tasks.save_video(frames, folder / "video.mp4", folder / "video.gif", fps=int(fps))
+        except ImportError as err:  # no imageio / ffmpeg: the GIF still works
+            logger.warning(f"No mp4 export ({err}); writing a GIF only.")
+            files = tasks.save_video(frames, None, folder / "video.gif", fps=int(fps))
+            info += " mp4 export needs `pip install imageio imageio-ffmpeg`; GIF only."
+            return None, [str(files["gif"])], seed, info
         return str(files["mp4"]), [str(files["mp4"]), str(files["gif"])], seed, info
 
     def one_step(
@@ -416,7 +432,7 @@ class DemoApp:
         labels = {v: k for k, v in tasks.ONE_STEP_COMPARISONS.items()}
         keys = [labels.get(c, c) for c in (compare or [])]
         start = time.perf_counter()
-        with self.models.use("hipa") as pipe:
+        with self.using("hipa", progress) as pipe:
             results = tasks.one_step(
                 pipe, prompt, negative_prompt=negative_prompt, height=int(height), width=int(width),
                 num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
@@ -434,7 +450,7 @@ class DemoApp:
 
         seed = _pick_seed(seed, randomize)
         start = time.perf_counter()
-        with self.models.use("res") as pipe:
+        with self.using("res", progress) as pipe:
             native = tasks.native_resolution(pipe)
             height, width = tasks.size_from_ratio(native, float(scale), str(ratio), tasks.size_multiple(pipe))
             results = tasks.any_resolution(

@@ -680,7 +680,11 @@ def save_video(
     frames = upscale_for_display(frames, min_side)
     written: dict[str, Path] = {}
     if mp4_path is not None:
-        import imageio.v2 as imageio
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401 (the ffmpeg binary imageio writes mp4 with)
+        except ImportError as err:
+            raise ImportError("Writing mp4 needs `pip install imageio imageio-ffmpeg`.") from err
 
         mp4_path = Path(mp4_path)
         mp4_path.parent.mkdir(parents=True, exist_ok=True)

@@ -290,3 +290,21 @@ def test_model_load_failure_is_a_message_and_is_retried(tmp_path):
         with pytest.raises(app.gr.Error, match="Could not load the embedded model for 'hipa': OSError: no such model"):
             wrapped("a cube", "", 0, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)
     assert calls == ["hipa", "hipa"]
+
+
+def test_video_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch):
+    import app
+    from pipelines import tasks
+
+    frames = [Image.new("RGB", (32, 32), (i * 60, 0, 0)) for i in range(3)]
+    monkeypatch.setattr(tasks, "image_to_video", lambda pipe, image, prompt, **kwargs: frames)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # "not installed"
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), "white").save(image)
+    demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path, loader=lambda *args: object()))
+    video, files, seed, info = demo_app.image_to_video(
+        str(image), "", "", 1, False, 3, 32, 32, 1, 7.5, 1.0, 0.0, 0.0, 8, progress=None
+    )
+    assert video is None and len(files) == 1 and files[0].endswith(".gif")
+    assert Image.open(files[0]).n_frames == 3 and "GIF only" in info
+    assert Path(files[0]).is_relative_to(tmp_path)
