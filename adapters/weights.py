@@ -112,8 +112,9 @@ def load_weights(
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise AdapterWeightsError(f"{str(path)!r} does not hold a flat mapping of tensor names to tensors.")
         return dict(obj), {}
+    dev = torch.device(device)
     try:
-        state_dict = _st_load_file(str(path), device=str(device))
+        state_dict = _st_load_file(str(path), device="cpu" if dev.type == "cpu" else str(dev))
         metadata = _read_safetensors_metadata(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise AdapterWeightsError(

@@ -206,3 +206,9 @@ def test_atomic_directory_success_and_failure(tmp_path):
         (tmp / "b.txt").write_text("three")
     assert sorted(os.listdir(target)) == ["b.txt"]
     assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_load_accepts_indexed_cpu_device(tmp_path):
+    path = W.save_weights(_sd(), tmp_path / "w.safetensors")
+    loaded, _ = W.load_weights(path, device=torch.device("cpu", 0))
+    assert loaded["a.weight"].device.type == "cpu"
