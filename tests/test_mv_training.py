@@ -96,3 +96,18 @@ def test_resume_matches_uninterrupted(tiny_sd15, mv_data, tmp_path):
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_sdxl_geometry_run_on_miniworld(tiny_sdxl, tmp_path):
+    """tg2mv on the SDXL-like base with procedural objects (official 6-view layout, row_col attention)."""
+    argv = [
+        "--pretrained_model_name_or_path", str(tiny_sdxl),
+        "--dataset", "miniworld", "--camera_mode", "mvadapter", "--num_samples", "2",
+        "--mode", "tg2mv", "--num_views", "6", "--resolution", "16",
+        "--output_dir", str(tmp_path / "xl"), "--max_train_steps", "1", "--learning_rate", "1e-3",
+        "--report_to", "none", "--seed", "0", "--mixed_precision", "no",
+    ]  # fmt: skip
+    trainer = main(MVAdapterTrainer, argv)
+    assert trainer.adapter.config.attention_mode == "row_col" and trainer.adapter.config.condition == "geometry"
+    assert trainer.last_loss is not None and trainer.last_loss == trainer.last_loss
+    assert not any("_ref." in n for n, _ in trainer._trainable)
