@@ -320,7 +320,7 @@ class DemoApp:
         folder.mkdir()
         return folder
 
-    def read_image(self, path: str | None, label: str, *, required: bool = True):
+    def read_image(self, path: str | None, label: str, *, required: bool = True, keep_alpha: bool = False):
         from pipelines.tasks import load_image
 
         if path is None or path == "":
@@ -328,7 +328,9 @@ class DemoApp:
                 raise gr.Error(f"{label} is missing: upload an image first.")
             return None
         try:
-            return load_image(path, name=label, max_bytes=int(self.config.max_upload_mb * 2**20))
+            return load_image(
+                path, name=label, max_bytes=int(self.config.max_upload_mb * 2**20), keep_alpha=keep_alpha
+            )
         except ValueError as err:
             raise gr.Error(str(err).replace("`", "")) from err
 
@@ -378,7 +380,7 @@ class DemoApp:
     ):  # fmt: skip
         from pipelines import tasks
 
-        reference = self.read_image(image, "Reference image")
+        reference = self.read_image(image, "Reference image", keep_alpha=True)
         position = self.read_image(position_map, "Position map", required=False)
         normal = self.read_image(normal_map, "Normal map", required=False)
         seed = _pick_seed(seed, randomize)
@@ -600,7 +602,13 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2):
                         i2mv_image = _guard_image_input(
-                            gr.Image(label="Reference image", type="filepath", height=240, elem_id="i2mv-image"),
+                            gr.Image(
+                                label="Reference image",
+                                type="filepath",
+                                image_mode=None,
+                                height=240,
+                                elem_id="i2mv-image",
+                            ),
                             "Reference image",
                         )
                         i2mv_prompt = gr.Textbox(label="Prompt (optional)", value="", lines=1, elem_id="i2mv-prompt")

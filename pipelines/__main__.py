@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     # Check the inputs that need no model before loading one.
-    image = tasks.load_image(args.image) if getattr(args, "image", None) else None
+    image = tasks.load_image(args.image, keep_alpha=args.task == "i2mv") if getattr(args, "image", None) else None
     if args.task in ("mv", "i2mv") and not args.azimuths and not 1 <= args.num_views <= MAX_VIEWS:
         raise ValueError(f"`--num-views` must be between 1 and {MAX_VIEWS}, got {args.num_views}.")
     if args.task == "i2v" and not 2 <= args.frames <= MAX_FRAMES:

@@ -188,9 +188,11 @@ def load_image(
     name: str = "image",
     max_bytes: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    keep_alpha: bool = False,
 ) -> Image.Image:
     """Open a user image as RGB with clear errors: a missing file, a file over ``max_bytes``, a non-image, an image
-    over ``max_pixels``. Alpha is composited on white; 16-bit / CMYK / palette modes are converted."""
+    over ``max_pixels``. Alpha is composited on white (or kept, as RGBA, with ``keep_alpha``); 16-bit / CMYK /
+    palette modes are converted."""
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -216,6 +218,8 @@ def load_image(
         raise ValueError(f"`{name}` could not be decoded: {err}") from err
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
+        if keep_alpha:
+            return rgba
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -364,7 +368,7 @@ def image_to_multiview(
     if (position_map is None) != (normal_map is None):
         raise ValueError("Geometry guidance needs both `position_map` and `normal_map` (or neither).")
     kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width)
-    reference = _fit(image.convert("RGB"), kwargs["height"], kwargs["width"])
+    reference = _reference_image(image, kwargs["height"], kwargs["width"])
     if position_map is not None:
         kwargs["position_map"] = _split_maps(position_map, kwargs["num_views"], kwargs["height"], kwargs["width"])
         kwargs["normal_map"] = _split_maps(normal_map, kwargs["num_views"], kwargs["height"], kwargs["width"])
@@ -383,6 +387,20 @@ def image_to_multiview(
         **kwargs,
     )
     return _flatten_images(out.images)
+
+
+def _reference_image(image: Image.Image, height: int, width: int) -> Image.Image:
+    """An RGBA object is centred on gray as the official MV-Adapter scripts do; other images are cover-cropped."""
+    if image.mode == "RGBA" and image.getextrema()[3][0] < 255:
+        try:
+            from .pipeline_mv_adapter import prepare_reference_image
+        except ImportError:
+            prepare_reference_image = None
+        if prepare_reference_image is not None:
+            return prepare_reference_image(image, height, width)
+        gray = Image.new("RGBA", image.size, (128, 128, 128, 255))
+        image = Image.alpha_composite(gray, image)
+    return _fit(image.convert("RGB"), height, width)
 
 
 def _split_maps(image: Image.Image, num_views: int, height: int, width: int) -> list[Image.Image]:
