@@ -890,6 +890,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at once")
+    parser.add_argument("--preload", action="store_true", help="load every model at start-up instead of on first use")
     parser.add_argument("--base", default=None, help="base model for every task (folder or hub id)")
     group = parser.add_argument_group("model flags (folders or hub ids; default: the embedded models)")
     group.add_argument("--mv-base", default=None, help="base model for the multi-view tabs")
@@ -937,6 +938,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(f"Binding to {args.host}: the demo is reachable from other machines.")
     demo = build_demo(config)
+    if args.preload:
+        for key in MODEL_KEYS:
+            try:
+                demo.app_state.models.get(key)
+            except ModelLoadError as err:
+                logger.error(f"{err} (the tab will retry on first use)")
     demo.launch(**launch_kwargs(config, host=args.host, port=args.port, share=args.share))
 
 
