@@ -411,3 +411,13 @@ def test_save_pretrained_round_trip(clean_pipe, tmp_path):
     reloaded.set_progress_bar_config(disable=True)
     assert reloaded.i2v_adapter is not None
     assert torch.equal(_run(reloaded), expected)
+
+
+@pytest.mark.slow
+def test_benchmark_runs():
+    from benchmarks.bench_i2v_adapter import run
+
+    payload = run("tiny", repeats=1, write=False)
+    variants = [row["variant"] for row in payload["rows"]]
+    assert variants[0].startswith("animatediff") and "i2v_adapter" in variants
+    assert all(row["median_s"] > 0 for row in payload["rows"])

@@ -190,4 +190,4 @@ class I2VAdapterAttnProcessor(nn.Module):
         branch = self.to_out_i2v(first_frame_attention(attn, self.to_q_i2v, x, num_frames))
         if is_4d:
             branch = branch.transpose(-1, -2).reshape(b, c, h, w)
-        return out + (self.scale / attn.rescale_output_factor) * branch
+        return out.add(branch, alpha=self.scale / attn.rescale_output_factor)

@@ -1,0 +1,240 @@
+"""I2V-Adapter benchmark: image-to-video generation time and peak memory vs plain AnimateDiff (goal <= 1.1x time).
+
+Timed end to end in one process, same base + motion adapter, frames, size, steps and guidance:
+
+- baseline ``animatediff``: ``AnimateDiffPipeline`` text-to-video;
+- ``i2v_adapter``: ``I2VAdapterPipeline`` with a (random, non-zero) I2V-Adapter at scale 1: image encode, clean first
+  frame, first-frame attention in every spatial self-attention;
+- ``i2v_clean_first_frame_only``: ``I2VAdapterPipeline`` without an adapter (the pipeline's own overhead).
+
+Sizes: ``tiny`` (the tiny AnimateDiff test model, 32 px, 8 frames, 4 steps), ``mid`` (the same model at 64 px) and
+``full`` (randomly initialised SD 1.5 + AnimateDiff v1-5-2 architectures at 512 px, 16 frames, 10 steps; meant for a
+GPU: ``python -m benchmarks.bench_i2v_adapter --size full --device cuda``). Random weights stand in for trained ones
+(timing does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+
+import torch
+
+from benchmarks.runner import compare, environment, write_results
+
+logger = logging.getLogger(__name__)
+
+GOAL_RATIO = 1.1
+SIZES = {
+    "tiny": {"resolution": 32, "num_frames": 8, "steps": 4},
+    "mid": {"resolution": 64, "num_frames": 8, "steps": 4},
+    "full": {"resolution": 512, "num_frames": 16, "steps": 10},
+}
+
+
+def _full_size_components(dtype: torch.dtype) -> dict:
+    """SD 1.5 + AnimateDiff v1-5-2 shaped components, random weights (no download)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.tiny_models import build_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        layers_per_block=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=max(49408, len(tokenizer)),
+            max_position_embeddings=77,
+        )
+    )
+    motion = MotionAdapter(
+        block_out_channels=(320, 640, 1280, 1280),
+        motion_layers_per_block=2,
+        motion_max_seq_length=32,
+        use_motion_mid_block=True,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False, steps_offset=1
+    )
+    parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "motion_adapter": motion}
+    for module in parts.values():
+        module.to(dtype).eval()
+    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler, "feature_extractor": None, "image_encoder": None}
+
+
+def _randomise_adapter(adapter, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.add_((torch.randn(param.shape, generator=gen) * 0.02).to(param.dtype).to(param.device))
+
+
+def run(
+    size: str = "tiny",
+    *,
+    base: str | None = None,
+    motion_adapter: str | None = None,
+    device: str = "cpu",
+    repeats: int = 3,
+    rounds: int = 1,
+    write: bool = True,
+) -> dict:
+    """Time AnimateDiff vs I2V-Adapter; returns (and writes) ``{"environment", "rows"}``."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+    from PIL import Image
+
+    from pipelines.pipeline_i2v_adapter import I2VAdapterPipeline
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if size not in SIZES:
+        raise ValueError(f"`size` must be one of {sorted(SIZES)}, got {size!r}.")
+    spec = SIZES[size]
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if size == "full" and base is None:
+        components = _full_size_components(dtype)
+        plain = AnimateDiffPipeline(**components)
+        base_name = "random SD 1.5 + AnimateDiff v1-5-2 architecture"
+    else:
+        if base is None:
+            from tests.tiny_models import tiny_animatediff_path
+
+            base = str(tiny_animatediff_path())
+            motion_adapter = motion_adapter or os.path.join(base, "motion_adapter")
+        motion = MotionAdapter.from_pretrained(motion_adapter)
+        plain = AnimateDiffPipeline.from_pretrained(base, motion_adapter=motion).to(dtype=dtype)
+        base_name = base
+    # separate UNets: the adapter goes on a copy so the baseline stays plain
+    i2v_unet = copy.deepcopy(plain.unet)
+    i2v = I2VAdapterPipeline.from_pipe(plain, unet=i2v_unet)
+    clean_only = I2VAdapterPipeline.from_pipe(plain)
+    for pipe in (plain, i2v, clean_only):
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+    adapter = i2v.init_i2v_adapter()
+    _randomise_adapter(adapter)
+
+    res, frames, steps = spec["resolution"], spec["num_frames"], spec["steps"]
+    image = Image.new("RGB", (res, res), (180, 90, 40))
+    prompt = "a red cube rotating on a table"
+    common = {
+        "prompt": prompt,
+        "num_frames": frames,
+        "height": res,
+        "width": res,
+        "num_inference_steps": steps,
+        "guidance_scale": 7.5,
+        "output_type": "np",
+    }
+
+    def gen():
+        return torch.Generator(device).manual_seed(0)
+
+    def gen_cpu():
+        return torch.Generator().manual_seed(0)
+
+    result = compare(
+        lambda: plain(generator=gen(), **common),
+        {
+            "i2v_adapter": lambda: i2v(image=image, generator=gen(), **common),
+            "i2v_clean_first_frame_only": lambda: clean_only(image=image, generator=gen(), **common),
+        },
+        repeats=repeats,
+        rounds=rounds,
+        device=device,
+    )
+    # the UNet forward alone (the denoising loop's cost), many short interleaved repeats: less noisy than whole videos
+    latent_hw = res // plain.vae_scale_factor
+    sample = torch.randn(2, plain.unet.config.in_channels, frames, latent_hw, latent_hw, generator=gen_cpu())
+    sample = sample.to(device, dtype)
+    text = torch.randn(2 * frames, 77, plain.unet.config.cross_attention_dim, generator=gen_cpu()).to(device, dtype)
+    unet_result = compare(
+        lambda: plain.unet(sample, 500, encoder_hidden_states=text),
+        {"i2v_adapter": lambda: i2v.unet(sample, 500, encoder_hidden_states=text)},
+        repeats=max(repeats, 5),
+        rounds=max(rounds, 3),
+        device=device,
+    )
+    common_row = {"size": size, "resolution": res, "frames": frames, "steps": steps}
+
+    def row(what: str, name: str, res_: dict, ratio: float, min_ratio: float, mem_ratio, goal: bool) -> dict:
+        return {
+            **common_row,
+            "timed": what,
+            "variant": name,
+            "median_s": res_["median_s"],
+            "min_s": res_["min_s"],
+            "peak_mem_bytes": res_["peak_mem_bytes"],
+            "time_ratio": ratio,
+            "min_time_ratio": min_ratio,
+            "mem_ratio": mem_ratio,
+            "goal": f"<= {GOAL_RATIO:g}x" if goal else "-",
+            "met": ratio <= GOAL_RATIO if goal else "-",
+        }
+
+    rows = []
+    for what, res_ in (("video", result), ("unet forward", unet_result)):
+        base_res = res_["baseline"]
+        rows.append(row(what, "animatediff (baseline)", base_res, 1.0, 1.0, 1.0, False))
+        for name, cand in res_["candidates"].items():
+            min_ratio = cand["min_s"] / base_res["min_s"]
+            rows.append(row(what, name, cand, cand["time_ratio"], min_ratio, cand["mem_ratio"], name == "i2v_adapter"))
+    payload = {
+        "environment": environment(dtype, device),
+        "base": base_name,
+        "rows": rows,
+        "raw": {"video": result, "unet": unet_result},
+    }
+    if write:
+        write_results(
+            f"i2v_adapter_{size}" if device == "cpu" else f"i2v_adapter_{size}_{device.split(':')[0]}", payload
+        )
+    for row in rows:
+        logger.info("%s", row)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    parser.add_argument("--base", default=None, help="SD 1.5-family pipeline folder (default: tiny test model)")
+    parser.add_argument("--motion_adapter", default=None, help="MotionAdapter folder (with --base)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (cancels machine drift)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.base is not None and args.motion_adapter is None:
+        parser.error("--base needs --motion_adapter")
+    run(
+        args.size,
+        base=args.base,
+        motion_adapter=args.motion_adapter,
+        device=args.device,
+        repeats=args.repeats,
+        rounds=args.rounds,
+    )
+
+
+if __name__ == "__main__":
+    main()
