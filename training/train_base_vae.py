@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from training.core import AdapterTrainer, TrainConfig, main
 
@@ -22,9 +21,23 @@ from training.core import AdapterTrainer, TrainConfig, main
 class BaseVAEConfig(TrainConfig):
     kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term of the VAE loss."})
     num_samples: int = field(default=4096, metadata={"help": "Distinct mini-world images (rendered once, cached)."})
+    decoder_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the decoder (the latent space, and a UNet trained on it, stay valid)."},
+    )
+    object_weight: float = field(
+        default=0.0,
+        metadata={"help": "Extra loss weight on pixels that differ from the image's border colour (the objects)."},
+    )
     scaling_samples: int = field(
         default=256, metadata={"help": "Training images used to measure the latent scaling factor at the end."}
     )
+
+
+def _object_mask(pixels: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """``(B, 1, H, W)`` 1 where a pixel differs from the mean colour of its image's top row (the background)."""
+    background = pixels[:, :, :1, :].mean(dim=3, keepdim=True)
+    return ((pixels - background).abs().amax(dim=1, keepdim=True) > threshold).float()
 
 
 class BaseVAETrainer(AdapterTrainer):
@@ -35,10 +48,11 @@ class BaseVAETrainer(AdapterTrainer):
 
     def build_models(self) -> None:
         self.load_components("vae")
-        self.vae.requires_grad_(True).train()
+        trained = self.vae.decoder if self.config.decoder_only else self.vae
+        trained.requires_grad_(True).train()
 
     def trainable_parameters(self):
-        return list(self.vae.named_parameters())
+        return [(n, p) for n, p in self.vae.named_parameters() if p.requires_grad]
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return self.vae.state_dict()
@@ -54,12 +68,16 @@ class BaseVAETrainer(AdapterTrainer):
         return self._dataset
 
     def compute_loss(self, batch) -> torch.Tensor:
-        """``batch["pixel_values"]``: ``(B, 3, H, W)`` in [-1, 1]; MSE + L1 reconstruction plus a small KL."""
-        pixels = batch["pixel_values"].to(self.device)
+        """``batch["pixel_values"]``: ``(B, 3, H, W)`` in [-1, 1]; weighted MSE + L1 reconstruction plus a small KL."""
+        pixels = batch["pixel_values"].to(self.device).float()
         posterior = self.vae.encode(pixels).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
-        rec = F.mse_loss(recon.float(), pixels.float()) + 0.5 * F.l1_loss(recon.float(), pixels.float())
-        return rec + self.config.kl_weight * posterior.kl().mean()
+        recon = self.vae.decode(posterior.sample()).sample.float()
+        weight = 1.0 + self.config.object_weight * _object_mask(pixels)
+        err = weight * ((recon - pixels) ** 2 + 0.5 * (recon - pixels).abs())
+        loss = err.sum() / (weight.sum() * pixels.shape[1])
+        if not self.config.decoder_only:
+            loss = loss + self.config.kl_weight * posterior.kl().mean()
+        return loss
 
     def log_validation(self, step: int):
         from PIL import Image
@@ -75,15 +93,15 @@ class BaseVAETrainer(AdapterTrainer):
     def save_adapter(self, output_dir) -> Path:
         out = Path(output_dir)
         source = Path(self.config.pretrained_model_name_or_path)
-        data = self.build_dataset()
         vae = self.accelerator.unwrap_model(self.vae).eval()
-        latents = []
-        for start in range(0, self.config.scaling_samples, 32):
-            idx = range(start, min(start + 32, self.config.scaling_samples))
-            pixels = torch.stack([data[i]["pixel_values"] for i in idx]).to(self.device)
-            latents.append(vae.encode(pixels).latent_dist.mode().float())
-        scaling = float(1.0 / torch.cat(latents).std())
-        vae.register_to_config(scaling_factor=scaling)
+        if not self.config.decoder_only:  # a decoder-only run keeps the latent space, so keeps its scaling too
+            data = self.build_dataset()
+            latents = []
+            for start in range(0, self.config.scaling_samples, 32):
+                idx = range(start, min(start + 32, self.config.scaling_samples))
+                pixels = torch.stack([data[i]["pixel_values"] for i in idx]).to(self.device)
+                latents.append(vae.encode(pixels).latent_dist.mode().float())
+            vae.register_to_config(scaling_factor=float(1.0 / torch.cat(latents).std()))
         for item in source.iterdir():
             if item.name == "vae" or item.name.startswith("checkpoint"):
                 continue
