@@ -87,6 +87,7 @@ class ModelSource:
     base: str | None = None
     adapter: str | None = None
     motion_adapter: str | None = None
+    extra_loras: dict[str, str] = field(default_factory=dict)  # one-step tab: preset name -> LoRA to compare
 
     @property
     def is_embedded(self) -> bool:
@@ -126,7 +127,7 @@ class AppConfig:
 def _default_loader(key: str, source: ModelSource, device: str | None, dtype: str | None):
     from pipelines.embedded import load_pipeline
 
-    return load_pipeline(
+    pipe = load_pipeline(
         key,
         base=source.base,
         adapter=source.adapter,
@@ -134,6 +135,11 @@ def _default_loader(key: str, source: ModelSource, device: str | None, dtype: st
         device=device,
         dtype=dtype,
     )
+    if source.extra_loras:
+        from pipelines.tasks import load_few_step_loras
+
+        load_few_step_loras(pipe, source.extra_loras)
+    return pipe
 
 
 class ModelLoadError(RuntimeError):
@@ -196,7 +202,7 @@ class ModelManager:
 def _model_note(key: str, source: ModelSource) -> str:
     """One line saying which weights a tab uses (reads configs only, builds nothing)."""
     if not source.is_embedded:
-        parts = ", ".join(f"{k}: `{v}`" for k, v in vars(source).items() if v)
+        parts = ", ".join(f"{k}: `{v}`" for k, v in vars(source).items() if v and k != "extra_loras")
         return f"Custom checkpoints ({parts})."
     try:
         from pipelines.embedded import embedded_info
@@ -900,9 +906,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--i2v-adapter", default=None, help="I2V-Adapter weights")
     group.add_argument("--hipa-base", default=None, help="base model for one-step text-to-image")
     group.add_argument("--hipa-lora", default=None, help="HiPA (or other one-step) LoRA, diffusers format")
+    group.add_argument(
+        "--few-step-lora",
+        action="append",
+        default=[],
+        metavar="PRESET=PATH",
+        help="a few-step LoRA to compare with on the one-step tab (lcm, tcd, lightning, hyper-sd); repeatable",
+    )
     group.add_argument("--res-base", default=None, help="base model for any resolution")
     group.add_argument("--res-adapter", default=None, help="ResAdapter folder or file")
     return parser.parse_args(argv)
+
+
+def _few_step_loras(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(
+                f"--few-step-lora must look like PRESET=PATH (e.g. lcm=latent-consistency/lcm-lora-sdv1-5), got {value!r}"
+            )
+        out[name.strip().lower()] = path.strip()
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
@@ -911,7 +936,11 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         "i2v": ModelSource(
             base=args.i2v_base or args.base, adapter=args.i2v_adapter, motion_adapter=args.motion_adapter
         ),
-        "hipa": ModelSource(base=args.hipa_base or args.base, adapter=args.hipa_lora),
+        "hipa": ModelSource(
+            base=args.hipa_base or args.base,
+            adapter=args.hipa_lora,
+            extra_loras=_few_step_loras(args.few_step_lora),
+        ),
         "res": ModelSource(base=args.res_base or args.base, adapter=args.res_adapter),
     }
     if args.concurrency < 1:

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--compare", nargs="*", default=[], choices=list(ONE_STEP_COMPARISONS), help="also run these")
     p.add_argument("--teacher-steps", type=int, default=25)
+    p.add_argument(
+        "--few-step-lora",
+        action="append",
+        default=[],
+        metavar="PRESET=PATH",
+        help="load a few-step LoRA (lcm, tcd, lightning, hyper-sd) for --compare; repeatable",
+    )
 
     p = sub.add_parser("res", help=TASKS["res"].title)
     common(p)
@@ -123,6 +130,14 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         dtype=args.dtype,
         progress_bar=not args.quiet,
     )
+    if args.task == "hipa" and args.few_step_lora:
+        loras = {}
+        for value in args.few_step_lora:
+            name, sep, path = value.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"`--few-step-lora` must look like PRESET=PATH, got {value!r}.")
+            loras[name.strip().lower()] = path.strip()
+        tasks.load_few_step_loras(pipe, loras)
     files: list[Path] = []
     start = time.perf_counter()
     common = {"negative_prompt": args.negative_prompt, "seed": args.seed}

@@ -40,6 +40,7 @@ __all__ = [
     "check_size",
     "image_to_multiview",
     "image_to_video",
+    "load_few_step_loras",
     "load_image",
     "native_resolution",
     "one_step",
@@ -467,6 +468,9 @@ def image_to_video(
     return _flatten_images(frames)
 
 
+#: Adapter name of the HiPA LoRA in a HiPA pipeline; other few-step LoRAs are loaded under their preset's name.
+HIPA_ADAPTER_NAME = "hipa"
+
 #: What the one-step tab can compare against: key -> label.
 ONE_STEP_COMPARISONS: dict[str, str] = {
     "plain": "Base, 1 step, no LoRA",
@@ -494,7 +498,8 @@ def one_step(
     seed: int = 0,
 ) -> list[tuple[str, Image.Image, float]]:
     """HiPA one-step text-to-image, plus the chosen comparisons (keys of :data:`ONE_STEP_COMPARISONS`) from the same
-    seed. The other presets run their sampler with the loaded LoRAs off (no LCM/TCD/... LoRA ships offline).
+    seed. A preset runs with its own LoRA when one is loaded under the preset's name (``pipe.load_hipa_lora(path,
+    adapter_name="lcm", scale=0)``, see :func:`load_few_step_loras`), else its sampler alone with every LoRA off.
 
     Returns:
         ``[(label, image, seconds), ...]``, HiPA first.
@@ -511,73 +516,68 @@ def one_step(
         raise ValueError(f"`compare` entries must be among {list(ONE_STEP_COMPARISONS)}, got {unknown}.")
     height, width = check_size(pipe, height, width)
     common = {"prompt": prompt, **_negative(negative_prompt), "height": height, "width": width}
-    has_lora = bool(getattr(pipe, "get_active_adapters", lambda: [])())
+    loaded = list(getattr(pipe.unet, "peft_config", None) or {}) if hasattr(pipe, "set_hipa_scale") else []
+    has_hipa = HIPA_ADAPTER_NAME in loaded
     results: list[tuple[str, Image.Image, float]] = []
 
-    def timed(label: str, fn) -> None:
-        start = time.perf_counter()
-        image = fn()
-        results.append((label, image, time.perf_counter() - start))
+    def activate(active: str | None) -> None:
+        """Only LoRA ``active`` on (HiPA at ``lora_scale``, others at 1); ``None`` = every LoRA off."""
+        for name in loaded:
+            weight = (float(lora_scale) if name == HIPA_ADAPTER_NAME else 1.0) if name == active else 0.0
+            pipe.set_hipa_scale(weight, adapter_name=name)
 
-    def with_lora_scale(scale: float, fn):
-        if has_lora and hasattr(pipe, "set_hipa_scale"):
-            pipe.set_hipa_scale(scale)
-            try:
-                return fn()
-            finally:
-                pipe.set_hipa_scale(float(lora_scale))
-        return fn()
+    def run(label: str, active: str | None, fn) -> None:
+        activate(active)
+        try:
+            start = time.perf_counter()
+            image = fn()
+            results.append((label, image, time.perf_counter() - start))
+        finally:
+            activate(HIPA_ADAPTER_NAME if has_hipa else None)
 
-    if has_lora and hasattr(pipe, "set_hipa_scale"):
-        pipe.set_hipa_scale(float(lora_scale))
-    label = f"HiPA, {int(num_inference_steps)} step{'s' if num_inference_steps > 1 else ''}"
-    if not has_lora:
-        label += " (no HiPA LoRA loaded)"
-    timed(
-        label,
-        lambda: call_pipeline(
+    def sample(preset: str, steps: int, guidance: float):
+        return lambda: call_pipeline(
             pipe,
             **common,
-            num_inference_steps=int(num_inference_steps),
-            guidance_scale=float(guidance_scale),
-            preset="hipa",
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            preset=preset,
             generator=make_generator(seed),
-        ).images[0],
-    )
+        ).images[0]
+
+    label = f"HiPA, {int(num_inference_steps)} step{'s' if num_inference_steps > 1 else ''}"
+    if not has_hipa:
+        label += " (no HiPA LoRA loaded)"
+    run(label, HIPA_ADAPTER_NAME, sample("hipa", int(num_inference_steps), float(guidance_scale)))
     for key in compare:
         if key == "plain":
-            fn = lambda: call_pipeline(  # noqa: E731
-                pipe,
-                **common,
-                num_inference_steps=1,
-                guidance_scale=1.0,
-                preset="hipa",
-                generator=make_generator(seed),
-            ).images[0]
-            timed(ONE_STEP_COMPARISONS[key], lambda fn=fn: with_lora_scale(0.0, fn))
+            run(ONE_STEP_COMPARISONS[key], None, sample("hipa", 1, 1.0))
         elif key == "teacher":
-            timed(
-                f"Teacher (base, {int(teacher_steps)} steps)",
-                lambda: with_lora_scale(
-                    0.0, lambda: _teacher(pipe, common, int(teacher_steps), teacher_guidance_scale, seed)
-                ),
-            )
+            teacher = lambda: _teacher(pipe, common, int(teacher_steps), teacher_guidance_scale, seed)  # noqa: E731
+            run(f"Teacher (base, {int(teacher_steps)} steps)", None, teacher)
         else:
             from adapters.hipa.presets import get_preset
 
             preset = get_preset(key)
-            fn = lambda preset=preset: call_pipeline(  # noqa: E731
-                pipe,
-                **common,
-                num_inference_steps=preset.num_inference_steps,
-                guidance_scale=preset.guidance_scale,
-                preset=preset.name,
-                generator=make_generator(seed),
-            ).images[0]
-            timed(ONE_STEP_COMPARISONS[key] + " (sampler only)", lambda fn=fn: with_lora_scale(0.0, fn))
+            with_lora = key in loaded
+            label = ONE_STEP_COMPARISONS[key] + ("" if with_lora else " (sampler only)")
+            fn = sample(preset.name, preset.num_inference_steps, preset.guidance_scale)
+            run(label, key if with_lora else None, fn)
     if hasattr(pipe, "set_preset"):
         pipe.set_preset("hipa")
     return results
+
+
+def load_few_step_loras(pipe: Any, loras: dict[str, str]) -> None:
+    """Load other few-step LoRAs (``{"lcm": path, "tcd": path, ...}``, keys = preset names) into a HiPA pipeline,
+    switched off until :func:`one_step` compares with them."""
+    from adapters.hipa.presets import get_preset
+
+    for name, path in loras.items():
+        key = get_preset(name).name
+        if key == HIPA_ADAPTER_NAME:
+            raise ValueError("Load the HiPA LoRA itself as the pipeline's adapter, not as a few-step LoRA.")
+        pipe.load_hipa_lora(path, adapter_name=key, scale=0.0)
 
 
 def _teacher(pipe: Any, common: dict[str, Any], steps: int, guidance_scale: float, seed: int) -> Image.Image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -126,3 +127,47 @@ def test_device_and_dtype_resolution():
     assert embedded.default_dtype("cuda") == torch.float16
     with pytest.raises(ValueError, match="`dtype` must be one of"):
         embedded.resolve_device_dtype("cpu", "int8")
+
+
+def _random_lora(folder, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    from adapters.hipa.config import HiPAConfig
+    from adapters.hipa.loader import add_hipa_lora, hipa_lora_state_dict, save_hipa_lora
+
+    unet = UNet2DConditionModel.from_pretrained(embedded.placeholder_base_path(), subfolder="unet")
+    config = HiPAConfig.attention_only(rank=4)
+    add_hipa_lora(unet, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    save_hipa_lora(folder, hipa_lora_state_dict(unet), config)
+    return folder
+
+
+def test_one_step_tab_with_hipa_and_few_step_loras(empty_assets, tmp_path):
+    """A HiPA LoRA changes the one-step image; an LCM LoRA given by flag is used for the LCM comparison only, and
+    every LoRA weight is restored after each request."""
+    import app
+
+    hipa = _random_lora(tmp_path / "hipa", 0)
+    lcm = _random_lora(tmp_path / "lcm", 1)
+    args = app.parse_args(["--hipa-lora", str(hipa), "--few-step-lora", f"lcm={lcm}", "--output-dir", str(tmp_path)])
+    demo_app = app.DemoApp(app.config_from_args(args))
+    compare = ["Base, 1 step, no LoRA", "LCM sampler, 4 steps", "TCD sampler, 4 steps"]
+
+    def run():
+        gallery, _, _ = demo_app.one_step("a cube", "", 3, False, compare, 64, 64, 1, 1.0, 1.0, 2, 7.5, progress=None)
+        return [(caption, np.asarray(image)) for image, caption in gallery]
+
+    first = run()
+    captions = [c for c, _ in first]
+    assert captions[0].startswith("HiPA, 1 step ·")  # a HiPA LoRA is loaded
+    assert captions[2].startswith("LCM sampler, 4 steps ·") and "(sampler only)" in captions[3]
+    assert not np.array_equal(first[0][1], first[1][1])  # HiPA LoRA on vs off
+    second = run()
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, second))
+    with pytest.raises(SystemExit, match="PRESET=PATH"):
+        app.config_from_args(app.parse_args(["--few-step-lora", "lcm"]))
