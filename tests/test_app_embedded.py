@@ -74,6 +74,15 @@ def test_trained_assets_are_used_when_present(empty_assets):
     assert "trained weights" in info.label
     pipe = embedded.load_embedded("res", device="cpu", progress_bar=False)
     assert get_res_adapter(pipe) is not None
+    from pipelines import tasks
+
+    (label_res, with_res), (label_base, base) = tasks.any_resolution(
+        pipe, "a cube", height=64, width=128, num_inference_steps=2
+    )
+    assert with_res.size == base.size == (128, 64) and "ResAdapter" in label_res and "Base" in label_base
+    assert not np.array_equal(np.asarray(with_res), np.asarray(base))  # the adapter acts; off == base
+    (_, again), _ = tasks.any_resolution(pipe, "a cube", height=64, width=128, num_inference_steps=2)
+    assert np.array_equal(np.asarray(with_res), np.asarray(again))  # scales restored after the base run
     assert embedded.embedded_info("mv").placeholders == ["mv_adapter"]
 
     # the placeholder switch ignores the assets
