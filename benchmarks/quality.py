@@ -968,6 +968,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="mini-world cameras of the MV-Adapter section (default: ortho_ring; mvadapter for 6-view geometry)",
     )
     p.add_argument("--no-samples", action="store_true", help="do not write sample image grids")
+    p.add_argument(
+        "--assets", default=None, help="folder of the embedded models (default: assets/ or $DIFFUSION_ADAPTERS_ASSETS)"
+    )
     p.add_argument("--classifier", default=None, help="attribute classifier file (default: assets/eval/)")
     p.add_argument("--device", default="cpu", help="torch device for the pipelines (cpu, cuda, ...)")
     p.add_argument("--only", nargs="*", default=None, help="sections: res mv i2v hipa (default: all)")
@@ -993,6 +996,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--only: unknown sections {bad}; choose from {list(_SHORT)}")
     cfg.only = [_SHORT.get(o, o) for o in only]
     cfg.argv = argv
+    if cfg.assets:
+        from pipelines.embedded import ASSETS_ENV
+
+        os.environ[ASSETS_ENV] = str(Path(cfg.assets).resolve())
     if not _pylogging.getLogger().handlers:
         _pylogging.basicConfig(level=_pylogging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers.utils import logging as dlogging
