@@ -167,6 +167,8 @@ class HiPATrainer(AdapterTrainer):
         if self.is_sdxl:
             names += ["text_encoder_2", "tokenizer_2"]
         self.load_components(*names)
+        if cfg.loss_space != "latent" and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(dtype=torch.float32)  # e.g. the SDXL VAE overflows in fp16; the image loss decodes with it
         self.hipa_config = cfg.hipa_config()
         self.lora_names = add_hipa_lora(self.unet, self.hipa_config, adapter_name=DEFAULT_ADAPTER_NAME)
         # Only the LoRA may train: everything else of the UNet, the VAE and the text encoders is frozen.
