@@ -15,6 +15,10 @@ uses a 9x9 kernel, sigma 18, half of the elements blurred). The two control coef
   are skipped; denoising begins at ``timesteps[round(start * num_inference_steps)]``. Higher = closer to the
   first frame. ``0`` applies it at the first timestep (as the authors' code does).
 
+The degradation itself is tunable too (``mask_ratio``: the share of blurred elements, ``blur_sigma``). Settings of
+other implementations map as: the authors' code = ``strength=1, start=0, mask_ratio=0.5``; a "sample ratio" r (the
+fraction of steps run) = ``start = 1 - r``; a "blurred strength" = ``mask_ratio``.
+
 With ``strength == 0`` (the default) the prior is off and the initial latents and timesteps are exactly the plain
 noise initialisation (``start`` is then ignored).
 """
