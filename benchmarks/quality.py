@@ -614,9 +614,15 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     fidelity_vs_text = diffs["animatediff_text"]["fidelity_ssim"]["verdict"]
     moves = diffs["still"]["motion_consecutive"]["verdict"]
     holds = identity_vs_text == "holds" and fidelity_vs_text == "holds" and moves == "holds"
+    gt_motion = summary["ground_truth"]["motion_consecutive"]["mean"]
+    motion_ratio = summary["i2v"]["motion_consecutive"]["mean"] / gt_motion if gt_motion > 0 else math.nan
+    lines.append(
+        f"I2V-Adapter motion is {_pct(motion_ratio)} of the ground-truth clips' motion (AnimateDiff from text: "
+        f"{_pct(summary['animatediff_text']['motion_consecutive']['mean'] / gt_motion if gt_motion > 0 else math.nan)})."
+    )
     summary_line = (
         f"identity vs AnimateDiff-from-text: {identity_vs_text}; frame-0 SSIM vs AnimateDiff-from-text: "
-        f"{fidelity_vs_text}; moves more than a still image: {moves}"
+        f"{fidelity_vs_text}; moves more than a still image: {moves} ({_pct(motion_ratio)} of the ground-truth motion)"
     )
     return {
         "status": "ok",
