@@ -1,0 +1,51 @@
+"""benchmarks.runner: ratios measured side by side, JSON + markdown output."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from benchmarks.runner import compare, environment, measure, write_results
+
+
+def test_measure_counts_repeats_and_warmup():
+    calls = []
+    result = measure(lambda: calls.append(1), warmup=2, repeats=3, memory=False)
+    assert len(calls) == 5
+    assert len(result["times_s"]) == 3
+    assert result["min_s"] <= result["median_s"]
+    with pytest.raises(ValueError, match="repeats"):
+        measure(lambda: None, repeats=0)
+
+
+def test_compare_reports_ratio_against_baseline():
+    def fast():
+        time.sleep(0.001)
+
+    def slow():
+        time.sleep(0.02)
+
+    result = compare(fast, {"slow": slow, "same": fast}, warmup=0, repeats=3, rounds=2)
+    assert len(result["baseline"]["times_s"]) == 6
+    assert result["candidates"]["slow"]["time_ratio"] > 2.0
+    assert 0.3 < result["candidates"]["same"]["time_ratio"] < 3.0
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    import torch
+
+    small = measure(lambda: torch.ones(10), warmup=0, repeats=1)["peak_mem_bytes"]
+    big = measure(lambda: torch.ones(4_000_000), warmup=0, repeats=1)["peak_mem_bytes"]
+    assert big >= 16_000_000 > small
+
+
+def test_write_results_json_and_markdown(tmp_path):
+    payload = {"environment": environment(), "rows": [{"variant": "fused", "time_ratio": 1.004, "met": True}]}
+    json_path, md_path = write_results("demo", payload, tmp_path)
+    assert json.loads(json_path.read_text())["rows"][0]["variant"] == "fused"
+    text = md_path.read_text()
+    assert "| variant | time_ratio | met |" in text
+    assert "| fused | 1.004 | True |" in text
+    assert "torch:" in text
