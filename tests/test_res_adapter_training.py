@@ -191,3 +191,16 @@ def test_miniworld_dataset_run(tiny_sd15, tmp_path):
     trainer = _train(argv)
     assert (out / LORA_WEIGHTS_NAME).is_file() and (out / NORM_WEIGHTS_NAME).is_file()
     assert trainer.global_step == 2
+
+
+def test_sdxl_short_run(tiny_sdxl, tmp_path):
+    data = _image_folder(tmp_path / "data", SIZES[:4])
+    out = tmp_path / "xl"
+    trainer = _train(_argv(tiny_sdxl, data, out, 2, "--max_aspect_ratio", "1.5"))
+    assert trainer.is_xl and trainer.global_step == 2
+    _, meta = load_weights(out / LORA_WEIGHTS_NAME)
+    assert meta["diffusion_adapters.base_family"] == "sdxl"
+    pipe = tiny_models.make_pipeline("sdxl")
+    state = load_res_adapter(pipe, out)
+    assert len(state.lora.paths) == 4 and state.resolution_range == (16, 48)
+    unload_res_adapter(pipe)
