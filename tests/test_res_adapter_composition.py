@@ -179,3 +179,30 @@ def test_sdxl_user_lora_composes(tmp_path):
     pipe.unload_lora_weights()
     torch.testing.assert_close(unet_out(pipe), res_only, atol=1e-6, rtol=0)
     pipe.unload_res_adapter()
+
+
+def test_animatediff_motion_unet(folder15):
+    """A ResAdapter made for the SD 1.5 UNet loads into AnimateDiff's UNetMotionModel (same samplers and norms)."""
+    pipe = tiny_models.make_pipeline("animatediff")
+
+    def frames():
+        gen = torch.Generator().manual_seed(0)
+        out = pipe(
+            "a red cube", num_frames=2, height=32, width=32, num_inference_steps=2, generator=gen, output_type="np"
+        )
+        return np.asarray(out.frames)
+
+    base = frames()
+    state = load_res_adapter(pipe, folder15)
+    assert len(state.lora.paths) == 4
+    assert np.abs(frames() - base).max() > 1e-3
+    unload_res_adapter(pipe)
+    assert np.array_equal(frames(), base)
+
+
+def test_resolution_guard_types(sd15):
+    with pytest.raises(TypeError, match="`height` must be an int"):
+        sd15.check_res_adapter_resolution(32.0, 32)
+    with pytest.raises(ValueError, match="`height` must be a positive multiple of 8"):
+        sd15.check_res_adapter_resolution(-8, 32)
+    sd15.check_res_adapter_resolution(None, None)  # defaults are filled in by the pipeline

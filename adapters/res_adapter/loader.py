@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,8 +68,13 @@ __all__ = [
 
 _STATE_ATTR = "_res_adapter"
 SAVE_FORMATS = ("official", "diffusion-adapters")
-_FORMAT_ALIASES = {"official": "official", "diffusion-adapters": "diffusion-adapters", "ours": "diffusion-adapters"}
-_FORMAT_ALIASES["diffusers-adapters"] = "diffusion-adapters"
+# "diffusers-adapters" is how the issue spells our format; accepted as an alias.
+_FORMAT_ALIASES = {
+    "official": "official",
+    "diffusion-adapters": "diffusion-adapters",
+    "diffusers-adapters": "diffusion-adapters",
+    "ours": "diffusion-adapters",
+}
 
 
 @dataclass
@@ -93,7 +98,6 @@ class ResAdapterState:
     norm_scale: float = 1.0
     source: str | None = None
     training: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def fused(self) -> bool:
@@ -120,6 +124,7 @@ class ResAdapterState:
 
 def _unet(pipe_or_unet: object) -> nn.Module:
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    unet = getattr(unet, "_orig_mod", unet)  # a torch.compile'd UNet: work on the original module
     if not isinstance(unet, nn.Module):
         raise TypeError(
             f"Expected a diffusers pipeline with a `unet` or a UNet module, got {type(pipe_or_unet).__name__}."
