@@ -577,7 +577,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             label="Views", columns=3, height="auto", format="png", elem_id="mv-gallery",
                             elem_classes=["pixelated"], object_fit="contain",
                         )  # fmt: skip
-                        mv_zip = gr.File(label="Download views (zip)", elem_id="mv-zip")
+                        mv_zip = gr.File(label="Download views (zip)", height=90, elem_id="mv-zip")
                         mv_info = gr.Markdown(label="Status", elem_id="mv-info")
                 mv_inputs = [
                     mv_prompt, mv_negative, mv_seed, mv_random, mv_views, mv_azimuths, mv_elevation, mv_height,
@@ -651,7 +651,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             label="Views", columns=3, height="auto", format="png", elem_id="i2mv-gallery",
                             elem_classes=["pixelated"], object_fit="contain",
                         )  # fmt: skip
-                        i2mv_zip = gr.File(label="Download views (zip)", elem_id="i2mv-zip")
+                        i2mv_zip = gr.File(label="Download views (zip)", height=90, elem_id="i2mv-zip")
                         i2mv_info = gr.Markdown(label="Status", elem_id="i2mv-info")
                 i2mv_inputs = [
                     i2mv_image, i2mv_prompt, i2mv_negative, i2mv_position, i2mv_normal, i2mv_seed, i2mv_random,
@@ -717,7 +717,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             label="Video", autoplay=True, loop=True, height=400, elem_id="i2v-video", elem_classes=["pixelated"],
                             interactive=False,
                         )  # fmt: skip
-                        i2v_files = gr.File(label="Download (mp4, GIF)", file_count="multiple", elem_id="i2v-files")
+                        i2v_files = gr.File(
+                            label="Download (mp4, GIF)", file_count="multiple", height=130, elem_id="i2v-files"
+                        )
                         i2v_info = gr.Markdown(label="Status", elem_id="i2v-info")
                 i2v_inputs = [
                     i2v_image, i2v_prompt, i2v_negative, i2v_seed, i2v_random, i2v_frames, i2v_height, i2v_width,
@@ -760,7 +762,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             hipa_steps = gr.Slider(1, 4, value=1, step=1, label="HiPA steps")
                             hipa_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance (1 = off)")
                             hipa_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="HiPA LoRA scale")
-                            hipa_teacher_steps = gr.Slider(2, 100, value=25, step=1, label="Teacher steps")
+                            hipa_teacher_steps = gr.Slider(
+                                2, 100, value=25, step=1, label="Teacher steps", elem_id="hipa-teacher-steps"
+                            )
                             hipa_teacher_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Teacher guidance")
                         hipa_button = gr.Button("Generate", variant="primary", elem_id="hipa-generate")
                     with gr.Column(scale=3):

@@ -101,9 +101,11 @@ def url(tmp_path_factory):
 def page(browser, url, tmp_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(120_000)
     page.goto(url)
     page.get_by_text("Diffusion adapters").first.wait_for()
+    page.locator("#mv-gallery").wait_for()
+    page.wait_for_function("() => !document.body.innerText.includes('Loading...')")  # lazy components are in
     yield page
     context.close()
     target = os.environ.get("DIFFUSION_ADAPTERS_SCREENSHOTS")
@@ -179,6 +181,8 @@ def test_video_tab_generates_a_playable_video(page, tmp_path):
 def test_one_step_tab_and_error_message(page, tmp_path):
     page.get_by_role("tab", name="One-step text-to-image").click()
     page.locator("#hipa-prompt textarea").fill("a green cone")
+    open_advanced(page, "hipa")
+    set_slider(page, "hipa-teacher-steps", 2)
     page.locator("#hipa-generate").click()
     images = page.locator("#hipa-gallery img")
     images.nth(2).wait_for(timeout=TIMEOUT_MS)  # HiPA + the two default comparisons
