@@ -263,11 +263,13 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     lines = [
         f"Native size {native} px; {n} seeds (prompts = captions of evaluation scenes 0..{n - 1}), {steps} steps, "
         f"guidance {guidance}. FD: classifier-feature Frechet distance to {cfg.n_real} real renders of the same size "
-        "(95% bootstrap CI over seeds); accuracy: the classifier sees exactly the prompt's objects (mean ± std over "
-        "seeds). Differences are ResAdapter - base, paired over seeds, with their 95% CI.",
+        "(95% bootstrap CI over seeds); acc: the classifier sees exactly the prompt's objects, colour acc: it sees "
+        "every colour the prompt names (mean ± std over seeds; the real-render columns are the classifier's ceiling). "
+        "Differences are ResAdapter - base, paired over seeds, with their 95% CI.",
         "",
-        "| size (HxW) | FD base | FD ResAdapter | FD diff | acc base | acc ResAdapter | acc diff | real-render acc |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size (HxW) | FD base | FD ResAdapter | FD diff | acc base | acc ResAdapter | acc diff | real-render acc | "
+        "colour acc base | colour acc ResAdapter | real-render colour acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     samples: list[tuple[str, np.ndarray]] = []
@@ -275,7 +277,8 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         real, real_prompts = real_renders(range(cfg.n_real), h, w)
         prompts = real_prompts[:n]
         real_feats = metrics.classifier_features(clf, real)
-        real_acc = metrics.prompt_accuracy(clf, real[:n], prompts)["match"]
+        real_scores = metrics.prompt_accuracy(clf, real[:n], prompts)
+        real_acc = real_scores["match"]
         arms = {}
         for arm, scale in (("base", 0.0), ("res", 1.0)):
             pipe.set_res_adapter_scale(lora_scale=scale, norm_scale=scale)
@@ -297,7 +300,9 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         fd_diff = dict(fd["base - res"])
         fd_diff = {"diff": -fd_diff["diff"], "ci_low": -fd_diff["ci_high"], "ci_high": -fd_diff["ci_low"]}
         fd_diff["verdict"] = _direction(fd_diff["ci_low"], fd_diff["ci_high"], "lower")
-        acc = {k: metrics.prompt_accuracy(clf, v, prompts)["match"] for k, v in arms.items()}
+        scores = {k: metrics.prompt_accuracy(clf, v, prompts) for k, v in arms.items()}
+        acc = {k: v["match"] for k, v in scores.items()}
+        colour = {k: v["colors_ok"] for k, v in scores.items()}
         acc_diff = _cmp(acc["res"], acc["base"], "higher")
         is_native = (h, w) == (native, native)
         key = f"{h}x{w}"
@@ -309,12 +314,15 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "accuracy_per_seed": {k: v.tolist() for k, v in acc.items()},
             "accuracy_diff": acc_diff,
             "real_accuracy": metrics.summarize(real_acc),
+            "colour_accuracy": {k: metrics.summarize(v) for k, v in colour.items()},
+            "real_colour_accuracy": metrics.summarize(real_scores["colors_ok"]),
         }
         lines.append(
             f"| {key}{' (native)' if is_native else ''} | {_fmt_fd(fd['base'])} | {_fmt_fd(fd['res'])} | "
             f"{_fmt_diff(fd_diff, 2)} | {_fmt(rows[key]['accuracy']['base'], 2)} | "
             f"{_fmt(rows[key]['accuracy']['res'], 2)} | {_fmt_diff(acc_diff, 2)} | "
-            f"{_fmt(rows[key]['real_accuracy'], 2)} |"
+            f"{_fmt(rows[key]['real_accuracy'], 2)} | {_fmt(rows[key]['colour_accuracy']['base'], 2)} | "
+            f"{_fmt(rows[key]['colour_accuracy']['res'], 2)} | {_fmt(rows[key]['real_colour_accuracy'], 2)} |"
         )
         if not is_native:
             verdicts.append((key, fd_diff["verdict"], acc_diff["verdict"]))
@@ -716,8 +724,11 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     set_scale(1.0)
     feats = {k: metrics.classifier_features(clf, v) for k, v in arms.items()}
     fd = metrics.bootstrap_fd(feats, real_feats, n_boot=cfg.fd_boot)
-    acc = {k: metrics.prompt_accuracy(clf, v, prompts)["match"] for k, v in arms.items()}
-    real_acc = metrics.prompt_accuracy(clf, real[:n], prompts)["match"]
+    scores = {k: metrics.prompt_accuracy(clf, v, prompts) for k, v in arms.items()}
+    scores["real"] = metrics.prompt_accuracy(clf, real[:n], prompts)
+    acc = {k: v["match"] for k, v in scores.items() if k != "real"}
+    colour = {k: v["colors_ok"] for k, v in scores.items()}
+    real_acc = scores["real"]["match"]
 
     def neg(d: dict[str, float]) -> dict[str, float]:
         return {"diff": -d["diff"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
@@ -741,12 +752,17 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         f"{n} seeds at {native} px (prompts = captions of evaluation scenes 0..{n - 1}); FD to {cfg.n_real} real "
         "renders (95% bootstrap CI), accuracy mean ± std over seeds, time per image on this machine.",
         "",
-        "| arm | FD | accuracy | s / image |",
-        "|---|---|---|---|",
+        "| arm | FD | accuracy | colour accuracy | s / image |",
+        "|---|---|---|---|---|",
     ]
     for a in ("hipa", "plain", "teacher"):
-        lines.append(f"| {labels[a]} | {_fmt_fd(fd[a])} | {_fmt(metrics.summarize(acc[a]), 2)} | {timing[a]:.3f} |")
-    lines.append(f"| real renders | - | {_fmt(metrics.summarize(real_acc), 2)} | - |")
+        lines.append(
+            f"| {labels[a]} | {_fmt_fd(fd[a])} | {_fmt(metrics.summarize(acc[a]), 2)} | "
+            f"{_fmt(metrics.summarize(colour[a]), 2)} | {timing[a]:.3f} |"
+        )
+    lines.append(
+        f"| real renders | - | {_fmt(metrics.summarize(real_acc), 2)} | {_fmt(metrics.summarize(colour['real']), 2)} | - |"
+    )
     lines += [
         "",
         f"- FD HiPA - plain one step: {_fmt_diff(fd_hipa_plain, 2)}; accuracy HiPA - plain: {_fmt_diff(acc_hipa_plain, 2)}",
@@ -782,6 +798,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "accuracy_hipa_minus_plain": acc_hipa_plain,
             "accuracy_hipa_minus_teacher": acc_hipa_teacher,
             "real_accuracy": metrics.summarize(real_acc),
+            "colour_accuracy": {k: metrics.summarize(v) for k, v in colour.items()},
             "gap_closed_fd": closed,
             "gap_closed_accuracy": acc_closed,
             "seconds_per_image": timing,
