@@ -150,6 +150,10 @@ def test_stock_format_lora_loads_in_hipa_pipeline(bases, tmp_path):
     # HiPAPipeline.from_pretrained(..., lora=...) gives the same result.
     direct = _load(bases["sd15"], lora=tmp_path / "stock", lora_scale=0.5)
     torch.testing.assert_close(_latents(direct), half)
+    with pytest.raises(ValueError, match="adapter_name"):
+        direct.load_hipa_lora(tmp_path / "stock")  # "hipa" is taken
+    with pytest.raises(FileNotFoundError):
+        direct.load_hipa_lora(tmp_path / "missing", adapter_name="other")
 
 
 def test_bad_lora_is_refused_and_pipeline_untouched(bases, tmp_path):

@@ -129,7 +129,15 @@ def test_teacher_cache_is_reused_and_resume_is_exact(trained_sd15, tiny_sd15, mo
 
 def test_sdxl_training_smoke(tiny_sdxl, tmp_path):
     trainer = RecordingTrainer(
-        _config(tiny_sdxl, tmp_path / "run", tmp_path / "cache", max_train_steps=2, loss_space="both")
+        _config(
+            tiny_sdxl,
+            tmp_path / "run",
+            tmp_path / "cache",
+            max_train_steps=2,
+            loss_space="both",
+            teacher_scheduler="dpm",
+            lambda_edge=0.5,
+        )
     )
     trainer.train()
     assert len(trainer.losses) == 2 and all(torch.isfinite(torch.tensor(trainer.losses)))
