@@ -523,3 +523,30 @@ def test_sd21_family(tmp_path):
     assert not torch.allclose(unet_out(pipe), base)
     pipe.unload_res_adapter()
     assert torch.equal(unet_out(pipe), base)
+
+
+def test_fp16_files_load_and_save(sd15, tmp_path):
+    lora, norms = official_state_dicts(sd15.unet)
+    half = {k: v.half() for k, v in {**lora, **norms}.items()}
+    load_res_adapter(sd15, {k: v.float() for k, v in half.items()})
+    expected = unet_out(sd15)
+    folder = write_official(
+        tmp_path / "fp16",
+        {k: v for k, v in half.items() if k.startswith("lora_unet_")},
+        {k: v for k, v in half.items() if not k.startswith("lora_unet_")},
+    )
+    load_res_adapter(sd15, folder)
+    assert torch.equal(unet_out(sd15), expected)  # fp16 values are exact in the fp32 model
+    written = save_res_adapter(sd15, tmp_path / "out16", format="official", dtype=torch.float16)
+    sd, _ = load_weights(written[0])
+    assert all(v.dtype == torch.float16 for k, v in sd.items() if not k.endswith(".alpha"))
+    unload_res_adapter(sd15)
+
+
+def test_benchmark_smoke():
+    from benchmarks.bench_res_adapter import run
+
+    payload = run("tiny", rounds=1, repeats=1, write=False)
+    assert payload["extra_modules_fused"] == 0 and payload["extra_hooks_fused"] == 0
+    assert payload["fused_vs_unfused_max_abs_diff"] < 1e-4
+    assert [row["variant"] for row in payload["rows"]] == ["base", "fused", "unfused"]
