@@ -342,7 +342,11 @@ def test_diffusers_ip_adapter_keeps_first_frame_processors(pipe, image_encoder):
         ipipe.unload_i2v_adapter()
 
 
-def test_fuse_qkv_keeps_the_adapter(clean_pipe):
+def test_fuse_qkv_keeps_the_adapter(tiny_animatediff):
+    # own pipeline: diffusers' unfuse leaves fused processors on the other layers
+    motion = MotionAdapter.from_pretrained(tiny_animatediff / "motion_adapter")
+    clean_pipe = I2VAdapterPipeline.from_pretrained(tiny_animatediff, motion_adapter=motion)
+    clean_pipe.set_progress_bar_config(disable=True)
     adapter = clean_pipe.init_i2v_adapter()
     _randomise(adapter)
     ref = _run(clean_pipe)
