@@ -3,8 +3,9 @@
 ``python -m benchmarks.quality [--seeds N] [--steps S] [--only res mv i2v hipa] [--out benchmarks/results]`` writes
 ``quality.md`` (for people) and ``quality.json`` (for machines). Every section compares arms on the same seeds
 (seed ``i`` = the ``i``-th evaluation scene of the mini-world, its caption as the prompt and ``i`` as the noise seed),
-so differences are paired; each claim is called only when the 95% bootstrap CI of the paired difference lies on one
-side of zero (outside the seed-to-seed spread), and reported plainly when it does not hold.
+so differences are paired; each claim is called only when the 95% CI of the paired difference (bootstrap over seeds
+for per-seed metrics, delete-one jackknife for the set metrics FD / KID) lies on one side of zero (outside the
+seed-to-seed spread), and reported plainly when it does not hold.
 
 Sections (each prints ``not available: <reason>`` when its model or pipeline is missing, so the command always runs):
 
@@ -233,6 +234,18 @@ def _fmt_fd(d: dict[str, float], digits: int = 2) -> str:
     return f"{d['fd']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
 
 
+def _fmt_kid(d: dict[str, float], digits: int = 1) -> str:
+    return f"{d['kid']:.{digits}f} [{d['kid_ci_low']:.{digits}f}, {d['kid_ci_high']:.{digits}f}]"
+
+
+def _kid_diff(d: dict[str, float], sign: float = 1.0) -> dict[str, Any]:
+    """The KID part of a :func:`metrics.set_distances` pair entry as a diff dict (``sign=-1`` swaps the order)."""
+    lo, hi = sign * d["kid_ci_low"], sign * d["kid_ci_high"]
+    out = {"diff": sign * d["kid_diff"], "ci_low": min(lo, hi), "ci_high": max(lo, hi)}
+    out["verdict"] = _direction(out["ci_low"], out["ci_high"], "lower")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------------------------------
@@ -263,13 +276,14 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     lines = [
         f"Native size {native} px; {n} seeds (prompts = captions of evaluation scenes 0..{n - 1}), {steps} steps, "
         f"guidance {guidance}. FD: classifier-feature Frechet distance to {cfg.n_real} real renders of the same size "
-        "(95% bootstrap CI over seeds); acc: the classifier sees exactly the prompt's objects, colour acc: it sees "
-        "every colour the prompt names (mean ± std over seeds; the real-render columns are the classifier's ceiling). "
-        "Differences are ResAdapter - base, paired over seeds, with their 95% CI.",
+        "(95% jackknife CI over seeds; the verdict metric) and KID on the same features (descriptive); acc: the "
+        "classifier sees exactly the prompt's objects, colour acc: it sees every colour the prompt names (mean ± std "
+        "over seeds; the real-render columns are the classifier's ceiling). Differences are ResAdapter - base, paired "
+        "over seeds, with their 95% CI.",
         "",
-        "| size (HxW) | FD base | FD ResAdapter | FD diff | acc base | acc ResAdapter | acc diff | real-render acc | "
-        "colour acc base | colour acc ResAdapter | real-render colour acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size (HxW) | FD base | FD ResAdapter | FD diff | KID diff | acc base | acc ResAdapter | acc diff | "
+        "real-render acc | colour acc base | colour acc ResAdapter | real-render colour acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     samples: list[tuple[str, np.ndarray]] = []
@@ -296,7 +310,8 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             logger.info("res %dx%d %s: %.1fs", h, w, arm, time.perf_counter() - t0)
         pipe.set_res_adapter_scale(lora_scale=1.0, norm_scale=1.0)
         feats = {k: metrics.classifier_features(clf, v) for k, v in arms.items()}
-        fd = metrics.bootstrap_fd(feats, real_feats, n_boot=cfg.fd_boot)
+        fd = metrics.set_distances(feats, real_feats)
+        kid_diff = _kid_diff(fd["base - res"], -1.0)
         fd_diff = dict(fd["base - res"])
         fd_diff = {"diff": -fd_diff["diff"], "ci_low": -fd_diff["ci_high"], "ci_high": -fd_diff["ci_low"]}
         fd_diff["verdict"] = _direction(fd_diff["ci_low"], fd_diff["ci_high"], "lower")
@@ -310,6 +325,7 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "native": is_native,
             "fd": {k: fd[k] for k in arms},
             "fd_diff": fd_diff,
+            "kid_diff": kid_diff,
             "accuracy": {k: metrics.summarize(v) for k, v in acc.items()},
             "accuracy_per_seed": {k: v.tolist() for k, v in acc.items()},
             "accuracy_diff": acc_diff,
@@ -319,7 +335,8 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         }
         lines.append(
             f"| {key}{' (native)' if is_native else ''} | {_fmt_fd(fd['base'])} | {_fmt_fd(fd['res'])} | "
-            f"{_fmt_diff(fd_diff, 2)} | {_fmt(rows[key]['accuracy']['base'], 2)} | "
+            f"{_fmt_diff(fd_diff, 2)} | {_fmt_diff(kid_diff, 1, verdict=False)} | "
+            f"{_fmt(rows[key]['accuracy']['base'], 2)} | "
             f"{_fmt(rows[key]['accuracy']['res'], 2)} | {_fmt_diff(acc_diff, 2)} | "
             f"{_fmt(rows[key]['real_accuracy'], 2)} | {_fmt(rows[key]['colour_accuracy']['base'], 2)} | "
             f"{_fmt(rows[key]['colour_accuracy']['res'], 2)} | {_fmt(rows[key]['real_colour_accuracy'], 2)} |"
@@ -723,19 +740,16 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         timing[arm] = (time.perf_counter() - t0) / n
     set_scale(1.0)
     feats = {k: metrics.classifier_features(clf, v) for k, v in arms.items()}
-    fd = metrics.bootstrap_fd(feats, real_feats, n_boot=cfg.fd_boot)
+    fd = metrics.set_distances(feats, real_feats)
     scores = {k: metrics.prompt_accuracy(clf, v, prompts) for k, v in arms.items()}
     scores["real"] = metrics.prompt_accuracy(clf, real[:n], prompts)
     acc = {k: v["match"] for k, v in scores.items() if k != "real"}
     colour = {k: v["colors_ok"] for k, v in scores.items()}
     real_acc = scores["real"]["match"]
 
-    def neg(d: dict[str, float]) -> dict[str, float]:
-        return {"diff": -d["diff"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
-
-    fd_hipa_plain = neg(fd["plain - hipa"]) if "plain - hipa" in fd else dict(fd["hipa - plain"])
+    fd_hipa_plain = {k: fd["hipa - plain"][k] for k in ("diff", "ci_low", "ci_high")}
     fd_hipa_plain["verdict"] = _direction(fd_hipa_plain["ci_low"], fd_hipa_plain["ci_high"], "lower")
-    fd_hipa_teacher = dict(fd["hipa - teacher"])
+    fd_hipa_teacher = {k: fd["hipa - teacher"][k] for k in ("diff", "ci_low", "ci_high")}
     fd_hipa_teacher["verdict"] = _direction(fd_hipa_teacher["ci_low"], fd_hipa_teacher["ci_high"], "lower")
     acc_hipa_plain = _cmp(acc["hipa"], acc["plain"], "higher")
     acc_hipa_teacher = _cmp(acc["hipa"], acc["teacher"], "higher")
@@ -750,23 +764,26 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     }
     lines = [
         f"{n} seeds at {native} px (prompts = captions of evaluation scenes 0..{n - 1}); FD to {cfg.n_real} real "
-        "renders (95% bootstrap CI), accuracy mean ± std over seeds, time per image on this machine.",
+        "renders (95% jackknife CI over seeds; the verdict metric), KID on the same features (descriptive), accuracy "
+        "mean ± std over seeds, time per image on this machine.",
         "",
-        "| arm | FD | accuracy | colour accuracy | s / image |",
-        "|---|---|---|---|---|",
+        "| arm | FD | KID | accuracy | colour accuracy | s / image |",
+        "|---|---|---|---|---|---|",
     ]
     for a in ("hipa", "plain", "teacher"):
         lines.append(
-            f"| {labels[a]} | {_fmt_fd(fd[a])} | {_fmt(metrics.summarize(acc[a]), 2)} | "
+            f"| {labels[a]} | {_fmt_fd(fd[a])} | {_fmt_kid(fd[a])} | {_fmt(metrics.summarize(acc[a]), 2)} | "
             f"{_fmt(metrics.summarize(colour[a]), 2)} | {timing[a]:.3f} |"
         )
     lines.append(
-        f"| real renders | - | {_fmt(metrics.summarize(real_acc), 2)} | {_fmt(metrics.summarize(colour['real']), 2)} | - |"
+        f"| real renders | - | - | {_fmt(metrics.summarize(real_acc), 2)} | {_fmt(metrics.summarize(colour['real']), 2)} | - |"
     )
     lines += [
         "",
         f"- FD HiPA - plain one step: {_fmt_diff(fd_hipa_plain, 2)}; accuracy HiPA - plain: {_fmt_diff(acc_hipa_plain, 2)}",
         f"- FD HiPA - teacher: {_fmt_diff(fd_hipa_teacher, 2)}; accuracy HiPA - teacher: {_fmt_diff(acc_hipa_teacher, 2)}",
+        f"- KID HiPA - plain one step: {_fmt_diff(_kid_diff(fd['hipa - plain']), 1, verdict=False)}; KID HiPA - "
+        f"teacher: {_fmt_diff(_kid_diff(fd['hipa - teacher']), 1, verdict=False)}",
         f"- share of the plain-to-teacher gap closed by HiPA: FD {_pct(closed)}, accuracy {_pct(acc_closed)}",
     ]
     samples = [(labels[a], arms[a]) for a in ("hipa", "plain", "teacher")] + [("real renders", real[:n])]
@@ -844,7 +861,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         "",
         f"Seeds per comparison: {s['seeds']}; sampler steps: {s['steps']}. Every arm of a comparison uses the same "
         "seeds (seed i = evaluation scene i of the mini-world, its caption, noise seed i), so differences are paired "
-        "and given with a 95% bootstrap CI over seeds. A claim is called **holds** only when the CI lies on the "
+        "and given with a 95% CI over seeds (bootstrap for per-seed metrics such as accuracy, PSNR, SSIM; delete-one "
+        "jackknife for the set metrics FD and KID). A claim is called **holds** only when the CI lies on the "
         "paper's side of zero, **reversed** when it lies on the other side, and **within spread** otherwise.",
         "",
         "Metrics: an attribute classifier trained on mini-world renders (`training/miniworld/classifier.py`) gives "
@@ -938,7 +956,6 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             "guidance": cfg.guidance,
             "frames": cfg.frames,
             "n_real": cfg.n_real,
-            "fd_boot": cfg.fd_boot,
             "eval_data_seed": EVAL_DATA_SEED,
         },  # fmt: skip
         "sections": sections,
@@ -976,7 +993,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the text-to-image arms")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (I2V)")
     p.add_argument("--n-real", type=int, default=None, help="real renders per FD reference set (default 4 x seeds)")
-    p.add_argument("--fd-boot", type=int, default=200, help="bootstrap resamples for FD confidence intervals")
     p.add_argument("--batch", type=int, default=16, help="images per pipeline call")
     p.add_argument(
         "--res-sizes",
@@ -1010,8 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = build_parser().parse_args(argv)
-    if cfg.seeds < 2:
-        raise SystemExit("--seeds must be >= 2 (spreads need at least two seeds)")
+    if cfg.seeds < 3:
+        raise SystemExit("--seeds must be >= 3 (spreads over seeds need a few seeds)")
     cfg.n_real = cfg.n_real or max(4 * cfg.seeds, 32)
     only = cfg.only or list(SECTIONS)
     bad = [o for o in only if o not in _SHORT and o not in SECTIONS]

@@ -110,6 +110,18 @@ def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
     assert metrics.frechet_distance(g, 2 * g) == pytest.approx(expected, rel=1e-8)
 
 
+def test_kernel_distance_unbiased_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 6)), rng.standard_normal((300, 6))
+    same = metrics.kernel_distance(a, b)
+    assert abs(same) < 0.05
+    assert same < metrics.kernel_distance(a, b + 0.5) < metrics.kernel_distance(a, b + 1.0)
+    # Hand-computed for one dimension: k(x, y) = (x y + 1)^3.
+    x, y = np.array([[0.0], [1.0]]), np.array([[1.0], [2.0]])
+    expected = 2 * 1 / 2 + 2 * 27 / 2 - 2 * (1 + 1 + 8 + 27) / 4
+    assert metrics.kernel_distance(x, y) == pytest.approx(expected)
+
+
 def test_statistics_helpers():
     s = metrics.summarize([1.0, 2.0, 3.0, 4.0])
     assert s["mean"] == 2.5 and s["n"] == 4
@@ -119,9 +131,10 @@ def test_statistics_helpers():
     assert p["diff"] == pytest.approx(1.0) and p["ci_low"] > 0.9
     rng = np.random.default_rng(0)
     real = rng.standard_normal((64, 4))
-    out = metrics.bootstrap_fd({"near": rng.standard_normal((32, 4)), "far": rng.standard_normal((32, 4)) + 2}, real)
-    assert out["near"]["fd"] < out["far"]["fd"]
-    assert out["near - far"]["ci_high"] < 0
+    out = metrics.set_distances({"near": rng.standard_normal((32, 4)), "far": rng.standard_normal((32, 4)) + 2}, real)
+    assert out["near"]["fd"] < out["far"]["fd"] and out["near"]["kid"] < out["far"]["kid"]
+    assert out["near - far"]["ci_high"] < 0 and out["near - far"]["kid_ci_high"] < 0
+    assert out["near"]["ci_low"] <= out["near"]["fd"] <= out["near"]["ci_high"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -218,7 +231,7 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
             "--classifier",
             str(clf_path),
             "--seeds",
-            "2",
+            "3",
             "--steps",
             "2",
             "--frames",
@@ -227,8 +240,6 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
             "32x32",
             "--n-real",
             "8",
-            "--fd-boot",
-            "20",
             "--out",
             str(tmp_path),
             "--allow-placeholders",
@@ -253,7 +264,7 @@ def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
     from benchmarks import quality
 
     monkeypatch.setenv("DIFFUSION_ADAPTERS_ASSETS", str(tmp_path / "no-assets"))
-    quality.main(["--seeds", "2", "--out", str(tmp_path)])
+    quality.main(["--seeds", "3", "--out", str(tmp_path)])
     md = (tmp_path / "quality.md").read_text()
     data = json.loads((tmp_path / "quality.json").read_text())
     assert [s["status"] for s in data["sections"].values()] == ["not available"] * 4
