@@ -769,6 +769,9 @@ def export_to_video(frames, output_path: str | os.PathLike, fps: int = 8, qualit
             "mp4 export needs `imageio` and `imageio-ffmpeg`: pip install 'diffusion-adapters[video]'"
         ) from err
     arrays = _frames_to_uint8(frames)
+    h, w = arrays[0].shape[:2]
+    if h % 2 or w % 2:  # H.264 with yuv420p needs even sizes: repeat the last row / column
+        arrays = [np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for a in arrays]
     output_path = str(output_path)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with imageio.get_writer(output_path, fps=fps, codec="libx264", quality=quality, macro_block_size=1) as writer:

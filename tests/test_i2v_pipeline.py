@@ -288,6 +288,8 @@ def test_mp4_round_trip(tmp_path):
     assert len(back) == len(frames) and back[0].size == frames[0].size
     for a, b in zip(frames, back):
         assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean() < 12
+    odd = export_to_video(_gradient_frames(2, 17, 23), tmp_path / "odd.mp4")  # odd sizes are padded to even
+    assert load_video_frames(odd)[0].size == (24, 18)
 
 
 def test_pipeline_frames_export(clean_pipe, tmp_path):
