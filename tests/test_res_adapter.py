@@ -550,3 +550,22 @@ def test_benchmark_smoke():
     assert payload["extra_modules_fused"] == 0 and payload["extra_hooks_fused"] == 0
     assert payload["fused_vs_unfused_max_abs_diff"] < 1e-4
     assert [row["variant"] for row in payload["rows"]] == ["base", "fused", "unfused"]
+
+
+def test_non_strict_loads_a_partial_adapter(sd15, tmp_path):
+    lora, norms = official_state_dicts(sd15.unet)
+    dropped_norm = "mid_block.resnets.0.norm1"
+    partial_norms = {k: v for k, v in norms.items() if not k.startswith(dropped_norm + ".")}
+    dropped_conv = sorted({k.split(".")[0] for k in lora})[0]
+    partial_lora = {k: v for k, v in lora.items() if not k.startswith(dropped_conv + ".")}
+    folder = write_official(tmp_path / "partial", partial_lora, partial_norms)
+    with pytest.raises(AdapterWeightsError, match="missing keys"):
+        load_res_adapter(sd15, folder)
+    base_norm = sd15.unet.get_submodule(dropped_norm).weight.detach().clone()
+    state = load_res_adapter(sd15, folder, strict=False)
+    assert len(state.lora.paths) == len(sampler_conv_paths(sd15.unet)) - 1
+    assert torch.equal(sd15.unet.get_submodule(dropped_norm).weight, base_norm)
+    bad = {**partial_norms, f"{dropped_norm}.weight": norms[f"{dropped_norm}.weight"]}  # weight without its bias
+    with pytest.raises(AdapterWeightsError, match=f"{dropped_norm}.bias"):
+        load_res_adapter(sd15, bad, strict=False)
+    unload_res_adapter(sd15)

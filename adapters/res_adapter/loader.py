@@ -227,8 +227,15 @@ class _Plan:
     norm_sd: StateDict
 
 
-def _plan(unet: nn.Module, state_dict: StateDict, metadata: Mapping[str, str], source: str) -> _Plan:
-    """Check a state dict in our layout against ``unet``; nothing is touched."""
+def _plan(
+    unet: nn.Module, state_dict: StateDict, metadata: Mapping[str, str], source: str, strict: bool = True
+) -> _Plan:
+    """Check a state dict in our layout against ``unet``; nothing is touched.
+
+    ``strict``: every sampler conv needs its LoRA and every ResNet norm its weights (for the parts the file has).
+    Otherwise only the convs / norms named in the file are adapted (each still complete, with matching shapes).
+    Unexpected keys are always an error.
+    """
     check_adapter_kind(metadata, KIND, source=source)
     check_base_family(metadata, unet, what="ResAdapter", source=source)
     for key, value in state_dict.items():
@@ -244,6 +251,9 @@ def _plan(unet: nn.Module, state_dict: StateDict, metadata: Mapping[str, str], s
     expected: dict[str, tuple[int, ...]] = {}
     ranks: dict[str, int] = {}
     paths = sampler_conv_paths(unet)
+    if not strict:
+        named = {kohya_module_name(k) for k in lora_sd}
+        paths = [p for p in paths if kohya_key(p) in named]
     if lora_sd:
         found_ranks = {
             kohya_module_name(k): int(v.shape[0])
@@ -264,7 +274,11 @@ def _plan(unet: nn.Module, state_dict: StateDict, metadata: Mapping[str, str], s
             if has_alpha:
                 expected[f"{name}.alpha"] = ()
     if norm_sd:
-        for path in resnet_norm_paths(unet):
+        norm_paths = resnet_norm_paths(unet)
+        if not strict:
+            named = {k.rsplit(".", 1)[0] for k in norm_sd}
+            norm_paths = [p for p in norm_paths if p in named]
+        for path in norm_paths:
             channels = unet.get_submodule(path).num_channels
             expected[f"{path}.weight"] = (channels,)
             expected[f"{path}.bias"] = (channels,)
@@ -343,6 +357,7 @@ def load_res_adapter(
     *,
     allow_pickle: bool = False,
     metadata: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> ResAdapterState:
     """Load a ResAdapter into a pipeline's UNet (replacing any ResAdapter already loaded).
 
@@ -355,6 +370,9 @@ def load_res_adapter(
         norm_scale: blend of the ResNet GroupNorms (0 = base, 1 = ResAdapter).
         allow_pickle: allow ``.bin``/``.pt``/``.ckpt`` files (read with ``torch.load(weights_only=True)``).
         metadata: metadata for a state dict passed directly.
+        strict: require a LoRA for every sampler conv and weights for every ResNet norm (for each part the file
+            has). ``False`` adapts only the convs / norms the file names (each complete, shapes checked); unexpected
+            keys are refused either way.
 
     Returns:
         The attached :class:`ResAdapterState`.
@@ -373,7 +391,7 @@ def load_res_adapter(
         source = "<state dict>"
     else:
         state_dict, meta, source = read_res_adapter(pretrained_model_name_or_path, allow_pickle=allow_pickle)
-    plan = _plan(unet, state_dict, meta, source)
+    plan = _plan(unet, state_dict, meta, source, strict)
     previous = get_res_adapter(unet)
     if previous is not None:
         unload_res_adapter(unet)
