@@ -5,7 +5,7 @@ GroupNorms of the ResNet blocks train; everything else is frozen (asserted). The
 and aspect ratios: every batch is one *bucket* (one ``height x width``), drawn from all sizes between
 ``--min_side`` and ``--max_side`` in steps of ``--bucket_step`` whose aspect ratio is at most
 ``--max_aspect_ratio``; an image goes to the buckets nearest its own aspect ratio and is resized to cover the bucket,
-then cropped.
+then cropped. (The shared ``--resolution`` option is not used: the buckets set every size.)
 
 Data (``--dataset``):
 
