@@ -270,3 +270,24 @@ def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
     assert [s["status"] for s in data["sections"].values()] == ["not available"] * 4
     for section in data["sections"].values():
         assert f"not available: {section['reason']}" in md
+
+
+def test_verdicts_and_size_parsing():
+    from benchmarks import quality
+
+    assert quality._direction(-3.0, -1.0, "lower") == "holds"
+    assert quality._direction(1.0, 3.0, "lower") == "reversed"
+    assert quality._direction(-1.0, 1.0, "lower") == "within spread"
+    assert quality._direction(0.1, 0.3, "higher") == "holds"
+    assert quality._direction(float("nan"), 1.0, "higher") == "undetermined"
+    better = np.array([0.9, 1.0, 0.8, 1.0, 0.9, 1.0] * 4)
+    worse = better - 0.5
+    assert quality._cmp(better, worse, "higher")["verdict"] == "holds"
+    assert quality._cmp(worse, better, "higher")["verdict"] == "reversed"
+    assert quality._parse_sizes("16x16, 32x64") == [(16, 16), (32, 64)]
+    with pytest.raises(Exception, match="16x16"):
+        quality._parse_sizes("16")
+    with pytest.raises(SystemExit):
+        quality.main(["--seeds", "1"])
+    with pytest.raises(SystemExit):
+        quality.main(["--only", "nope"])
