@@ -247,12 +247,13 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
     )
     md = (tmp_path / "quality.md").read_text()
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert set(data["sections"]) == {"res_adapter", "mv_adapter", "i2v_adapter", "hipa"}
+    assert set(data["sections"]) == {"base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa"}
     for name, section in data["sections"].items():
         assert section["status"] == "ok", (name, section.get("reason"))
         assert section["placeholder"] is True
-        assert isinstance(section["holds"], bool) and section["summary"]
-    assert md.count("**Untrained placeholder models**") == 4
+        assert section["summary"]
+        assert section["holds"] is None if name == "base" else isinstance(section["holds"], bool)
+    assert md.count("**Untrained placeholder models**") == 5
     assert "| size (HxW) |" in md and "PSNR (dB)" in md and "frame-0 SSIM" in md and "HiPA LoRA, 1 step" in md
     assert payload["sections"].keys() == data["sections"].keys()
     for name in data["sections"]:
@@ -267,7 +268,7 @@ def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
     quality.main(["--seeds", "3", "--out", str(tmp_path)])
     md = (tmp_path / "quality.md").read_text()
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert [s["status"] for s in data["sections"].values()] == ["not available"] * 4
+    assert [s["status"] for s in data["sections"].values()] == ["not available"] * 5
     for section in data["sections"].values():
         assert f"not available: {section['reason']}" in md
 
