@@ -34,7 +34,8 @@ def condition_encoder_config(
 ) -> dict[str, Any]:
     """The T2IAdapter config that matches ``unet`` (the official recipe, generalised to any channel counts).
 
-    SDXL-like UNets (``addition_embed_type == "text_time"``) get ``full_adapter_xl`` with downscale
+    SDXL-like UNets (``addition_embed_type == "text_time"``, or 3 down blocks of which the first has no
+    cross-attention) get ``full_adapter_xl`` with downscale
     ``2 * vae_scale_factor`` (16 for SDXL) and channels ``[c0, c1, c2, c2]`` (``(320, 640, 1280, 1280)`` for SDXL);
     others get ``full_adapter`` with the UNet's ``block_out_channels``, ``layers_per_block`` residual blocks and
     downscale ``vae_scale_factor`` (8).
@@ -43,7 +44,11 @@ def condition_encoder_config(
     channels = list(cfg.block_out_channels)
     layers = cfg.layers_per_block if isinstance(cfg.layers_per_block, int) else cfg.layers_per_block[0]
     is_xl = (family == "sdxl") if family is not None else cfg.get("addition_embed_type", None) == "text_time"
-    if is_xl:
+    # A non-SDXL UNet laid out like SDXL (3 down blocks, the first without cross-attention, e.g. the embedded
+    # mini-world base) adds the first residual after that block's downsampler, so it needs the XL feature layout.
+    down_types = list(cfg.get("down_block_types", None) or [])
+    xl_layout = len(channels) == 3 and bool(down_types) and "CrossAttn" not in down_types[0]
+    if is_xl or xl_layout:
         if len(channels) != 3:
             raise ValueError(f"An SDXL-like UNet needs 3 down blocks for full_adapter_xl, got {len(channels)}.")
         return {
