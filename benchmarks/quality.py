@@ -638,7 +638,6 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "Verdicts are shown for the claimed directions only (identity and first-frame fidelity vs AnimateDiff from "
         "text, motion vs the still image); the other differences are descriptive.",
     ]
-    lines += _sample_lines(save_samples(cfg, "i2v_adapter", samples, limit=frames), [lb for lb, _ in samples])
     identity_vs_text = diffs["animatediff_text"]["fidelity_identity"]["verdict"]
     fidelity_vs_text = diffs["animatediff_text"]["fidelity_ssim"]["verdict"]
     moves = diffs["still"]["motion_consecutive"]["verdict"]
@@ -649,6 +648,7 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         f"I2V-Adapter motion is {_pct(motion_ratio)} of the ground-truth clips' motion (AnimateDiff from text: "
         f"{_pct(summary['animatediff_text']['motion_consecutive']['mean'] / gt_motion if gt_motion > 0 else math.nan)})."
     )
+    lines += _sample_lines(save_samples(cfg, "i2v_adapter", samples, limit=frames), [lb for lb, _ in samples])
     summary_line = (
         f"identity vs AnimateDiff-from-text: {identity_vs_text}; frame-0 SSIM vs AnimateDiff-from-text: "
         f"{fidelity_vs_text}; moves more than a still image: {moves} ({_pct(motion_ratio)} of the ground-truth motion)"
