@@ -11,7 +11,9 @@ Quick start::
 
 Modules: :mod:`.camera` (conventions: z-up world, OpenCV camera-to-world), :mod:`.scene` (scenes, captions, motions),
 :mod:`.render` (the renderer), :mod:`.datasets` (torch datasets), :mod:`.export` (``python -m
-training.miniworld.export``: datasets on disk in the user-data formats).
+training.miniworld.export``: datasets on disk in the user-data formats, and the example inputs in
+``assets/examples``), :mod:`.classifier` (the evaluation's attribute classifier; not imported here, it pulls in
+diffusers' logging).
 """
 
 from .camera import (

@@ -385,12 +385,12 @@ def evaluate(model: AttributeClassifier, batches) -> dict[str, float]:
 
 
 def train_classifier(
-    steps: int = 3000,
+    steps: int = 7000,
     out: str | Path | None = None,
     *,
     seed: int = 0,
     batch_size: int = 32,
-    pool_size: int = 9600,
+    pool_size: int = 16000,
     lr: float = 2e-3,
     val_size: int = 1024,
     num_threads: int | None = None,
@@ -451,10 +451,10 @@ def train_classifier(
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(prog="python -m training.miniworld.classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_CLASSIFIER_PATH))
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=7000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--pool-size", type=int, default=9600)
+    p.add_argument("--pool-size", type=int, default=16000)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     import logging as _logging
