@@ -9,7 +9,8 @@ base modules, their parameters and their ``state_dict`` keys stay exactly as the
 * ``unet.save_pretrained`` never sees adapter weights,
 * LoRAs a user loads with diffusers' ``load_lora_weights`` (peft) compose with ours: peft wraps the base module and
   still calls it, so our hook keeps firing; unloading either leaves the other in place,
-* ``unload()`` restores the model bit for bit.
+* ``unload()`` restores the model bit for bit,
+* a fused adapter leaves no hook and no extra compute in the forward pass.
 
 ``scale`` (0 = off), ``fuse()`` / ``unfuse()`` (exact: the original weights are kept while fused) and ``unload()`` are
 implemented once here for every adapter that uses them.
@@ -116,6 +117,7 @@ class LowRankAdapter(nn.Module):
         self.deltas = nn.ModuleDict({self._slot(p): d for p, d in deltas.items()})
         self.scale = float(scale)
         self._handles: list[RemovableHandle] = []
+        self._wants_hooks = False
         self._originals: dict[str, torch.Tensor] = {}
 
     @staticmethod
@@ -140,12 +142,22 @@ class LowRankAdapter(nn.Module):
         return bool(self._originals)
 
     def attach(self) -> LowRankAdapter:
-        """Register the forward hooks. Attaching twice is a no-op."""
+        """Register the forward hooks (after :meth:`unfuse` when fused). Attaching twice is a no-op."""
+        self._wants_hooks = True
+        if not self.fused:
+            self._register_hooks()
+        return self
+
+    def _register_hooks(self) -> None:
         if self.attached:
-            return self
+            return
         for path in self.paths:
             self._handles.append(self.base_module(path).register_forward_hook(self._make_hook(path)))
-        return self
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def _make_hook(self, path: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -173,7 +185,7 @@ class LowRankAdapter(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
-        """Add ``scale * delta_weight`` into each base weight; the hooks then add nothing.
+        """Add ``scale * delta_weight`` into each base weight and remove the hooks (nothing extra in the forward).
 
         The original weights are kept so that :meth:`unfuse` restores them exactly.
         """
@@ -184,20 +196,23 @@ class LowRankAdapter(nn.Module):
             self._originals[path] = base.weight.detach().clone()
             update = self.delta(path).delta_weight().to(base.weight.device, torch.float32) * self.scale
             base.weight.copy_((base.weight.float() + update).to(base.weight.dtype))
+        self._remove_hooks()
 
     @torch.no_grad()
     def unfuse(self) -> None:
-        """Restore the weights saved by :meth:`fuse` (bitwise)."""
+        """Restore the weights saved by :meth:`fuse` (bitwise) and re-attach the hooks if it was attached."""
+        was_fused = self.fused
         for path, original in self._originals.items():
             self.base_module(path).weight.copy_(original)
         self._originals.clear()
+        if was_fused and self._wants_hooks:
+            self._register_hooks()
 
     def unload(self) -> None:
         """Unfuse if fused and remove the hooks: the model is bit for bit as before :meth:`attach`."""
+        self._wants_hooks = False
         self.unfuse()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._remove_hooks()
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """The deltas' parameters (``alpha`` is a buffer and never trains)."""

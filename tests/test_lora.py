@@ -208,3 +208,17 @@ def test_follows_input_device_and_dtype(x):
     out = net(x.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16
     assert adapter.delta("down").down.weight.dtype == torch.float32
+
+
+def test_fused_adapter_leaves_no_hooks(x):
+    net = _model()
+    adapter = _adapter(net)
+    hooks = {p: len(net.get_submodule(p)._forward_hooks) for p in TARGETS}
+    assert all(n == 1 for n in hooks.values())
+    adapter.fuse()
+    assert all(len(net.get_submodule(p)._forward_hooks) == 0 for p in TARGETS)
+    adapter.unfuse()
+    assert all(len(net.get_submodule(p)._forward_hooks) == 1 for p in TARGETS)
+    adapter.fuse()
+    adapter.unload()
+    assert all(len(net.get_submodule(p)._forward_hooks) == 0 for p in TARGETS)

@@ -1,15 +1,14 @@
 """The sampler LoRA of ResAdapter: kohya LoCon deltas on the ``Downsample2D`` / ``Upsample2D`` convolutions.
 
-Built on the shared hook-based :class:`adapters.lora.LowRankAdapter`; the only addition is that fusing also removes
-the forward hooks (and unfusing puts them back), so a fused ResAdapter leaves no extra module, hook or compute in
-the UNet's forward pass.
+Built on the shared hook-based :class:`adapters.lora.LowRankAdapter` (whose fusing removes the forward hooks, so a
+fused ResAdapter leaves no extra module, hook or compute in the UNet's forward pass); the only addition is that the
+convs are found under any peft wrapper.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from ..lora import LowRankAdapter, LowRankDelta, kohya_key
@@ -19,49 +18,12 @@ __all__ = ["SamplerLoRA", "build_sampler_lora", "kohya_key"]
 
 
 class SamplerLoRA(LowRankAdapter):
-    """:class:`LowRankAdapter` over the sampler convs whose :meth:`fuse` also detaches the hooks."""
-
-    def __init__(self, root: nn.Module, deltas: Mapping[str, LowRankDelta], scale: float = 1.0):
-        super().__init__(root, deltas, scale)
-        self._wants_hooks = False
+    """:class:`LowRankAdapter` over the sampler convs, found under any peft wrapper."""
 
     def base_module(self, path: str) -> nn.Module:
         """The plain conv at ``path``, under any peft wrapper (so hooks and fusing survive a user's LoRA being
         loaded or unloaded around ours)."""
         return base_conv(super().base_module(path))
-
-    def attach(self) -> SamplerLoRA:
-        self._wants_hooks = True
-        if not self.fused:
-            super().attach()
-        return self
-
-    def _detach_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    @torch.no_grad()
-    def fuse(self) -> None:
-        """Merge ``scale * delta`` into the base conv weights and remove the hooks (exact :meth:`unfuse`)."""
-        if self.fused:
-            return
-        super().fuse()
-        self._detach_hooks()
-
-    @torch.no_grad()
-    def unfuse(self) -> None:
-        """Restore the base conv weights bitwise and re-attach the hooks if the adapter was attached."""
-        was_fused = self.fused
-        super().unfuse()
-        if was_fused and self._wants_hooks:
-            super().attach()
-
-    def unload(self) -> None:
-        """Unfuse if fused and remove the hooks: the UNet is bit for bit as before :meth:`attach`."""
-        self._wants_hooks = False
-        super().unfuse()
-        self._detach_hooks()
 
     @property
     def active(self) -> bool:
