@@ -247,13 +247,17 @@ class CachedDataset(torch.utils.data.Dataset):
         return self._cache[index]
 
 
-def miniworld_images(resolution, num_samples: int, seed: int = 0, max_objects: int = 2, **kwargs) -> CachedDataset:
-    """Cached mini-world text-image pairs framed for the embedded base (closer camera, at most two objects).
+#: Camera framing and scene size of the mini-world data every embedded model trains on (closer than the renderer's
+#: default, at most two objects, so that objects cover enough of a 32 px image).
+MINIWORLD_FRAMING = {"distance_range": (1.5, 1.8), "max_objects": 2}
+
+
+def miniworld_images(resolution, num_samples: int, seed: int = 0, **kwargs) -> CachedDataset:
+    """Cached mini-world text-image pairs with the embedded models' framing (:data:`MINIWORLD_FRAMING`).
 
     Items: ``{"pixel_values": (3, H, W) in [-1, 1], "text": str, "height": int, "width": int}``.
     """
     from training.miniworld import TextImageDataset
 
-    kwargs.setdefault("distance_range", (1.5, 1.8))
-    data = TextImageDataset(resolution, length=num_samples, seed=seed, max_objects=max_objects, **kwargs)
+    data = TextImageDataset(resolution, length=num_samples, seed=seed, **{**MINIWORLD_FRAMING, **kwargs})
     return CachedDataset(data)

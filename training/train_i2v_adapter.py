@@ -351,9 +351,12 @@ class I2VAdapterTrainer(AdapterTrainer):
     def build_dataset(self) -> Dataset:
         cfg = self.config
         if cfg.dataset == "miniworld":
+            from training.base_model import MINIWORLD_FRAMING
             from training.miniworld import VideoDataset
 
-            return VideoDataset(cfg.num_frames, cfg.size, length=cfg.num_samples, seed=self.seed or 0)
+            return VideoDataset(
+                cfg.num_frames, cfg.size, length=cfg.num_samples, seed=self.seed or 0, **MINIWORLD_FRAMING
+            )
         return VideoFolderDataset(
             cfg.train_data_dir,
             cfg.manifest,

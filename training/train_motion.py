@@ -74,18 +74,12 @@ class MotionTrainer(AdapterTrainer):
                 own[key].copy_(value)
 
     def build_dataset(self):
-        from training.base_model import CachedDataset
+        from training.base_model import MINIWORLD_FRAMING, CachedDataset
         from training.miniworld import VideoDataset
 
         cfg = self.config
-        data = VideoDataset(
-            cfg.num_frames,
-            cfg.resolution,
-            length=cfg.num_samples,
-            seed=self.seed or 0,
-            max_objects=cfg.max_objects,
-            distance_range=(1.5, 1.8),
-        )
+        framing = {**MINIWORLD_FRAMING, "max_objects": cfg.max_objects}
+        data = VideoDataset(cfg.num_frames, cfg.resolution, length=cfg.num_samples, seed=self.seed or 0, **framing)
         return CachedDataset(data)
 
     def compute_loss(self, batch) -> torch.Tensor:

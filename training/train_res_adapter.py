@@ -382,12 +382,14 @@ class MiniworldBucketDataset(Dataset):
         return self.length
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        from training.base_model import MINIWORLD_FRAMING
         from training.miniworld import TextImageDataset
 
         index, height, width = key
         data = self._by_size.get((height, width))
         if data is None:
-            data = TextImageDataset((height, width), length=self.length, seed=self.seed, max_objects=self.max_objects)
+            framing = {**MINIWORLD_FRAMING, "max_objects": self.max_objects}
+            data = TextImageDataset((height, width), length=self.length, seed=self.seed, **framing)
             self._by_size[(height, width)] = data
         item = data[index]
         return {
