@@ -461,7 +461,9 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     scored = "novel views (views 1..V-1; view 0 is the input)" if use_ref else "all views"
     lines = [
         f"Mode {mode}, {views} views ({camera_mode} cameras) at {native} px, {cfg.seeds} objects (evaluation scenes "
-        f"0..{cfg.seeds - 1}), {steps} steps; the reference is the ground-truth front view. PSNR/SSIM on {scored} "
+        f"0..{cfg.seeds - 1}), {steps} steps; "
+        + ("the reference is the ground-truth front view. " if use_ref else "text and cameras only (no reference). ")
+        + f"PSNR/SSIM on {scored} "
         "against ground-truth renders from the same cameras; consistency: mean pairwise classifier-feature cosine "
         "similarity between views / fraction of view pairs with the same detected objects; accuracy: views showing "
         "exactly the prompt's objects. Mean ± std over objects.",
