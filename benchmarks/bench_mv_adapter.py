@@ -13,7 +13,8 @@ attention at every level, random weights) on the same VAE and text encoder at 64
 --resolution 512 --device cuda`` times a real checkpoint. Random adapter weights stand in for trained ones (timing
 does not depend on the values).
 
-Run ``python -m benchmarks.bench_mv_adapter --size tiny|mid``.
+The first rows time one UNet forward (batch 2 x 6) with and without the adapter: the adapter's own overhead, steadier
+than whole calls on a shared machine. Run ``python -m benchmarks.bench_mv_adapter --size tiny|mid [--unet-only]``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def run(
     steps: int = 4,
     repeats: int = 3,
     rounds: int = 2,
+    unet_only: bool = False,
     write: bool = True,
 ) -> dict:
     """Time MV-Adapter (6 views, one call) against 6 base images; returns (and writes) ``{"environment", "rows"}``."""
@@ -104,6 +106,9 @@ def run(
     def gen():
         return torch.Generator(device).manual_seed(0)
 
+    rows = _unet_rows(size, resolution, steps, base_pipe, mv_pipe, full_pipe, device, repeats, rounds)
+    if unet_only:
+        return _finish(size, rows, dtype, device, write)
     result = compare(
         lambda: base_pipe(prompt, num_images_per_prompt=NUM_VIEWS, generator=gen(), **common),
         {
@@ -114,7 +119,7 @@ def run(
         device=device,
         rounds=rounds,  # interleaved baseline/candidate rounds cancel slow drifts of a shared machine
     )
-    rows = [
+    rows += [
         {
             "size": size,
             "resolution": resolution,
@@ -147,6 +152,10 @@ def run(
                 "met": met,
             }
         )
+    return _finish(size, rows, dtype, device, write)
+
+
+def _finish(size: str, rows: list[dict], dtype: torch.dtype, device: str, write: bool) -> dict:
     payload = {"environment": environment(dtype, device), "rows": rows}
     if write:
         write_results(f"mv_adapter_{size}", payload)
@@ -154,6 +163,54 @@ def run(
         logger.info("%s: %.3fs, time x%.3f, mem x%s", row["variant"], row["median_s"], row["time_ratio"],
                     row["mem_ratio"])  # fmt: skip
     return payload
+
+
+def _unet_rows(size, resolution, steps, base_pipe, mv_pipe, full_pipe, device, repeats, rounds) -> list[dict]:
+    """One UNet forward (batch 2 x 6: CFG x views) with and without the adapter: the adapter's own overhead, free of
+    prompt encoding and VAE time (and steadier than whole calls on a shared machine)."""
+    from adapters.mv_adapter import camera_maps, default_cameras, encode_condition
+
+    unet = base_pipe.unet
+    latent = resolution // base_pipe.vae_scale_factor
+    gen = torch.Generator().manual_seed(0)
+    dtype = unet.dtype
+    x = torch.randn(2 * NUM_VIEWS, unet.config.in_channels, latent, latent, generator=gen).to(device, dtype)
+    ehs = torch.randn(2 * NUM_VIEWS, 77, unet.config.cross_attention_dim, generator=gen).to(device, dtype)
+    t = torch.tensor(500, device=device)
+    maps = camera_maps(default_cameras(NUM_VIEWS), resolution, resolution).repeat(2, 1, 1, 1).to(device, dtype)
+    feats = {name: encode_condition(p.mv_adapter.cond_encoder.to(device, dtype), maps) for name, p in
+             (("row", mv_pipe), ("full", full_pipe))}  # fmt: skip
+    for p in (mv_pipe, full_pipe):
+        p.mv_adapter.state.num_views = NUM_VIEWS
+    result = compare(
+        lambda: unet(x, t, ehs),
+        {
+            "unet_mv_row": lambda: mv_pipe.unet(x, t, ehs, down_intrablock_additional_residuals=list(feats["row"])),
+            "unet_mv_full": lambda: full_pipe.unet(
+                x, t, ehs, down_intrablock_additional_residuals=list(feats["full"])
+            ),
+        },
+        repeats=max(repeats, 3),
+        device=device,
+        rounds=rounds,
+    )
+    rows = [
+        {
+            "size": size, "resolution": resolution, "steps": 1, "variant": "unet_base (batch 12)",
+            "median_s": result["baseline"]["median_s"], "peak_mem_bytes": result["baseline"]["peak_mem_bytes"],
+            "time_ratio": 1.0, "mem_ratio": 1.0, "goal": "-", "met": "-",
+        }
+    ]  # fmt: skip
+    for name, res in result["candidates"].items():
+        ok = res["time_ratio"] <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
+        rows.append(
+            {
+                "size": size, "resolution": resolution, "steps": 1, "variant": name, "median_s": res["median_s"],
+                "peak_mem_bytes": res["peak_mem_bytes"], "time_ratio": res["time_ratio"],
+                "mem_ratio": res["mem_ratio"], "goal": f"<= {GOAL_RATIO}x", "met": ok,
+            }
+        )  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,10 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--unet-only", action="store_true", help="time one UNet forward only (no full calls)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(args.size, base=args.base, resolution=args.resolution, device=args.device, steps=args.steps,
-        repeats=args.repeats, rounds=args.rounds)  # fmt: skip
+        repeats=args.repeats, rounds=args.rounds, unet_only=args.unet_only)  # fmt: skip
 
 
 if __name__ == "__main__":
