@@ -73,16 +73,27 @@ class NotAvailable(Exception):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def miniworld_framing() -> dict[str, Any]:
+    """Camera framing and scene size of the embedded models' training data (``training.base_model.MINIWORLD_FRAMING``
+    when present, else the renderer's defaults)."""
+    try:
+        from training.base_model import MINIWORLD_FRAMING
+    except ImportError:
+        return {}
+    return dict(MINIWORLD_FRAMING)
+
+
 def real_renders(indices: Sequence[int] | range, height: int, width: int) -> tuple[np.ndarray, list[str]]:
-    """Ground-truth mini-world renders of the evaluation scenes ``indices`` at ``height x width`` (cameras as the
-    base model's training data, the scene framed by the shorter side) and their captions.
+    """Ground-truth mini-world renders of the evaluation scenes ``indices`` at ``height x width`` (scenes and cameras
+    drawn as the embedded models' training data, see :func:`miniworld_framing`; the scene framed by the shorter side)
+    and their captions.
 
     Returns:
         float64 ``(N, H, W, 3)`` in ``[0, 1]`` and ``N`` captions.
     """
     from training.miniworld import TextImageDataset, render
 
-    ds = TextImageDataset((height, width), seed=EVAL_DATA_SEED)
+    ds = TextImageDataset((height, width), seed=EVAL_DATA_SEED, **miniworld_framing())
     images, prompts = [], []
     for i in indices:
         scene, cam, (h, w) = ds.sample(int(i))
@@ -550,7 +561,7 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     animatediff.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     animatediff.to(cfg.device)
     animatediff.set_progress_bar_config(disable=True)
-    ds = VideoDataset(frames, native, seed=EVAL_DATA_SEED)
+    ds = VideoDataset(frames, native, seed=EVAL_DATA_SEED, **miniworld_framing())
     steps = cfg.steps
     per: dict[str, dict[str, list[float]]] = {}
     samples: list[tuple[str, np.ndarray]] = []
