@@ -58,3 +58,26 @@ def test_miniworld_images_are_cached():
     assert first is data[1]
     assert first["pixel_values"].shape == (3, NATIVE_RESOLUTION, NATIVE_RESOLUTION)
     assert torch.all(first["pixel_values"].abs() <= 1)
+
+
+def test_export_checkpoint_maps_ema_shadows_to_parameters(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from adapters.weights import save_weights
+    from training.core import EMA_WEIGHTS_NAME
+    from training.train_base import export_checkpoint
+
+    base = init_base(tmp_path / "base")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    params = [p for _, p in unet.named_parameters()] + [p for _, p in text.named_parameters()]
+    shadow = {f"shadow.{i}": p.detach() + 1.0 for i, p in enumerate(params)}
+    save_weights({**shadow, "num_updates": torch.tensor(3)}, tmp_path / "ckpt" / EMA_WEIGHTS_NAME)
+    out = export_checkpoint(tmp_path / "ckpt", base, tmp_path / "out")
+    new_unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    new_text = CLIPTextModel.from_pretrained(out, subfolder="text_encoder")
+    for (name, old), (_, new) in zip(unet.named_parameters(), new_unet.named_parameters()):
+        assert torch.equal(new, old + 1.0), name
+    for (name, old), (_, new) in zip(text.named_parameters(), new_text.named_parameters()):
+        assert torch.equal(new, old + 1.0), name

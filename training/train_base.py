@@ -115,5 +115,56 @@ class BaseTrainer(AdapterTrainer):
         return Path(output_dir)
 
 
+def export_checkpoint(checkpoint: str | Path, base: str | Path, output_dir: str | Path, ema: bool = True) -> Path:
+    """Write a complete base folder from a training checkpoint (to stop a run early and keep its result).
+
+    Args:
+        checkpoint: a ``checkpoint-<step>`` folder of this trainer.
+        base: the folder training started from (VAE, tokenizer, scheduler and the architectures come from it; a VAE
+            whose decoder was fine-tuned afterwards, with the same encoder, may be used).
+        output_dir: where the ``StableDiffusionPipeline`` folder is written.
+        ema: use the EMA weights when the checkpoint has them.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from adapters.weights import load_weights
+    from training.core import ADAPTER_WEIGHTS_NAME, EMA_WEIGHTS_NAME
+
+    checkpoint = Path(checkpoint)
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    if ema and (checkpoint / EMA_WEIGHTS_NAME).is_file():
+        # the EMA file holds shadow.<i> in the order of trainable_parameters(): the UNet's, then the text encoder's
+        shadow, _ = load_weights(checkpoint / EMA_WEIGHTS_NAME)
+        names = [f"{m}.{n}" for m, module in modules.items() for n, _ in module.named_parameters()]
+        count = sum(1 for k in shadow if k.startswith("shadow."))
+        if count not in (len(names), len(names) - sum(1 for n in names if n.startswith("text_encoder."))):
+            raise ValueError(f"{checkpoint} holds {count} EMA tensors; this base has {len(names)} trainable ones.")
+        state_dict = {names[i]: shadow[f"shadow.{i}"] for i in range(count)}
+    else:
+        state_dict, _ = load_weights(checkpoint / ADAPTER_WEIGHTS_NAME)
+    for prefix, module in modules.items():
+        part = {k[len(prefix) + 1 :]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+        if prefix == "unet" or part:
+            own = module.state_dict()
+            module.load_state_dict({**own, **part} if prefix == "text_encoder" else part, strict=True)
+    pipe.save_pretrained(output_dir)
+    return Path(output_dir)
+
+
 if __name__ == "__main__":
-    main(BaseTrainer)
+    import sys
+
+    if sys.argv[1:2] == ["export"]:
+        import argparse
+
+        parser = argparse.ArgumentParser(description="Export a training checkpoint as a base folder.")
+        parser.add_argument("export")
+        parser.add_argument("--checkpoint", required=True)
+        parser.add_argument("--base", required=True)
+        parser.add_argument("--output_dir", required=True)
+        parser.add_argument("--no_ema", action="store_true")
+        args = parser.parse_args()
+        export_checkpoint(args.checkpoint, args.base, args.output_dir, ema=not args.no_ema)
+    else:
+        main(BaseTrainer)
