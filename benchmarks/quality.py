@@ -942,7 +942,13 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"{payload['environment']['torch']}, diffusers {payload['environment']['diffusers']}, "
         f"{payload['environment']['torch_threads']} thread(s)); {payload['wall_s']:.0f} s in total.",
         "",
-        f"Seeds per comparison: {s['seeds']}; sampler steps: {s['steps']}. Every arm of a comparison uses the same "
+        f"Seeds per comparison: {s['seeds']}"
+        + (
+            " (" + ", ".join(f"{k}: {v}" for k, v in s["section_seeds"].items()) + ")"
+            if s.get("section_seeds")
+            else ""
+        )
+        + f"; sampler steps: {s['steps']}. Every arm of a comparison uses the same "
         "seeds (seed i = evaluation scene i of the mini-world, its caption, noise seed i), so differences are paired "
         "and given with a 95% CI over seeds (bootstrap for per-seed metrics such as accuracy, PSNR, SSIM; delete-one "
         "jackknife for the set metrics FD and KID). A claim is called **holds** only when the CI lies on the "
@@ -1009,6 +1015,33 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _section_config(cfg: argparse.Namespace, name: str) -> argparse.Namespace:
+    """``cfg`` with the section's own seed count (``--section-seeds``) and the matching real-set size."""
+    seeds = (cfg.section_seeds or {}).get(name)
+    if seeds is None:
+        return cfg
+    out = argparse.Namespace(**vars(cfg))
+    out.seeds = seeds
+    out.n_real = cfg.n_real_given or max(4 * seeds, 32)
+    return out
+
+
+def _parse_section_seeds(text: str) -> dict[str, int]:
+    out = {}
+    for part in text.replace(" ", "").split(","):
+        try:
+            key, value = part.split("=")
+            out[_SHORT.get(key, key)] = int(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=N[,NAME=N], e.g. base=128,hipa=128, got {text!r}"
+            ) from err
+    bad = [k for k, v in out.items() if k not in SECTIONS or v < 3]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown section or fewer than 3 seeds: {bad} (sections: {list(_SHORT)})")
+    return out
+
+
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen sections and write ``quality.md`` / ``quality.json`` into ``cfg.out``."""
     t_start = time.perf_counter()
@@ -1019,7 +1052,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         try:
             if clf is None:
                 clf = _classifier(cfg.classifier)
-            sections[name] = _RUNNERS[name](cfg, clf)
+            sections[name] = _RUNNERS[name](_section_config(cfg, name), clf)
             if cfg.allow_placeholders:
                 from pipelines.embedded import embedded_info
 
@@ -1039,6 +1072,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         "environment": _environment(),
         "settings": {
             "seeds": cfg.seeds,
+            "section_seeds": cfg.section_seeds,
             "steps": cfg.steps,
             "guidance": cfg.guidance,
             "frames": cfg.frames,
@@ -1076,6 +1110,12 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=32, help="seeds (scenes / objects / clips) per comparison")
+    p.add_argument(
+        "--section-seeds",
+        type=_parse_section_seeds,
+        default=None,
+        help="per-section seed counts overriding --seeds, e.g. base=128,hipa=128 (cheap sections can afford more)",
+    )
     p.add_argument("--steps", type=int, default=25, help="sampler steps of the multi-step arms")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the text-to-image arms")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (I2V)")
@@ -1115,6 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = build_parser().parse_args(argv)
     if cfg.seeds < 3:
         raise SystemExit("--seeds must be >= 3 (spreads over seeds need a few seeds)")
+    cfg.n_real_given = cfg.n_real
     cfg.n_real = cfg.n_real or max(4 * cfg.seeds, 32)
     only = cfg.only or list(SECTIONS)
     bad = [o for o in only if o not in _SHORT and o not in SECTIONS]

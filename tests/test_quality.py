@@ -286,6 +286,9 @@ def test_verdicts_and_size_parsing():
     assert quality._cmp(better, worse, "higher")["verdict"] == "holds"
     assert quality._cmp(worse, better, "higher")["verdict"] == "reversed"
     assert quality._parse_sizes("16x16, 32x64") == [(16, 16), (32, 64)]
+    assert quality._parse_section_seeds("base=128,hipa=64") == {"base": 128, "hipa": 64}
+    with pytest.raises(Exception, match="unknown section"):
+        quality._parse_section_seeds("nope=5")
     with pytest.raises(Exception, match="16x16"):
         quality._parse_sizes("16")
     with pytest.raises(SystemExit):
