@@ -58,6 +58,8 @@ __all__ = [
 #: The negative prompt of the official inference scripts.
 DEFAULT_NEGATIVE_PROMPT = "watermark, ugly, deformed, noisy, blurry, low contrast"
 ADAPTER_SUBFOLDER = "mv_adapter"
+#: The official shifted-SNR factor, used when the adapter does not record the one it was trained with.
+DEFAULT_NOISE_SHIFT = 8.0
 
 
 @dataclass
@@ -487,7 +489,7 @@ class MVAdapterPipelineMixin:
         mv_scale: float | None = None,
         ref_scale: float | None = None,
         condition_scale: float = 1.0,
-        noise_shift: float | None = 8.0,
+        noise_shift: float | None = None,
         clip_skip: int | None = None,
     ):
         r"""Generate ``num_views`` consistent views per prompt.
@@ -516,7 +518,8 @@ class MVAdapterPipelineMixin:
             cross_attention_kwargs: passed to the UNet (e.g. ``{"scale": lora_scale}``).
             mv_scale, ref_scale: branch scales for this call (default: the adapter's, 1.0).
             condition_scale: scale of the condition encoder's residuals.
-            noise_shift: shifted-SNR schedule factor (official: 8, "interpolated"); ``None`` or 1 = base schedule.
+            noise_shift: shifted-SNR schedule factor ("interpolated"); 1 = the base schedule. ``None``: the value
+                the loaded adapter was trained with (recorded in its config), else the official 8.
 
         Returns:
             :class:`MVAdapterPipelineOutput` (or a tuple with its ``images``).
@@ -588,6 +591,9 @@ class MVAdapterPipelineMixin:
             added = {k: torch.cat([text[b][1][k] for b in branches]) for k in text["pos"][1]}
 
         # 4. Timesteps (shifted-SNR schedule)
+        if noise_shift is None:
+            trained = self.mv_adapter.config.extra.get("noise_shift") if self.mv_adapter is not None else None
+            noise_shift = float(trained) if trained is not None else DEFAULT_NOISE_SHIFT
         scheduler = self.scheduler
         if noise_shift is not None and noise_shift != 1:
             scheduler = shifted_snr_scheduler(self.scheduler, noise_shift)

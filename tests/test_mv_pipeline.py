@@ -41,7 +41,7 @@ def test_fresh_adapter_equals_base_pipeline(sd15, tiny_sd15):
     latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     kw = {"num_inference_steps": 2, "guidance_scale": 5.0, "negative_prompt": "blurry", "output_type": "np"}
     expected = base("a red cube", num_images_per_prompt=3, latents=latents, **kw).images
-    out = sd15("a red cube", num_views=3, latents=latents, noise_shift=None, condition_scale=0.0, **kw).images
+    out = sd15("a red cube", num_views=3, latents=latents, noise_shift=1, condition_scale=0.0, **kw).images
     assert np.array_equal(out[0], expected)
 
 
@@ -205,3 +205,17 @@ def test_prepare_reference_image():
     red = np.argwhere((out[..., 0] > 200) & (out[..., 1] < 50))
     assert red[:, 1].max() - red[:, 1].min() + 1 >= 26  # longer side fills ~90% of the width
     assert abs(red[:, 0].mean() - 15.5) < 1.5 and abs(red[:, 1].mean() - 15.5) < 1.5  # centred
+
+
+def test_noise_shift_defaults_to_the_adapters_trained_value(sd15):
+    """``noise_shift=None`` samples with the shift recorded in the adapter's config (else the official 8)."""
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    kw = {"num_views": 2, "num_inference_steps": 2, "guidance_scale": 1.0, "output_type": "np", "latents": latents}
+    official = sd15("a red cube", noise_shift=8.0, **kw).images[0]
+    plain = sd15("a red cube", noise_shift=1.0, **kw).images[0]
+    assert np.array_equal(sd15("a red cube", **kw).images[0], official)
+    sd15.mv_adapter.config.extra["noise_shift"] = 1.0
+    try:
+        assert np.array_equal(sd15("a red cube", **kw).images[0], plain)
+    finally:
+        sd15.mv_adapter.config.extra.pop("noise_shift")

@@ -311,6 +311,7 @@ class MVAdapterTrainer(AdapterTrainer):
             raise ValueError(
                 f"The adapter's reference branch ({self.adapter.config.use_ref}) does not fit --mode {cfg.mode}."
             )
+        self.adapter.config.extra["noise_shift"] = cfg.noise_shift  # the pipeline samples with the same schedule
         self.cond_encoder = self.adapter.cond_encoder
         if self.cond_encoder is None:
             raise ValueError("MV-Adapter training needs a condition encoder.")
@@ -350,11 +351,14 @@ class MVAdapterTrainer(AdapterTrainer):
     def build_dataset(self) -> Dataset:
         cfg = self.config
         if cfg.dataset == "miniworld":
+            from training.base_model import MINIWORLD_FRAMING
             from training.miniworld import MultiViewDataset
 
+            # the scenes' own backgrounds and object counts, as the embedded base was trained on
             base = MultiViewDataset(
-                cfg.num_views, cfg.camera_mode, cfg.size, length=cfg.num_samples, seed=self.seed or 0
-            )
+                cfg.num_views, cfg.camera_mode, cfg.size, length=cfg.num_samples, seed=self.seed or 0,
+                background=None, max_objects=MINIWORLD_FRAMING["max_objects"],
+            )  # fmt: skip
             return _MiniWorldMultiView(base, cfg.geometry, cfg.camera_map)
         return MultiViewFolderDataset(
             cfg.train_data_dir, num_views=cfg.num_views, size=cfg.size, geometry=cfg.geometry,
