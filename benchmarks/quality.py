@@ -414,6 +414,8 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     mode = ("i" if use_ref else "t") + ("g2mv" if adapter.config.condition == "geometry" else "2mv")
     steps = cfg.steps
     noise_shift = cfg.mv_noise_shift
+    if noise_shift is None:  # the factor the adapter was trained with (our trainer stores it), else the official 8
+        noise_shift = float((adapter.config.extra or {}).get("noise_shift", 8.0))
     base = _base_pipeline_from(pipe).to(cfg.device)
 
     per: dict[str, dict[str, list[float]]] = {}
@@ -1167,9 +1169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mv-noise-shift",
         type=float,
-        default=1.0,
-        help="shifted-SNR sampling factor of the MV-Adapter section: the one the adapter was trained with (the "
-        "embedded 32 px adapter: 1, no shift; the official 768 px adapters: 8)",
+        default=None,
+        help="shifted-SNR sampling factor of the MV-Adapter section (default: the one stored in the adapter's config "
+        "by the trainer - 1 for the embedded 32 px adapter - else the official 8)",
     )
     p.add_argument(
         "--merge",
