@@ -468,6 +468,7 @@ def test_adapters_run_channels_last(tiny_sd15, tiny_animatediff):
     adapter = _mv_adapter(unet, mode="row")
     contiguous = _mv_forward(unet, adapter, 3)
     unet.to(memory_format=torch.channels_last)
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(_mv_forward(unet, adapter, 3), contiguous, atol=1e-5, rtol=1e-5)
 
     motion = tiny_models.tiny_motion_unet().eval()
@@ -475,4 +476,5 @@ def test_adapters_run_channels_last(tiny_sd15, tiny_animatediff):
     _randomise(i2v.parameters(include_content=False), std=0.05)
     contiguous = _i2v_forward(motion, 3)
     motion.to(memory_format=torch.channels_last)
+    assert motion.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(_i2v_forward(motion, 3), contiguous, atol=1e-5, rtol=1e-5)
