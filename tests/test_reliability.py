@@ -1,0 +1,375 @@
+"""Reliability sweep (issue 12): bad inputs to every public pipeline and bad weight files to every loader.
+
+Every bad-input case either succeeds (output shape checked) or raises ``ValueError`` / ``TypeError`` whose message
+names the argument, *before* the UNet runs (a forward pre-hook counts UNet calls). Every weight-file fault raises
+``AdapterWeightsError`` and leaves the pipeline's output bit for bit as before. Pipelines are built once per module.
+
+Each case id is recorded in :data:`tests.reliability_report.REGISTRY`; ``python -m tests.reliability_report`` counts
+them (from ``pytest --collect-only``) for the README's "Reliability" section.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import MotionAdapter
+from safetensors.torch import load_file, save_file
+
+from adapters.weights import AdapterWeightsError
+from pipelines.pipeline_hipa import HiPAPipeline
+from pipelines.pipeline_i2v_adapter import I2VAdapterPipeline
+from pipelines.pipeline_mv_adapter import MVAdapterPipeline
+from pipelines.pipeline_res_adapter import ResAdapterPipeline, load_res_adapter, resolution_multiple
+from tests import reliability_report, tiny_models
+
+OK = "ok"
+
+
+# ---------------------------------------------------------------------------------------------------------- fixtures
+
+
+class _Counter:
+    """Counts UNet forward calls through a pre-hook (proves a refused call did no heavy work)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.calls = 0
+        unet.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+
+@dataclass
+class Rig:
+    pipe: Any
+    counter: _Counter
+    multiple: int
+    base_kwargs: dict[str, Any] = field(default_factory=dict)
+    shape: Callable[[Any, dict[str, Any]], tuple] | None = None
+
+    def call(self, **kwargs):
+        return self.pipe(**{**self.base_kwargs, **kwargs})
+
+
+def _image(h: int = 32, w: int = 32, mode: str = "RGB") -> PIL.Image.Image:
+    rng = np.random.default_rng(0)
+    rgb = PIL.Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+    if mode == "I;16":
+        return PIL.Image.fromarray((rng.integers(0, 65535, size=(h, w))).astype(np.uint16), mode="I;16")
+    return rgb.convert(mode)
+
+
+@pytest.fixture(scope="module")
+def rigs(tiny_sd15, tiny_animatediff) -> dict[str, Rig]:
+    torch.manual_seed(0)
+    res = tiny_models.make_pipeline("sd15", pipeline_cls=ResAdapterPipeline)
+    res_m = resolution_multiple(res)
+
+    mv = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"use_ref": True})
+    mv.set_progress_bar_config(disable=True)
+
+    motion = MotionAdapter.from_pretrained(tiny_animatediff / "motion_adapter")
+    i2v = I2VAdapterPipeline.from_pretrained(tiny_animatediff, motion_adapter=motion)
+    i2v.set_progress_bar_config(disable=True)
+    i2v.init_i2v_adapter()
+
+    hipa = HiPAPipeline.from_pretrained(tiny_sd15, safety_checker=None, requires_safety_checker=False)
+    hipa.set_progress_bar_config(disable=True)
+
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "res": Rig(
+            res,
+            _Counter(res.unet),
+            res_m,
+            dict(prompt="a cube", height=res_m, width=res_m, num_inference_steps=1, output_type="latent"),
+        ),
+        "mv": Rig(
+            mv,
+            _Counter(mv.unet),
+            mv.size_multiple,
+            dict(prompt="a cube", num_views=2, height=32, width=32, num_inference_steps=1, output_type="np"),
+        ),
+        "i2v": Rig(
+            i2v,
+            _Counter(i2v.unet),
+            8,
+            dict(
+                image=_image(),
+                prompt="a cube",
+                num_frames=2,
+                height=32,
+                width=32,
+                num_inference_steps=1,
+                output_type="np",
+                generator=gen,
+            ),
+        ),  # fmt: skip
+        "hipa": Rig(hipa, _Counter(hipa.unet), 8, dict(prompt="a cube", height=32, width=32, output_type="latent")),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _record(request):
+    """Add this case's id to the module-level registry that the report counts."""
+    kind = "fault" if request.node.name.startswith("test_weight_fault") else "bad_input"
+    reliability_report.record(kind, request.node.nodeid)
+    yield
+
+
+# ------------------------------------------------------------------------------------------------ bad input cases
+
+NAN_LATENTS = float("nan")
+
+
+def _latents(rig_name: str, rig: Rig, value: float) -> torch.Tensor:
+    pipe = rig.pipe
+    c = pipe.unet.config.in_channels
+    size = 32 // pipe.vae_scale_factor
+    if rig_name == "i2v":
+        shape = (1, c, 2, size, size)
+    elif rig_name == "mv":
+        shape = (2, c, size, size)
+    else:
+        shape = (1, c, rig.multiple // pipe.vae_scale_factor, rig.multiple // pipe.vae_scale_factor)
+    t = torch.randn(shape)
+    t.view(-1)[0] = value
+    return t
+
+
+# (id, pipelines, kwargs or fn(rig) -> kwargs, expected: OK or the argument name the error must mention)
+HUGE = 2**20
+CASES: list[tuple[str, tuple[str, ...], Any, str]] = [
+    ("prompt_int", ("res", "mv", "i2v", "hipa"), {"prompt": 3}, "prompt"),
+    ("height_str", ("res", "mv", "i2v", "hipa"), {"height": "64"}, "height"),
+    ("width_float", ("res", "mv", "i2v", "hipa"), {"width": 32.5}, "width"),
+    ("height_zero", ("i2v",), {"height": 0}, "height"),  # the others treat 0 as "default size", like diffusers
+    ("height_negative", ("res", "mv", "i2v", "hipa"), lambda r: {"height": -r.multiple}, "height"),
+    ("width_huge_not_multiple", ("res", "mv", "i2v", "hipa"), {"width": HUGE + 1}, "width"),
+    ("height_not_multiple", ("res", "mv", "i2v", "hipa"), lambda r: {"height": r.multiple + 1}, "height"),
+    (
+        "negative_prompt_len",
+        ("res", "mv", "i2v", "hipa"),
+        {"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"]},
+        "negative_prompt",
+    ),
+    ("generator_len", ("res", "mv", "i2v", "hipa"), lambda r: {"generator": [torch.Generator()] * 3}, "generator"),
+    ("latents_nan", ("res", "mv", "i2v", "hipa"), lambda r: {"latents": _latents(r.name, r, math.nan)}, "latents"),
+    ("latents_inf", ("res", "mv", "i2v", "hipa"), lambda r: {"latents": _latents(r.name, r, math.inf)}, "latents"),
+    ("num_views_zero", ("mv",), {"num_views": 0}, "num_views"),
+    ("azimuth_len", ("mv",), {"num_views": 2, "azimuth_deg": [0.0, 90.0, 180.0]}, "azimuth_deg"),
+    ("elevation_len", ("mv",), {"num_views": 2, "elevation_deg": [0.0, 10.0, 20.0]}, "elevation_deg"),
+    ("distance_len", ("mv",), {"num_views": 2, "distance": [1.0, 1.5, 2.0]}, "distance"),
+    (
+        "condition_maps_nan",
+        ("mv",),
+        lambda r: {"condition_maps": torch.full((2, 6, 32, 32), math.nan)},
+        "condition_maps",
+    ),
+    ("num_frames_zero", ("i2v",), {"num_frames": 0}, "num_frames"),
+    ("num_steps_zero", ("res", "mv", "i2v", "hipa"), {"num_inference_steps": 0}, "num_inference_steps"),
+    ("image_missing", ("i2v",), {"image": None}, "image"),
+    ("image_str", ("mv", "i2v"), {"image": "not an image"}, "image"),
+    ("image_L", ("mv", "i2v"), {"image": _image(mode="L")}, OK),
+    ("image_RGBA", ("mv", "i2v"), {"image": _image(mode="RGBA")}, OK),
+    ("image_CMYK", ("mv", "i2v"), {"image": _image(mode="CMYK")}, OK),
+    ("image_I16", ("mv", "i2v"), {"image": _image(mode="I;16")}, OK),
+    ("image_nan_tensor", ("mv", "i2v"), {"image": torch.full((1, 3, 32, 32), math.nan)}, "image"),
+]
+
+# Known gaps found by this sweep (not fixed here; listed in the report): the case runs, and is expected to fail.
+XFAIL = {
+    "height_str": ("mv", "i2v", "hipa"),  # bare "'<=' not supported between str and int", no argument named
+    "negative_prompt_len": ("hipa",),  # a 3-item negative prompt for 2 prompts is accepted
+    "latents_nan": ("res", "mv", "i2v", "hipa"),  # NaN latents are not checked: NaN images come back
+    "latents_inf": ("res", "mv", "i2v", "hipa"),
+    "condition_maps_nan": ("mv",),
+    "image_nan_tensor": ("mv", "i2v"),
+    "image_str": ("mv", "i2v"),  # diffusers' image processor message does not name `image`
+    "num_steps_zero": ("res",),  # ZeroDivisionError inside diffusers' PNDMScheduler.set_timesteps
+}
+
+
+def _marks(case: str, name: str) -> list:
+    if name in XFAIL.get(case, ()):
+        return [pytest.mark.xfail(reason="known gap (issue 12), see tests/reliability_report.py", strict=False)]
+    return []
+
+
+PARAMS = [
+    pytest.param(name, kwargs, expected, id=f"{name}-{case}", marks=_marks(case, name))
+    for case, names, kwargs, expected in CASES
+    for name in names
+]
+
+
+def _expected_shape(name: str, rig: Rig, kwargs: dict[str, Any]) -> tuple:
+    merged = {**rig.base_kwargs, **kwargs}
+    h = merged.get("height") or rig.pipe.unet.config.sample_size * rig.pipe.vae_scale_factor
+    w = merged.get("width") or rig.pipe.unet.config.sample_size * rig.pipe.vae_scale_factor
+    if name == "mv":
+        return (1, merged["num_views"], h, w, 3)
+    if name == "i2v":
+        return (1, merged["num_frames"], h, w, 3)
+    f = rig.pipe.vae_scale_factor
+    return (1, rig.pipe.unet.config.in_channels, h // f, w // f)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "expected"), PARAMS)
+def test_bad_input(rigs, name, kwargs, expected):
+    rig = rigs[name]
+    rig.name = name
+    if callable(kwargs):
+        kwargs = kwargs(rig)
+    before = rig.counter.calls
+    if expected == OK:
+        out = rig.call(**kwargs)
+        images = out.frames if name == "i2v" else out.images
+        assert tuple(np.asarray(images).shape) == _expected_shape(name, rig, kwargs)
+        assert rig.counter.calls > before
+        return
+    with pytest.raises((ValueError, TypeError)) as info:
+        rig.call(**kwargs)
+    assert expected in str(info.value), f"message does not name `{expected}`: {info.value}"
+    assert rig.counter.calls == before, "the UNet ran before the input was refused"
+
+
+# ------------------------------------------------------------------------------------------------ weight faults
+
+
+def _pipe_out(rig: Rig) -> np.ndarray:
+    """The pipeline's output for fixed inputs and seed."""
+    out = rig.call(generator=torch.Generator().manual_seed(0))
+    return np.asarray(out.frames if hasattr(out, "frames") else out.images)
+
+
+def _unet_out(pipe) -> torch.Tensor:
+    """One UNet forward on fixed inputs: the pipeline's output is a deterministic function of it."""
+    unet = pipe.unet
+    gen = torch.Generator().manual_seed(0)
+    c, s = unet.config.in_channels, 8
+    dim = unet.config.cross_attention_dim
+    enc = torch.randn(1, 7, dim, generator=gen)
+    if "i2v" in type(pipe).__name__.lower():
+        x = torch.randn(1, c, 2, s, s, generator=gen)
+    else:
+        x = torch.randn(1, c, s, s, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10]), encoder_hidden_states=enc).sample.clone()
+
+
+def _good_files(rigs, root) -> dict[str, Any]:
+    """A valid weight file per adapter kind (paths) and a loader per kind."""
+    from adapters.hipa import HiPAConfig, add_hipa_lora, hipa_lora_state_dict, save_hipa_lora
+    from adapters.res_adapter.loader import init_res_adapter, save_res_adapter, unload_res_adapter
+    from adapters.weights import base_family
+
+    res = rigs["res"].pipe
+    init_res_adapter(res)
+    files = {"res": save_res_adapter(res, root / "res.safetensors", format="diffusion-adapters")}
+    unload_res_adapter(res)
+    files["res"] = files["res"][0] if isinstance(files["res"], list) else files["res"]
+
+    mv = rigs["mv"].pipe
+    files["mv"] = mv._require_adapter().save(root / "mv.safetensors")
+
+    i2v = rigs["i2v"].pipe
+    i2v.save_i2v_adapter(root / "i2v.safetensors")
+    files["i2v"] = root / "i2v.safetensors"
+
+    hipa = rigs["hipa"].pipe
+    donor = copy.deepcopy(hipa.unet)
+    config = HiPAConfig(rank=2)
+    add_hipa_lora(donor, config)
+    files["hipa"] = save_hipa_lora(root / "hipa", hipa_lora_state_dict(donor), config, family=base_family(donor))
+    return files
+
+
+LOADERS: dict[str, Callable[[Any, Any, bool], Any]] = {
+    "res": lambda pipe, src, pickle: load_res_adapter(pipe, src, allow_pickle=pickle),
+    "mv": lambda pipe, src, pickle: pipe.load_mv_adapter(src, allow_pickle=pickle),
+    "i2v": lambda pipe, src, pickle: pipe.load_i2v_adapter(src, allow_pickle=pickle),
+    "hipa": lambda pipe, src, pickle: pipe.load_hipa_lora(src),
+}
+OTHER_KIND = {"res": "i2v", "mv": "res", "i2v": "mv", "hipa": "res"}
+
+
+@pytest.fixture(scope="module")
+def good_files(rigs, tmp_path_factory):
+    return _good_files(rigs, tmp_path_factory.mktemp("good"))
+
+
+def _make_fault(fault: str, kind: str, files, tmp_path):
+    good = files[kind]
+    if fault == "truncated":
+        data = good.read_bytes()
+        bad = tmp_path / "trunc.safetensors"
+        bad.write_bytes(data[: len(data) // 2])
+        return bad
+    if fault == "garbage":
+        bad = tmp_path / "garbage.safetensors"
+        bad.write_bytes(b"\xff" * 64 + b"not a safetensors file" * 10)
+        return bad
+    if fault == "other_kind":
+        return files[OTHER_KIND[kind]]
+    if fault == "other_family":
+        from safetensors import safe_open
+
+        with safe_open(str(good), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        metadata["diffusion_adapters.base_family"] = "sdxl"
+        bad = tmp_path / "sdxl.safetensors"
+        save_file(load_file(str(good)), str(bad), metadata=metadata)
+        return bad
+    if fault == "nan_tensor":
+        sd = load_file(str(good))
+        key = sorted(k for k, v in sd.items() if v.is_floating_point())[0]
+        sd[key] = torch.full_like(sd[key], math.nan)
+        from safetensors import safe_open
+
+        with safe_open(str(good), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        bad = tmp_path / "nan.safetensors"
+        save_file(sd, str(bad), metadata=metadata)
+        return bad
+    if fault == "pickle":
+        bad = tmp_path / "weights.bin"
+        torch.save(load_file(str(good)), bad)
+        return bad
+    raise AssertionError(fault)
+
+
+FAULTS = ["truncated", "garbage", "other_kind", "other_family", "nan_tensor", "pickle"]
+FAULT_XFAIL = {("hipa", "nan_tensor"), ("hipa", "pickle")}  # known gaps: NaN LoRA accepted; pickle -> plain error
+FAULT_PARAMS = [
+    pytest.param(
+        kind,
+        fault,
+        id=f"{kind}-{fault}",
+        marks=[pytest.mark.xfail(reason="known gap (issue 12)", strict=False)] if (kind, fault) in FAULT_XFAIL else [],
+    )
+    for kind in ["res", "mv", "i2v", "hipa"]
+    for fault in FAULTS
+]
+
+
+@pytest.mark.parametrize(("kind", "fault"), FAULT_PARAMS)
+def test_weight_fault(rigs, good_files, kind, fault, tmp_path):
+    pipe = rigs[kind].pipe
+    bad = _make_fault(fault, kind, good_files, tmp_path)
+    before = _pipe_out(rigs[kind])
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with pytest.raises(AdapterWeightsError):
+        LOADERS[kind](pipe, bad, False)
+    after = _pipe_out(rigs[kind])
+    assert np.array_equal(before, after, equal_nan=True), "a failed load changed the pipeline's output"
+    now = pipe.unet.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
