@@ -345,7 +345,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
 
         Deterministic (no sampling), so the same image always gives the same first frame.
         """
-        pixels = self.image_processor.preprocess(image, height=height, width=width)
+        pixels = self.image_processor.preprocess(_to_rgb(image), height=height, width=width)
         pixels = pixels.to(device=device, dtype=self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.mode() * self.vae.config.scaling_factor
@@ -721,6 +721,19 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
 # ----------------------------------------------------------------------------------------------------------------------
 # video files
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _to_rgb(image: PipelineImageInput) -> PipelineImageInput:
+    """PIL images in any mode (L, LA, P, RGBA, CMYK, 16-bit ``I;16`` / ``I``) as 8-bit RGB; other inputs unchanged."""
+    if isinstance(image, list):
+        return [_to_rgb(im) for im in image]
+    if not isinstance(image, PIL.Image.Image) or image.mode == "RGB":
+        return image
+    if image.mode.startswith("I"):  # 16/32-bit integer: rescale to 8 bits before converting
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = PIL.Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 def _frames_to_uint8(frames) -> list[np.ndarray]:

@@ -339,6 +339,12 @@ def load_i2v_adapter(
     check_adapter_kind(meta, KIND, source=source)
     check_base_family(meta, unet, what="I2V-Adapter", source=source)
     state_dict = convert_to_ours(KIND, state_dict, meta)
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise AdapterWeightsError(
+            f"Tensor(s) {non_finite[:5]} in {source!r} hold NaN or inf values ({len(non_finite)} in all); "
+            "nothing was changed."
+        )
     has_content = any(k.startswith(CONTENT_PREFIX) for k in state_dict)
     expected = i2v_expected_shapes(unet)
     content_dim = content_tokens = None

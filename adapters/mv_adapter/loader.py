@@ -324,6 +324,12 @@ def load_mv_adapter(
     check_adapter_kind(metadata, KIND, source=name)
     check_base_family(metadata, unet, what="MV-Adapter", source=name)
     state_dict = convert_to_ours(KIND, state_dict, metadata)
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise AdapterWeightsError(
+            f"Tensor(s) {non_finite[:5]} in {name!r} hold NaN or inf values ({len(non_finite)} in all); "
+            "nothing was changed."
+        )
 
     if CONFIG_KEY in metadata:
         base = dataclasses.asdict(MVAdapterConfig.from_json(metadata[CONFIG_KEY]))
