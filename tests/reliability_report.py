@@ -24,13 +24,14 @@ SLOW_FILES = ["tests/test_training_ddp.py"]
 # Test-name patterns (matched against node ids) -> category. Faults are injected errors (corrupt or foreign files,
 # NaN losses, unreadable data, kills); bad inputs are refused or converted user arguments.
 FAULT_PATTERNS = {
-    "weight files (truncated, garbage, other adapter kind, other base family, NaN tensor, pickle)": (
-        r"test_reliability\.py::test_weight_fault|test_weights\.py::.*(corrupt|truncat|pickle|family|kind|mismatch"
-        r"|missing|unexpected|dtype|nan|atomic|crash|refus|bad|invalid)"
+    "weight files (truncated, garbage, foreign kind / base family, NaN tensors, pickle, key / shape mismatches)": (
+        r"test_reliability\.py::test_weight_fault|test_weights\.py::.*(truncat|garbage|missing_file|pickle"
+        r"|validate_lists|family_and_kind)"
     ),
-    "NaN / inf loss": r"test_training_core\.py::.*(nan|inf)",
-    "unreadable / missing dataset files": r"test_training_core\.py::.*(missing|unreadable|corrupt|bad_file|skip)",
-    "SIGKILL mid-step / mid-checkpoint, then resume": r"test_training_(core|ddp)\.py::.*(kill|sigkill|crash|resume)",
+    "crash during save (atomic file / directory writes)": r"test_weights\.py::.*(failed_save|atomic)",
+    "NaN loss mid-run": r"test_training_core\.py::.*nan_loss",
+    "missing / unreadable dataset files": r"test_training_core\.py::.*(missing|unreadable)",
+    "SIGKILL mid-step and mid-checkpoint, then resume (slow)": r"test_training_ddp\.py::.*kill",
 }
 BAD_INPUT_PATTERN = r"test_reliability\.py::test_bad_input"
 
@@ -100,14 +101,24 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
     for label, count in faults.items():
         lines.append(f"  - {label}: {count}")
     if not slow:
-        lines.append("  - (the slow SIGKILL tests in `tests/test_training_ddp.py` were not run; add `--slow`)")
+        lines.append("  - (the slow tests, SIGKILL included, were counted but not run here; add `--slow`)")
     if result is not None:
         code, summary = result
         if code == 0:
             lines.append(
                 f"- Result: `{summary}`. Nothing was lost: every failed weight load left the pipeline's output "
-                "bit-identical, saves are atomic, and killed runs resumed to the uninterrupted run's adapter."
+                "bit-identical, a crash during a save kept the previous file, a NaN loss kept the last good "
+                "checkpoint"
+                + (", and killed runs resumed to the uninterrupted run's adapter (1e-6)." if slow else ".")
             )
+            if "xfailed" in summary:
+                lines.append(
+                    "- The xfailed cases are known gaps, kept in the sweep until fixed (see `XFAIL` in "
+                    "`tests/test_reliability.py`): NaN / inf latents, maps and image tensors are not refused; a "
+                    "string `height` gives a bare comparison error in MV / I2V / HiPA; `num_inference_steps=0` "
+                    "divides by zero in diffusers' PNDM scheduler (ResAdapter); HiPA accepts a mismatched "
+                    "negative-prompt list, NaN LoRA tensors and reports a pickle file with a plain `ValueError`."
+                )
         else:
             lines.append(f"- Result: **FAILURES** (`{summary}`, exit code {code}); see the pytest output.")
     return "\n".join(lines) + "\n"
@@ -120,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the section to this file")
     args = parser.parse_args(argv)
     files = FILES + (SLOW_FILES if args.slow else [])
-    marker = None if args.slow else "not slow"
-    node_ids = collect(files, marker)
+    marker = "slow or not slow" if args.slow else "not slow"
+    node_ids = collect(FILES + SLOW_FILES, "slow or not slow")  # count everything, run per --slow
     result = None if args.no_run else run(files, marker)
     text = section(node_ids, result, args.slow)
     sys.stdout.write(text)
