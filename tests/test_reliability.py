@@ -348,7 +348,7 @@ def _make_fault(fault: str, kind: str, files, tmp_path):
 
 
 FAULTS = ["truncated", "garbage", "other_kind", "other_family", "nan_tensor", "pickle"]
-FAULT_XFAIL = {("hipa", "nan_tensor"), ("hipa", "pickle")}  # known gaps: NaN LoRA accepted; pickle -> plain error
+FAULT_XFAIL = {("hipa", "nan_tensor")}  # known gap: a LoRA file with NaN tensors is accepted
 FAULT_PARAMS = [
     pytest.param(
         kind,
@@ -367,8 +367,12 @@ def test_weight_fault(rigs, good_files, kind, fault, tmp_path):
     bad = _make_fault(fault, kind, good_files, tmp_path)
     before = _pipe_out(rigs[kind])
     state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    with pytest.raises(AdapterWeightsError):
-        LOADERS[kind](pipe, bad, False)
+    try:
+        with pytest.raises(AdapterWeightsError):
+            LOADERS[kind](pipe, bad, False)
+    finally:  # a known gap may have loaded the bad file: take it off so later cases see a clean pipeline
+        if kind == "hipa" and getattr(pipe.unet, "peft_config", None):
+            pipe.delete_adapters(list(pipe.unet.peft_config))
     after = _pipe_out(rigs[kind])
     assert np.array_equal(before, after, equal_nan=True), "a failed load changed the pipeline's output"
     now = pipe.unet.state_dict()
