@@ -196,6 +196,12 @@ def validate_unet_lora(
     Raises:
         AdapterWeightsError: listing unknown modules (unexpected), unpaired A/B (missing) and shape mismatches.
     """
+    non_finite = [k for k, v in unet_state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise AdapterWeightsError(
+            f"Tensor(s) {non_finite[:5]} in {source!r} hold NaN or inf values ({len(non_finite)} in all); "
+            "nothing was changed."
+        )
     modules = dict(unet.named_modules())
     unexpected, missing, mismatched = [], [], []
     pairs: dict[str, dict[str, torch.Tensor]] = {}
