@@ -114,11 +114,11 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
             if "xfailed" in summary:
                 lines.append(
                     "- The xfailed cases are known gaps, kept in the sweep until fixed (see `XFAIL` in "
-                    "`tests/test_reliability.py`): NaN / inf latents, maps and image tensors are not refused; a string `image` "
-                    "gets diffusers' image-processor message, which does not name the argument; a "
+                    "`tests/test_reliability.py`): NaN / inf latents, maps and image tensors are not refused; a "
+                    "string `image` gets diffusers' image-processor message, which does not name the argument; a "
                     "string `height` gives a bare comparison error in MV / I2V / HiPA; `num_inference_steps=0` "
                     "divides by zero in diffusers' PNDM scheduler (ResAdapter); HiPA accepts a mismatched "
-                    "negative-prompt list and a LoRA file with NaN tensors."
+                    "negative-prompt list."
                 )
         else:
             lines.append(f"- Result: **FAILURES** (`{summary}`, exit code {code}); see the pytest output.")

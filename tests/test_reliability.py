@@ -348,7 +348,7 @@ def _make_fault(fault: str, kind: str, files, tmp_path):
 
 
 FAULTS = ["truncated", "garbage", "other_kind", "other_family", "nan_tensor", "pickle"]
-FAULT_XFAIL = {("hipa", "nan_tensor")}  # known gap: a LoRA file with NaN tensors is accepted
+FAULT_XFAIL: set[tuple[str, str]] = set()  # known gaps (none left)
 FAULT_PARAMS = [
     pytest.param(
         kind,
