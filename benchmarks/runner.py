@@ -87,6 +87,7 @@ def compare(
     repeats: int = 5,
     device: str | None = None,
     rounds: int = 1,
+    memory: bool = True,
 ) -> dict:
     """Measure ``baseline`` and each candidate in the same run; report each candidate's ratio to the baseline.
 
@@ -101,7 +102,7 @@ def compare(
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(rounds):
         for name in names:
-            runs[name].append(measure(fns[name], warmup=warmup, repeats=repeats, device=device))
+            runs[name].append(measure(fns[name], warmup=warmup, repeats=repeats, device=device, memory=memory))
 
     def merge(results: list[dict]) -> dict:
         times = [t for r in results for t in r["times_s"]]

@@ -125,6 +125,10 @@ def open_advanced(page, tab: str) -> None:
     page.locator(f"#{tab}-advanced").get_by_text("Advanced").first.click()
 
 
+#: Resolves once an <img> has finished loading (its pixels can be read only then).
+IMAGE_LOADED_JS = "el => el.complete || new Promise(r => el.onload = r)"
+
+
 def assert_nontrivial(stats, min_side: int) -> None:
     assert stats is not None, "element has no pixels"
     assert min(stats["w"], stats["h"]) >= min_side
@@ -142,7 +146,7 @@ def test_multiview_tab_generates_views(page, tmp_path):
     images.nth(3).wait_for(timeout=TIMEOUT_MS)
     assert images.count() >= 4
     for i in range(4):
-        images.nth(i).evaluate("el => el.complete || new Promise(r => el.onload = r)")
+        images.nth(i).evaluate(IMAGE_LOADED_JS)
         assert_nontrivial(images.nth(i).evaluate(PIXEL_STATS_JS), 64)
     page.get_by_text("4 views in").wait_for()
     assert page.locator("#mv-zip a").first.get_attribute("href")
@@ -186,6 +190,7 @@ def test_one_step_tab_and_error_message(page, tmp_path):
     page.locator("#hipa-generate").click()
     images = page.locator("#hipa-gallery img")
     images.nth(2).wait_for(timeout=TIMEOUT_MS)  # HiPA + the two default comparisons
+    images.nth(0).evaluate(IMAGE_LOADED_JS)
     assert_nontrivial(images.nth(0).evaluate(PIXEL_STATS_JS), 64)
     page.screenshot(path=str(tmp_path / "03_one_step.png"), full_page=True)
 
@@ -218,6 +223,7 @@ def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
     examples.locator("img").last.click()
     images = page.locator("#i2mv-gallery img")
     images.nth(5).wait_for(timeout=TIMEOUT_MS)
+    images.nth(0).evaluate(IMAGE_LOADED_JS)
     assert_nontrivial(images.nth(0).evaluate(PIXEL_STATS_JS), 32)
     page.get_by_text("6 views in").wait_for()
     page.screenshot(path=str(tmp_path / "05_image_to_multiview.png"), full_page=True)
@@ -229,6 +235,7 @@ def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
     page.locator("#res-generate").click()
     for elem in ("#res-with img", "#res-without img"):
         page.locator(elem).wait_for(timeout=TIMEOUT_MS)
+        page.locator(elem).evaluate(IMAGE_LOADED_JS)
         stats = page.locator(elem).evaluate(PIXEL_STATS_JS)
         assert_nontrivial(stats, 32)
         assert stats["w"] == stats["h"] == 128, stats
