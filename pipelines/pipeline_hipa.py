@@ -102,6 +102,9 @@ class HiPAPipelineMixin:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
         multiple = 8
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"`{name}` must be an int (a multiple of {multiple}), got {value!r}.")
         if height is not None and (height <= 0 or height % multiple):
             raise ValueError(f"`height` must be a positive multiple of {multiple}, got {height}.")
         if width is not None and (width <= 0 or width % multiple):

@@ -314,6 +314,11 @@ class MVAdapterPipelineMixin:
         if cameras is not None and len(cameras) != num_views:
             raise ValueError(f"`cameras` has {len(cameras)} views but `num_views` is {num_views}.")
         m = self.size_multiple
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(
+                    f"`{name}` must be an int (a multiple of {m}), got {type(value).__name__} ({value!r})."
+                )
         if height <= 0 or width <= 0 or height % m or width % m:
             raise ValueError(f"`height` and `width` must be positive multiples of {m}, got {height}x{width}.")
         if num_inference_steps < 1:
