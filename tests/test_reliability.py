@@ -187,7 +187,7 @@ CASES: list[tuple[str, tuple[str, ...], Any, str]] = [
 
 # Known gaps found by this sweep (not fixed here; listed in the report): the case runs, and is expected to fail.
 XFAIL = {
-    "height_str": ("mv", "i2v", "hipa"),  # bare "'<=' not supported between str and int", no argument named
+    "height_str": ("i2v",),  # bare "'<=' not supported between str and int", no argument named
     "negative_prompt_len": ("hipa",),  # a 3-item negative prompt for 2 prompts is accepted
     "latents_nan": ("res", "mv", "i2v", "hipa"),  # NaN latents are not checked: NaN images come back
     "latents_inf": ("res", "mv", "i2v", "hipa"),
