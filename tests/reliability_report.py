@@ -117,7 +117,8 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
                     "- The xfailed cases are known gaps, kept in the sweep until fixed (see `XFAIL` in "
                     "`tests/test_reliability.py`): NaN / inf latents, maps and image tensors are not refused; a "
                     "string `image` gets diffusers' image-processor message, which does not name the argument; a "
-                    "string `height` gives a bare comparison error in I2V (diffusers' check runs first); `num_inference_steps=0` "
+                    "string `height` gives a bare comparison error in I2V (diffusers' check runs first); "
+                    "`num_inference_steps=0` "
                     "divides by zero in diffusers' PNDM scheduler (ResAdapter); HiPA accepts a mismatched "
                     "negative-prompt list."
                 )
