@@ -92,7 +92,8 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
         "",
         f"- **{bad_inputs} bad inputs** tried against the pipelines ("
         + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(per.items()))
-        + "): wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), `num_views` / `num_frames` 0, "
+        + "): wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), `num_views` / "
+        "`num_frames` 0, "
         "camera lists of disagreeing lengths, prompt / negative prompt / generator list mismatches, L / RGBA / CMYK "
         "/ 16-bit images, NaN / inf latents and maps. Each passing case is converted and succeeds, or is refused with "
         "a `ValueError` / `TypeError` naming the argument before the UNet runs once (the xfailed ones are the known "
