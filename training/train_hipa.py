@@ -45,19 +45,13 @@ from adapters.hipa import (
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, KIND
 from adapters.weights import base_family, load_weights, save_weights, validate_state_dict
 from training.core import AdapterTrainer, TrainConfig, main
+from training.core.config import option_help as _h
 
 logger = logging.get_logger(__name__)
 
 CACHE_FILE = "teacher_cache.safetensors"
 
 __all__ = ["HiPATrainConfig", "HiPATrainer", "TeacherCache", "load_prompts"]
-
-
-def _h(text: str, choices=None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return meta
 
 
 @dataclass

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from torch.utils.data import Dataset
 
 from adapters.i2v_adapter import KIND, I2VAdapter, load_i2v_adapter
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
+from training.core.config import option_help as _h
 
 logger = logging.get_logger(__name__)
 
@@ -58,13 +58,6 @@ __all__ = [
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def _h(text: str, choices: Sequence[str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return meta
 
 
 @dataclass

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,17 +55,11 @@ from adapters.mv_adapter import (
 from adapters.mv_adapter.convert import OFFICIAL_VARIANTS, variant_defaults
 from adapters.mv_adapter.loader import CONFIG_KEY
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
+from training.core.config import option_help as _h
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["MVAdapterTrainConfig", "MVAdapterTrainer", "MultiViewFolderDataset", "collate", "drop_masks"]
-
-
-def _h(text: str, choices: Sequence[str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return meta
 
 
 @dataclass

@@ -53,6 +53,7 @@ from adapters.res_adapter import (
 )
 from adapters.res_adapter.convert import split_state_dict
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
+from training.core.config import option_help as _h
 
 logger = logging.get_logger(__name__)
 
@@ -66,13 +67,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def _h(text: str, choices: Sequence[str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return meta
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config_file", "LR_SCHEDULERS"]
+__all__ = ["TrainConfig", "load_config_file", "option_help", "LR_SCHEDULERS"]
 
 LR_SCHEDULERS = (
     "linear",
@@ -35,7 +35,8 @@ LR_SCHEDULERS = (
 )
 
 
-def _help(text: str, choices: Sequence[Any] | None = None) -> dict[str, Any]:
+def option_help(text: str, choices: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Dataclass field metadata for an option: its ``--help`` text and, optionally, its allowed values."""
     meta: dict[str, Any] = {"help": text}
     if choices is not None:
         meta["choices"] = tuple(choices)
@@ -48,13 +49,13 @@ class TrainConfig:
 
     # model
     pretrained_model_name_or_path: str | None = field(
-        default=None, metadata=_help("Base model: a local diffusers folder (or hub id when online).")
+        default=None, metadata=option_help("Base model: a local diffusers folder (or hub id when online).")
     )
-    revision: str | None = field(default=None, metadata=_help("Revision of the base model (hub only)."))
-    variant: str | None = field(default=None, metadata=_help("Weight variant of the base model, e.g. 'fp16'."))
+    revision: str | None = field(default=None, metadata=option_help("Revision of the base model (hub only)."))
+    variant: str | None = field(default=None, metadata=option_help("Weight variant of the base model, e.g. 'fp16'."))
     prediction_type: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "Override the noise scheduler's prediction type (default: the base scheduler's).",
             ["epsilon", "v_prediction", "sample"],
         ),
@@ -62,83 +63,99 @@ class TrainConfig:
     # data
     train_data_dir: str | None = field(
         default=None,
-        metadata=_help("Training data: an image folder with metadata.jsonl or sidecar .txt captions."),
+        metadata=option_help("Training data: an image folder with metadata.jsonl or sidecar .txt captions."),
     )
-    resolution: int = field(default=512, metadata=_help("Training resolution in pixels (images are resized to it)."))
-    center_crop: bool = field(default=True, metadata=_help("Center crop (else random crop) after resizing."))
-    random_flip: bool = field(default=False, metadata=_help("Randomly flip training images horizontally."))
+    resolution: int = field(
+        default=512, metadata=option_help("Training resolution in pixels (images are resized to it).")
+    )
+    center_crop: bool = field(default=True, metadata=option_help("Center crop (else random crop) after resizing."))
+    random_flip: bool = field(default=False, metadata=option_help("Randomly flip training images horizontally."))
     on_missing_file: str = field(
         default="error",
-        metadata=_help("What to do with a missing or unreadable data file: stop, or skip it.", ["error", "skip"]),
+        metadata=option_help(
+            "What to do with a missing or unreadable data file: stop, or skip it.", ["error", "skip"]
+        ),
     )
-    dataloader_num_workers: int = field(default=0, metadata=_help("DataLoader worker processes (0: main process)."))
+    dataloader_num_workers: int = field(
+        default=0, metadata=option_help("DataLoader worker processes (0: main process).")
+    )
     # output and logging
-    output_dir: str = field(default="output", metadata=_help("Where checkpoints, logs and the adapter are written."))
-    logging_dir: str = field(default="logs", metadata=_help("Tracker folder, relative to output_dir."))
-    report_to: str = field(default="tensorboard", metadata=_help("Tracker.", ["tensorboard", "none"]))
+    output_dir: str = field(
+        default="output", metadata=option_help("Where checkpoints, logs and the adapter are written.")
+    )
+    logging_dir: str = field(default="logs", metadata=option_help("Tracker folder, relative to output_dir."))
+    report_to: str = field(default="tensorboard", metadata=option_help("Tracker.", ["tensorboard", "none"]))
     tracker_project_name: str | None = field(
-        default=None, metadata=_help("Tracker run name (default: the adapter kind).")
+        default=None, metadata=option_help("Tracker run name (default: the adapter kind).")
     )
-    seed: int | None = field(default=None, metadata=_help("Seed for reproducible training."))
+    seed: int | None = field(default=None, metadata=option_help("Seed for reproducible training."))
     # optimisation
-    train_batch_size: int = field(default=1, metadata=_help("Batch size per device."))
-    num_train_epochs: int = field(default=1, metadata=_help("Epochs (ignored when max_train_steps is set)."))
+    train_batch_size: int = field(default=1, metadata=option_help("Batch size per device."))
+    num_train_epochs: int = field(default=1, metadata=option_help("Epochs (ignored when max_train_steps is set)."))
     max_train_steps: int | None = field(
-        default=None, metadata=_help("Total optimizer steps; overrides num_train_epochs.")
+        default=None, metadata=option_help("Total optimizer steps; overrides num_train_epochs.")
     )
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help("Trade compute for memory in the models."))
-    learning_rate: float = field(default=1e-4, metadata=_help("Initial learning rate (after warmup)."))
+    gradient_accumulation_steps: int = field(default=1, metadata=option_help("Micro-batches per optimizer step."))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=option_help("Trade compute for memory in the models.")
+    )
+    learning_rate: float = field(default=1e-4, metadata=option_help("Initial learning rate (after warmup)."))
     scale_lr: bool = field(
         default=False,
-        metadata=_help("Multiply the learning rate by batch size * accumulation steps * number of processes."),
+        metadata=option_help("Multiply the learning rate by batch size * accumulation steps * number of processes."),
     )
-    lr_scheduler: str = field(default="constant", metadata=_help("Learning-rate schedule.", LR_SCHEDULERS))
-    lr_warmup_steps: int = field(default=0, metadata=_help("Warmup steps of the learning-rate schedule."))
-    lr_num_cycles: int = field(default=1, metadata=_help("Hard restarts of the cosine_with_restarts schedule."))
-    lr_power: float = field(default=1.0, metadata=_help("Power of the polynomial schedule."))
-    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
-    adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2."))
-    adam_weight_decay: float = field(default=1e-2, metadata=_help("AdamW weight decay."))
-    adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
-    use_8bit_adam: bool = field(default=False, metadata=_help("8-bit AdamW from bitsandbytes (must be installed)."))
+    lr_scheduler: str = field(default="constant", metadata=option_help("Learning-rate schedule.", LR_SCHEDULERS))
+    lr_warmup_steps: int = field(default=0, metadata=option_help("Warmup steps of the learning-rate schedule."))
+    lr_num_cycles: int = field(default=1, metadata=option_help("Hard restarts of the cosine_with_restarts schedule."))
+    lr_power: float = field(default=1.0, metadata=option_help("Power of the polynomial schedule."))
+    adam_beta1: float = field(default=0.9, metadata=option_help("AdamW beta1."))
+    adam_beta2: float = field(default=0.999, metadata=option_help("AdamW beta2."))
+    adam_weight_decay: float = field(default=1e-2, metadata=option_help("AdamW weight decay."))
+    adam_epsilon: float = field(default=1e-8, metadata=option_help("AdamW epsilon."))
+    use_8bit_adam: bool = field(
+        default=False, metadata=option_help("8-bit AdamW from bitsandbytes (must be installed).")
+    )
     max_grad_norm: float | None = field(
-        default=1.0, metadata=_help("Clip the gradient norm to this value (0 or none: no clipping).")
+        default=1.0, metadata=option_help("Clip the gradient norm to this value (0 or none: no clipping).")
     )
     mixed_precision: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "Mixed precision; default: the accelerate config's. Frozen weights are cast to this dtype, trainable "
             "ones stay fp32.",
             ["no", "fp16", "bf16"],
         ),
     )
-    allow_tf32: bool = field(default=False, metadata=_help("Allow TF32 matmuls on Ampere+ GPUs."))
+    allow_tf32: bool = field(default=False, metadata=option_help("Allow TF32 matmuls on Ampere+ GPUs."))
     ddp_find_unused_parameters: bool = field(
-        default=False, metadata=_help("Set when some trainable parameters get no gradient in some steps (DDP).")
+        default=False, metadata=option_help("Set when some trainable parameters get no gradient in some steps (DDP).")
     )
     # diffusion loss
     snr_gamma: float | None = field(
-        default=None, metadata=_help("Min-SNR-gamma loss weighting (5.0 is the paper's value); none: plain MSE.")
+        default=None, metadata=option_help("Min-SNR-gamma loss weighting (5.0 is the paper's value); none: plain MSE.")
     )
-    noise_offset: float = field(default=0.0, metadata=_help("Noise offset (0.05-0.1 helps very dark/bright images)."))
+    noise_offset: float = field(
+        default=0.0, metadata=option_help("Noise offset (0.05-0.1 helps very dark/bright images).")
+    )
     # EMA
-    use_ema: bool = field(default=False, metadata=_help("Keep an EMA of the trainable weights; it is what is saved."))
-    ema_decay: float = field(default=0.9999, metadata=_help("EMA decay (with the usual (1+n)/(10+n) warmup)."))
+    use_ema: bool = field(
+        default=False, metadata=option_help("Keep an EMA of the trainable weights; it is what is saved.")
+    )
+    ema_decay: float = field(default=0.9999, metadata=option_help("EMA decay (with the usual (1+n)/(10+n) warmup)."))
     # checkpoints
-    checkpointing_steps: int = field(default=500, metadata=_help("Save a resumable checkpoint every N steps."))
+    checkpointing_steps: int = field(default=500, metadata=option_help("Save a resumable checkpoint every N steps."))
     checkpoints_total_limit: int | None = field(
-        default=None, metadata=_help("Keep at most this many checkpoints (oldest removed first).")
+        default=None, metadata=option_help("Keep at most this many checkpoints (oldest removed first).")
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata=_help("Resume from a checkpoint folder, or 'latest' in output_dir.")
+        default=None, metadata=option_help("Resume from a checkpoint folder, or 'latest' in output_dir.")
     )
     # validation
     validation_steps: int | None = field(
-        default=None, metadata=_help("Run validation every N steps (none: never; also run at the end when set).")
+        default=None, metadata=option_help("Run validation every N steps (none: never; also run at the end when set).")
     )
-    validation_prompts: list[str] = field(default_factory=list, metadata=_help("Prompts for validation images."))
-    num_validation_images: int = field(default=1, metadata=_help("Images per validation prompt."))
+    validation_prompts: list[str] = field(default_factory=list, metadata=option_help("Prompts for validation images."))
+    num_validation_images: int = field(default=1, metadata=option_help("Images per validation prompt."))
 
     def __post_init__(self) -> None:
         self.validate()
