@@ -61,16 +61,6 @@ class BaseTrainer(AdapterTrainer):
         cfg = self.config
         return miniworld_images(cfg.resolution, cfg.num_samples, seed=self.seed or 0, max_objects=cfg.max_objects)
 
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
-
     def compute_loss(self, batch) -> torch.Tensor:
         """Epsilon loss on VAE latents ``(B, 4, H/2, W/2)`` of ``batch["pixel_values"]`` ``(B, 3, H, W)``."""
         cfg = self.config
@@ -78,7 +68,7 @@ class BaseTrainer(AdapterTrainer):
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
         texts = [t if self._rng.random() >= cfg.caption_dropout else "" for t in batch["text"]]
-        text_states = self._encode_text(texts)
+        text_states = self.encode_text(texts)
         noise = sample_noise(latents, cfg.noise_offset)
         timesteps = sample_timesteps(latents.shape[0], self.noise_scheduler, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)

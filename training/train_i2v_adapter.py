@@ -362,16 +362,6 @@ class I2VAdapterTrainer(AdapterTrainer):
         )
 
     # -- loss ----------------------------------------------------------------------------------------------------------
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
-
     def _image_embeds(self, first_pixels: torch.Tensor) -> torch.Tensor:
         """CLIP image embeddings ``(B, D)`` of ``(B, 3, H, W)`` frames in [-1, 1] (zeroed with ``image_dropout``)."""
         size = self.image_encoder.config.image_size
@@ -394,7 +384,7 @@ class I2VAdapterTrainer(AdapterTrainer):
             latents = self.vae.encode(flat).latent_dist.sample() * self.vae.config.scaling_factor
             latents = latents.unflatten(0, (bsz, frames)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
             texts = [t if self._rng.random() >= cfg.caption_dropout else "" for t in batch["text"]]
-            states = self._encode_text(texts).repeat_interleave(frames, dim=0)
+            states = self.encode_text(texts).repeat_interleave(frames, dim=0)
             added = None
             if self.adapter.content is not None:
                 added = {"image_embeds": [self._image_embeds(pixels[:, 0])[:, None]]}

@@ -91,15 +91,8 @@ class MotionTrainer(AdapterTrainer):
             latents = self.vae.encode(pixels.flatten(0, 1)).latent_dist.sample() * self.vae.config.scaling_factor
             latents = latents.unflatten(0, (b, f)).transpose(1, 2).contiguous()  # (B, C, F, h, w)
             texts = [t if self._rng.random() >= cfg.caption_dropout else "" for t in batch["text"]]
-            ids = self.tokenizer(
-                texts,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
             # UNetMotionModel takes one text embedding per frame: (B * F, 77, D), as AnimateDiffPipeline passes it
-            text_states = self.text_encoder(ids)[0].repeat_interleave(f, dim=0)
+            text_states = self.encode_text(texts).repeat_interleave(f, dim=0)
         noise = sample_noise(latents, cfg.noise_offset)
         timesteps = sample_timesteps(b, self.noise_scheduler, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)

@@ -269,6 +269,17 @@ class AdapterTrainer:
             setattr(self, name, obj)
         return out
 
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """``(B, 77, D)`` hidden states of ``self.text_encoder`` for ``B`` texts (padded to the tokenizer's length)."""
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
     def freeze(self, module: nn.Module) -> nn.Module:
         """``requires_grad_(False)``, ``eval()`` and move to the device in the weight dtype (floating tensors)."""
         module.requires_grad_(False)
