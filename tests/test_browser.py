@@ -115,10 +115,28 @@ def page(browser, url, tmp_path):
             shutil.copy(shot, Path(target) / shot.name)
 
 
+def expect(locator):
+    """Playwright's retrying assertions (imported here: Playwright is optional and the module skips without it)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def set_slider(page, elem_id: str, value: int) -> None:
+    """Types ``value`` into a slider's number box and waits until the slider itself holds it.
+
+    A value typed while the Advanced accordion is still mounting its children can be reset to the default, so the
+    range input is checked and the value typed again until it sticks.
+    """
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    for _ in range(10):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(200)
+        if slider.input_value() == str(value) and box.input_value() == str(value):
+            return
+    expect(slider).to_have_value(str(value))
 
 
 def open_advanced(page, tab: str) -> None:
@@ -148,7 +166,7 @@ def test_multiview_tab_generates_views(page, tmp_path):
     for i in range(4):
         images.nth(i).evaluate(IMAGE_LOADED_JS)
         assert_nontrivial(images.nth(i).evaluate(PIXEL_STATS_JS), 64)
-    page.get_by_text("4 views in").wait_for()
+    expect(page.locator("#mv-info")).to_contain_text("4 views in", timeout=TIMEOUT_MS)
     assert page.locator("#mv-zip a").first.get_attribute("href")
     page.screenshot(path=str(tmp_path / "01_multiview.png"), full_page=True)
 
@@ -175,7 +193,7 @@ def test_video_tab_generates_a_playable_video(page, tmp_path):
     )
     assert ready["err"] is None and ready["ready"] >= 2, ready
     assert_nontrivial(video.evaluate(PIXEL_STATS_JS), 128)
-    page.get_by_text("4 frames in").wait_for()
+    expect(page.locator("#i2v-info")).to_contain_text("4 frames in", timeout=TIMEOUT_MS)
     links = page.locator("#i2v-files a")
     hrefs = [links.nth(i).get_attribute("href") or "" for i in range(links.count())]
     assert any(h.endswith(".mp4") for h in hrefs) and any(h.endswith(".gif") for h in hrefs), hrefs
@@ -225,7 +243,7 @@ def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
     images.nth(5).wait_for(timeout=TIMEOUT_MS)
     images.nth(0).evaluate(IMAGE_LOADED_JS)
     assert_nontrivial(images.nth(0).evaluate(PIXEL_STATS_JS), 32)
-    page.get_by_text("6 views in").wait_for()
+    expect(page.locator("#i2mv-info")).to_contain_text("6 views in", timeout=TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "05_image_to_multiview.png"), full_page=True)
 
     # Any resolution: the default 2x the native side (64 px placeholder -> 128 px), with and without the adapter.
