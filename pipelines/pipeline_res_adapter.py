@@ -14,12 +14,15 @@ pipelines we did not subclass (img2img, inpaint, ControlNet, IP-Adapter-enabled,
 ``ResAdapterPipeline`` / ``ResAdapterXLPipeline`` are diffusers' ``StableDiffusionPipeline`` /
 ``StableDiffusionXLPipeline`` with the mixin and a resolution guard in ``check_inputs``: a height or width that is not a
 multiple of the UNet's total down-sampling factor times the VAE factor raises a ``ValueError`` naming the nearest
-valid sizes, and a size outside the loaded adapter's trained range logs a warning. Their ``__call__`` is diffusers'
-unchanged (the adapter acts inside the UNet), so every diffusers argument and feature keeps working.
+valid sizes (sizes above 4096 are refused too), and a size outside the loaded adapter's trained range logs a warning.
+Their ``__call__`` is diffusers' unchanged (the adapter acts inside the UNet), so every diffusers argument and feature
+keeps working; it first checks the two arguments diffusers' ``check_inputs`` never sees (``num_inference_steps`` >= 1,
+finite ``latents``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,12 +35,15 @@ from adapters.res_adapter import loader as _loader
 from adapters.res_adapter.config import unet_downsample_factor
 from adapters.res_adapter.loader import ResAdapterState
 
+from .checks import bind_call_arguments, check_finite, check_size, check_steps
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "ResAdapterLoaderMixin",
     "ResAdapterPipeline",
     "ResAdapterXLPipeline",
+    "check_res_adapter_call",
     "check_res_adapter_resolution",
     "fuse_res_adapter",
     "get_res_adapter",
@@ -69,36 +75,21 @@ def resolution_multiple(pipe: object) -> int:
     return unet_downsample_factor(pipe.unet) * int(vae_factor)
 
 
-def _nearest(value: int, multiple: int) -> list[int]:
-    low = (value // multiple) * multiple
-    candidates = [c for c in (low, low + multiple) if c > 0]
-    return candidates
-
-
 def check_res_adapter_resolution(pipe: object, height: int | None, width: int | None) -> None:
     """Validate an image size for a pipeline (with or without a ResAdapter loaded).
 
     Raises:
         TypeError: ``height`` / ``width`` is not an int.
-        ValueError: a non-positive size, or one that is not a multiple of :func:`resolution_multiple`; the message
-            names the nearest valid sizes.
+        ValueError: a non-positive size, one above :data:`pipelines.checks.MAX_IMAGE_SIDE` (4096) or one that is not
+            a multiple of :func:`resolution_multiple`; the message names the nearest valid sizes.
 
     Logs a warning when the size lies outside the loaded ResAdapter's trained resolution range.
     """
     multiple = resolution_multiple(pipe)
+    down = unet_downsample_factor(pipe.unet)
+    explain = f" (UNet down-sampling {down} x VAE {multiple // down})"
     for name, value in (("height", height), ("width", width)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-        if value <= 0:
-            raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value}.")
-        if value % multiple:
-            nearest = " or ".join(str(c) for c in _nearest(value, multiple))
-            raise ValueError(
-                f"`{name}` must be a multiple of {multiple} (UNet down-sampling {unet_downsample_factor(pipe.unet)} "
-                f"x VAE {multiple // unet_downsample_factor(pipe.unet)}), got {value}; nearest valid sizes: {nearest}."
-            )
+        check_size(name, value, multiple=multiple, explain=explain)
     state = get_res_adapter(pipe)
     if state is None or state.resolution_range is None or height is None or width is None:
         return
@@ -108,6 +99,21 @@ def check_res_adapter_resolution(pipe: object, height: int | None, width: int | 
             f"{height}x{width} lies outside the range the loaded ResAdapter was trained for ({low}-{high} px per "
             "side); results may degrade. For sizes above the range, a `norm_scale` / `lora_scale` below 1 often helps."
         )
+
+
+def check_res_adapter_call(pipe: object, arguments: dict) -> None:
+    """Checks of ``__call__`` arguments that diffusers' ``check_inputs`` never sees: ``num_inference_steps`` (an int
+    >= 1 unless ``timesteps`` / ``sigmas`` are given) and finite ``latents``.
+
+    Raises:
+        TypeError / ValueError: naming the argument, its value and what is allowed.
+    """
+    if arguments.get("timesteps") is None and arguments.get("sigmas") is None:
+        check_steps(arguments.get("num_inference_steps"))
+    latents = arguments.get("latents")
+    if latents is not None and not isinstance(latents, torch.Tensor):
+        raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+    check_finite("latents", latents)
 
 
 class ResAdapterLoaderMixin:
@@ -174,6 +180,12 @@ class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
         self.check_res_adapter_resolution(height, width)
         super().check_inputs(prompt, height, width, *args, **kwargs)
 
+    @functools.wraps(StableDiffusionPipeline.__call__)
+    def __call__(self, *args, **kwargs):
+        # diffusers' __call__ unchanged; the arguments its check_inputs never sees are checked first
+        check_res_adapter_call(self, bind_call_arguments(StableDiffusionPipeline.__call__, (self, *args), kwargs))
+        return super().__call__(*args, **kwargs)
+
 
 class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
     """SDXL text-to-image with ResAdapter (diffusers' ``StableDiffusionXLPipeline`` + the loader mixin).
@@ -187,3 +199,8 @@ class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
     def check_inputs(self, prompt, prompt_2, height, width, *args, **kwargs):
         self.check_res_adapter_resolution(height, width)
         super().check_inputs(prompt, prompt_2, height, width, *args, **kwargs)
+
+    @functools.wraps(StableDiffusionXLPipeline.__call__)
+    def __call__(self, *args, **kwargs):
+        check_res_adapter_call(self, bind_call_arguments(StableDiffusionXLPipeline.__call__, (self, *args), kwargs))
+        return super().__call__(*args, **kwargs)
