@@ -44,6 +44,16 @@ from adapters.mv_adapter import (
     shifted_snr_scheduler,
 )
 
+from .checks import (
+    MAX_NUM_VIEWS,
+    check_count,
+    check_finite,
+    check_image_input,
+    check_negative_prompt,
+    check_size,
+    check_steps,
+)
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -137,6 +147,9 @@ class MVAdapterPipelineMixin:
     """
 
     mv_adapter: MVAdapter | None = None
+    #: Most views one call may produce (:data:`pipelines.checks.MAX_NUM_VIEWS`); raise it on an instance or subclass
+    #: for experiments with more views.
+    max_num_views: int = MAX_NUM_VIEWS
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     # ------------------------------------------------------------------------------------------------------------
@@ -305,24 +318,46 @@ class MVAdapterPipelineMixin:
         ref_scale: float | None,
         noise_shift: float | None,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        *,
+        latents: torch.Tensor | None = None,
+        condition_maps: torch.Tensor | np.ndarray | None = None,
+        negative_prompt: str | list[str] | None = None,
     ) -> None:
+        """Validate a call's arguments before any model runs; each error names the argument and what is allowed.
+
+        Limits: ``1 <= num_views <= max_num_views`` (:data:`pipelines.checks.MAX_NUM_VIEWS`, 32), ``height`` /
+        ``width`` multiples of :attr:`size_multiple` up to :data:`pipelines.checks.MAX_IMAGE_SIDE` (4096),
+        ``num_inference_steps >= 1``; ``image`` a PIL image / array / tensor (or a list of them); ``latents``,
+        ``condition_maps``, ``position_map``, ``normal_map`` and image tensors finite (no NaN / inf).
+
+        Raises:
+            TypeError: an argument of the wrong type.
+            ValueError: an argument out of range, non-finite, or not fitting the loaded adapter.
+        """
         adapter = self._require_adapter()
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
             raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}.")
-        if num_views < 1:
-            raise ValueError(f"`num_views` must be >= 1, got {num_views}.")
+        check_negative_prompt(prompt, negative_prompt)
+        check_count(
+            "num_views", num_views, maximum=self.max_num_views, why=" (`max_num_views`; the official models use 6)"
+        )
         if cameras is not None and len(cameras) != num_views:
             raise ValueError(f"`cameras` has {len(cameras)} views but `num_views` is {num_views}.")
-        m = self.size_multiple
         for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
-                    f"`{name}` must be an int (a multiple of {m}), got {type(value).__name__} ({value!r})."
-                )
-        if height <= 0 or width <= 0 or height % m or width % m:
-            raise ValueError(f"`height` and `width` must be positive multiples of {m}, got {height}x{width}.")
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+            check_size(name, value, multiple=self.size_multiple, allow_none=False)
+        check_steps(num_inference_steps)
+        check_image_input("image", image, allow_none=True)
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+        check_finite("latents", latents)
+        if condition_maps is not None and not isinstance(condition_maps, (torch.Tensor, np.ndarray)):
+            raise TypeError(
+                f"`condition_maps` must be a torch.Tensor or np.ndarray (V, C, H, W) in [0, 1], got "
+                f"{type(condition_maps).__name__}."
+            )
+        check_finite("condition_maps", condition_maps)
+        check_finite("position_map", position_map)
+        check_finite("normal_map", normal_map)
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
         if reference_guidance_scale is not None and reference_guidance_scale < 0:
@@ -504,13 +539,14 @@ class MVAdapterPipelineMixin:
             image: reference image(s) for image-to-multi-view (one, or one per prompt); RGBA is put on gray.
             position_map, normal_map: per-view geometry for G2MV (arrays ``(V, H, W, 3)`` or lists of arrays or PIL
                 images, see :func:`adapters.mv_adapter.geometry_maps`).
-            num_views: views per sample (default: from the cameras/maps, else the adapter's ``num_views``).
+            num_views: views per sample, 1 to :attr:`max_num_views` (32) (default: from the cameras/maps, else the
+                adapter's ``num_views``).
             azimuth_deg, elevation_deg, distance, fov: cameras on a sphere (azimuth 0 = front; ``fov`` in degrees
                 makes them perspective, default orthographic with the official box).
             cameras: a :class:`~adapters.mv_adapter.Cameras` or OpenCV ``(V, 4, 4)`` camera-to-world matrices.
             condition_maps: precomputed condition ``(V, C_in, H, W)`` in ``[0, 1]`` for the condition encoder
                 (replaces cameras / geometry maps; e.g. a training set's maps or a custom condition).
-            height, width: output size (any multiple of :attr:`size_multiple`; non-square allowed).
+            height, width: output size (any multiple of :attr:`size_multiple` up to 4096; non-square allowed).
             num_inference_steps: denoising steps.
             guidance_scale: text classifier-free guidance (default 7.0 for text modes, 3.0 with ``image``, as the
                 official scripts).
@@ -553,7 +589,8 @@ class MVAdapterPipelineMixin:
         self.check_inputs(
             prompt, image, position_map, normal_map, num_views, cameras, height, width, num_inference_steps,
             guidance_scale, reference_guidance_scale, mv_scale, ref_scale, noise_shift,
-            callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs, latents=latents, condition_maps=condition_maps,
+            negative_prompt=negative_prompt,
         )  # fmt: skip
         if azimuth_deg is not None and len(azimuth_deg) != num_views:
             raise ValueError(f"`azimuth_deg` has {len(azimuth_deg)} values but `num_views` is {num_views}.")
