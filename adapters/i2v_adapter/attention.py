@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 __all__ = ["FrameContext", "I2VAdapterAttnProcessor", "first_frame_attention", "install_num_frames_hook"]
@@ -74,27 +74,46 @@ def first_frame_attention(
     token axis and attend to the first frame's ``tokens`` keys in one SDPA call per video (no key/value copies).
     """
     batch_frames, tokens, dim = hidden_states.shape
+    batch = _video_batch(batch_frames, num_frames)
+    first = hidden_states.view(batch, num_frames, tokens, dim)[:, 0]  # (B, N, C)
+    key = attn.to_k(first)
+    value = attn.to_v(first)
+    head_dim = key.shape[-1] // attn.heads
+    key = key.view(batch, tokens, attn.heads, head_dim).transpose(1, 2)  # (B, H, N, d)
+    value = value.view(batch, tokens, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return _first_frame_sdpa(attn, query_proj(hidden_states), key, value, num_frames)
+
+
+def _video_batch(batch_frames: int, num_frames: int) -> int:
     if num_frames < 1 or batch_frames % num_frames != 0:
         raise ValueError(
             f"`num_frames` ({num_frames}) must divide the batch of the spatial attention ({batch_frames})."
         )
-    batch = batch_frames // num_frames
-    first = hidden_states.view(batch, num_frames, tokens, dim)[:, 0]  # (B, N, C)
-    key = attn.to_k(first)
-    value = attn.to_v(first)
-    query = query_proj(hidden_states)  # (B*F, N, inner)
-    inner_dim = key.shape[-1]
-    head_dim = inner_dim // attn.heads
-    query = query.view(batch, num_frames * tokens, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch, tokens, attn.heads, head_dim).transpose(1, 2)
-    value = value.view(batch, tokens, attn.heads, head_dim).transpose(1, 2)
+    return batch_frames // num_frames
+
+
+def _first_frame_sdpa(
+    attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_frames: int
+) -> torch.Tensor:
+    """The branch's attention from projected tensors.
+
+    Args:
+        query: ``(batch * num_frames, tokens, inner_dim)`` output of ``W_q'`` (``norm_q`` not yet applied).
+        key, value: ``(batch, heads, tokens, head_dim)`` first-frame keys (``norm_k`` applied) and values; any
+            strides (e.g. a slice of the layer's own keys).
+
+    Returns:
+        ``(batch * num_frames, tokens, inner_dim)``.
+    """
+    batch_frames, tokens, inner_dim = query.shape
+    batch, heads, _, head_dim = key.shape
+    query = query.view(batch, num_frames * tokens, heads, head_dim).transpose(1, 2)  # (B, H, F*N, d)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # (B, H, F*N, d)
-    out = out.transpose(1, 2).reshape(batch_frames, tokens, inner_dim)
-    return out.to(query.dtype)
+    return out.transpose(1, 2).reshape(batch_frames, tokens, inner_dim).to(query.dtype)
 
 
 class I2VAdapterAttnProcessor(nn.Module):
@@ -162,22 +181,34 @@ class I2VAdapterAttnProcessor(nn.Module):
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        """``hidden_states``: ``(batch * num_frames, tokens, dim)`` (or 4-D ``(B*F, C, H, W)``); same shape out."""
+        """``hidden_states``: ``(batch * num_frames, tokens, dim)`` (or 4-D ``(B*F, C, H, W)``); same shape out.
+
+        With diffusers' ``AttnProcessor2_0`` as the base (the default) and a plain self-attention call, the base
+        attention and the branch run in one pass (:meth:`_fused_call`) that projects the keys/values once for all
+        frames and gives the branch the first frame's slice of them. Any other base processor (xformers, LoRA or
+        fused-QKV processors, a user's own) runs unchanged and the branch is added to its output (generic path).
+        """
         base = self.base_processor
         if base is None:
-            from diffusers.models.attention_processor import AttnProcessor2_0
-
             base = AttnProcessor2_0()
             object.__setattr__(self, "base_processor", base)
-        out = base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if self.scale == 0.0:
-            return out
+            return base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         num_frames = self.context.num_frames
         if num_frames is None:
             raise RuntimeError(
                 "I2VAdapterAttnProcessor does not know the frame count: call the UNet with 5-D `sample` "
                 "(batch, channels, frames, height, width) or set `context.num_frames`."
             )
+        if (
+            type(base) is AttnProcessor2_0
+            and encoder_hidden_states is None
+            and attention_mask is None
+            and not args
+            and not kwargs
+        ):
+            return self._fused_call(attn, hidden_states, temb, num_frames)
+        out = base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         x = hidden_states
         if attn.spatial_norm is not None:
             x = attn.spatial_norm(x, temb)
@@ -190,4 +221,52 @@ class I2VAdapterAttnProcessor(nn.Module):
         branch = self.to_out_i2v(first_frame_attention(attn, self.to_q_i2v, x, num_frames))
         if is_4d:
             branch = branch.transpose(-1, -2).reshape(b, c, h, w)
+        return out.add(branch, alpha=self.scale / attn.rescale_output_factor)
+
+    def _fused_call(
+        self, attn: Attention, hidden_states: torch.Tensor, temb: torch.Tensor | None, num_frames: int
+    ) -> torch.Tensor:
+        """Base self-attention (the same operations as ``AttnProcessor2_0``, so bitwise its result) plus the branch,
+        sharing the input preparation and the key/value projections: the branch's first-frame keys/values are a
+        strided slice of the layer's own, not a second ``to_k`` / ``to_v`` pass over frame 0."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_frames, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_frames, channel, height * width).transpose(1, 2)
+        batch_frames = hidden_states.shape[0]
+        batch = _video_batch(batch_frames, num_frames)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)  # (B*F, H, N, d)
+        key = key.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch_frames, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+
+        # branch: every frame's W_q' queries on the first frame's keys/values, (B, H, N, d) views of the above
+        first_key = key.unflatten(0, (batch, num_frames))[:, 0]
+        first_value = value.unflatten(0, (batch, num_frames))[:, 0]
+        branch = _first_frame_sdpa(attn, self.to_q_i2v(hidden_states), first_key, first_value, num_frames)
+        branch = self.to_out_i2v(branch)
+
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch_frames, channel, height, width)
+            branch = branch.transpose(-1, -2).reshape(batch_frames, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        out = out / attn.rescale_output_factor
         return out.add(branch, alpha=self.scale / attn.rescale_output_factor)
