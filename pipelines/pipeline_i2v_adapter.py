@@ -50,6 +50,8 @@ from adapters.i2v_adapter import (
     load_i2v_adapter,
 )
 
+from .checks import DEFAULT_MAX_NUM_FRAMES, check_count, check_finite, check_image_input, check_size, check_steps
+
 logger = logging.get_logger(__name__)
 
 I2V_ADAPTER_WEIGHTS_NAME = "i2v_adapter.safetensors"
@@ -275,6 +277,22 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         self.vae.disable_slicing()
 
     # ------------------------------------------------------------------------------------------------ inputs
+    @property
+    def max_num_frames(self) -> int:
+        """Most frames one video may have: the motion modules' positional-embedding length
+        (``unet.config.motion_max_seq_length``, 32 in AnimateDiff's releases), else
+        :data:`pipelines.checks.DEFAULT_MAX_NUM_FRAMES`."""
+        config = getattr(self.unet, "config", None)
+        value = getattr(config, "motion_max_seq_length", None) if config is not None else None
+        return int(value) if value else DEFAULT_MAX_NUM_FRAMES
+
+    def check_inputs(self, prompt, height, width, *args, **kwargs):
+        """diffusers' AnimateDiff checks, after the size checks (ints, multiples of the VAE factor, <= 4096), so a
+        wrong type gets a message naming the argument instead of a bare comparison error."""
+        for name, value in (("height", height), ("width", width)):
+            check_size(name, value, multiple=self.vae_scale_factor, allow_none=False)
+        super().check_inputs(prompt, height, width, *args, **kwargs)
+
     def check_i2v_inputs(
         self,
         image,
@@ -286,17 +304,29 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         conditioning_frames,
         batch_size,
         controlnet_frame_indices=None,
+        *,
+        latents: torch.Tensor | None = None,
     ) -> None:
-        """Checks specific to image-to-video; each error names the argument and the allowed values."""
-        if image is None:
-            raise ValueError("`image` is required: the first frame to animate (PIL image, np.ndarray or tensor).")
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"`num_frames` must be an int >= 1, got {num_frames!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        """Checks specific to image-to-video; each error names the argument and the allowed values.
+
+        Limits: ``1 <= num_frames <= max_num_frames`` (32 for AnimateDiff's motion modules), ``height`` / ``width``
+        multiples of the VAE factor (8) up to :data:`pipelines.checks.MAX_IMAGE_SIDE` (4096),
+        ``num_inference_steps >= 1``; ``image`` a PIL image / array / tensor (or a list of them) without NaN / inf;
+        ``latents`` finite.
+        """
+        check_image_input("image", image)
+        check_count(
+            "num_frames",
+            num_frames,
+            maximum=self.max_num_frames,
+            why=" (`max_num_frames`: the motion modules' positional embedding length)",
+        )
+        check_steps(num_inference_steps)
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive int divisible by 8, got {value!r}.")
+            check_size(name, value, multiple=self.vae_scale_factor, allow_none=False)
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+        check_finite("latents", latents)
         if adapter_scale is not None:
             if not isinstance(adapter_scale, (int, float)) or adapter_scale < 0:
                 raise ValueError(f"`adapter_scale` must be a float >= 0, got {adapter_scale!r}.")
@@ -420,8 +450,9 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         Args:
             image: the first frame (PIL image, ``np.ndarray`` HWC in [0, 1], or tensor ``(B, 3, H, W)`` in [0, 1]).
             prompt: text prompt(s); or pass ``prompt_embeds``.
-            num_frames: frames to generate, including the input frame (>= 1).
-            height, width: output size in pixels (multiples of 8; default: the image's size, rounded down).
+            num_frames: frames to generate, including the input frame (1 to :attr:`max_num_frames`, 32 for
+                AnimateDiff's motion modules).
+            height, width: output size in pixels (multiples of 8 up to 4096; default: the image's size, rounded down).
             num_inference_steps: denoising steps (the prior may skip the first ones).
             guidance_scale: classifier-free guidance weight (> 1 enables it).
             negative_prompt: negative prompt(s).
@@ -453,6 +484,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             ``(B, F, H, W, 3)`` / ``(B, F, 3, H, W)``.
         """
         # 0. Default height and width to the image's size
+        check_image_input("image", image)
         if height is None or width is None:
             if image is not None:
                 h0, w0 = self.image_processor.get_default_height_width(image[0] if isinstance(image, list) else image)
@@ -491,6 +523,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             conditioning_frames,
             batch_size,
             controlnet_frame_indices,
+            latents=latents,
         )
         prior = SimilarityPrior.coerce(similarity_prior)
         if self.free_noise_enabled:
