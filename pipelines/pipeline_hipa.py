@@ -33,6 +33,8 @@ from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_
 from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
+from .checks import check_finite, check_negative_prompt, check_size, check_steps
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["HiPAPipeline", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
@@ -88,27 +90,36 @@ class HiPAPipelineMixin:
         return self._hipa_preset
 
     def _check_hipa_inputs(
-        self, preset: FewStepPreset, num_inference_steps: int, guidance_scale: float, eta: float, height, width
+        self,
+        preset: FewStepPreset,
+        num_inference_steps: int,
+        guidance_scale: float,
+        eta: float,
+        height,
+        width,
+        *,
+        prompt=None,
+        negative_prompt=None,
+        latents: torch.Tensor | None = None,
     ) -> None:
-        if not isinstance(num_inference_steps, int) or not (
-            preset.min_steps <= num_inference_steps <= preset.max_steps
-        ):
-            raise ValueError(
-                f"`num_inference_steps` must be an integer in [{preset.min_steps}, {preset.max_steps}] for preset "
-                f"{preset.name!r}, got {num_inference_steps!r}."
-            )
+        """The preset's step range, guidance >= 0, eta in [0, 1], sizes (ints, multiples of 8, <= 4096), a
+        ``negative_prompt`` list with one entry per prompt and finite ``latents`` (see :mod:`pipelines.checks`)."""
+        check_steps(
+            num_inference_steps,
+            minimum=preset.min_steps,
+            maximum=preset.max_steps,
+            context=f" for preset {preset.name!r}",
+        )
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0 (<= 1 disables guidance), got {guidance_scale}.")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
-        multiple = 8
         for name, value in (("height", height), ("width", width)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"`{name}` must be an int (a multiple of {multiple}), got {value!r}.")
-        if height is not None and (height <= 0 or height % multiple):
-            raise ValueError(f"`height` must be a positive multiple of {multiple}, got {height}.")
-        if width is not None and (width <= 0 or width % multiple):
-            raise ValueError(f"`width` must be a positive multiple of {multiple}, got {width}.")
+            check_size(name, value, multiple=8)
+        check_negative_prompt(prompt, negative_prompt)
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+        check_finite("latents", latents)
 
     def _sample(
         self,
@@ -211,10 +222,15 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
+        latents: torch.Tensor | None = None,
     ):
-        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1] (ValueError)."""
+        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
+        negative prompt list length and finite ``latents`` (ValueError / TypeError naming the argument)."""
         if preset is not None:
-            self._check_hipa_inputs(preset, num_inference_steps, guidance_scale, eta, height, width)
+            self._check_hipa_inputs(
+                preset, num_inference_steps, guidance_scale, eta, height, width,
+                prompt=prompt, negative_prompt=negative_prompt, latents=latents,
+            )  # fmt: skip
         super().check_inputs(
             prompt,
             height,
@@ -297,6 +313,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             eta=eta,
+            latents=latents,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
@@ -427,10 +444,18 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
+        latents: torch.Tensor | None = None,
     ):
-        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1] (ValueError)."""
+        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
+        negative prompt list lengths and finite ``latents`` (ValueError / TypeError naming the argument)."""
         if preset is not None:
-            self._check_hipa_inputs(preset, num_inference_steps, guidance_scale, eta, height, width)
+            self._check_hipa_inputs(
+                preset, num_inference_steps, guidance_scale, eta, height, width,
+                prompt=prompt, negative_prompt=negative_prompt, latents=latents,
+            )  # fmt: skip
+            check_negative_prompt(
+                prompt_2 if prompt_2 is not None else prompt, negative_prompt_2, name="negative_prompt_2"
+            )
         super().check_inputs(
             prompt,
             prompt_2,
@@ -519,6 +544,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             eta=eta,
+            latents=latents,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
