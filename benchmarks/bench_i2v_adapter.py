@@ -32,6 +32,20 @@ from benchmarks.runner import compare, environment, write_results
 logger = logging.getLogger(__name__)
 
 GOAL_RATIO = 1.1
+NOTES = [
+    "Each arm is warmed up once, then the arms are timed call by call, interleaved (benchmarks.runner.compare); "
+    "`video` = one whole pipeline call (text/image encoding, denoising loop with CFG, VAE decode), `unet forward` = "
+    "one CFG-batched UNet call (2 videos) of the denoising loop. `met` is judged on the CPU-time ratio on CPU.",
+    "Cost model: per spatial self-attention the first-frame branch adds one query and one output projection over "
+    "all tokens and one attention of the same size as the layer's own self-attention (F*N queries on the N keys of "
+    "the first frame: the same QK^T and AV FLOPs as F frames of N-token self-attention); the keys/values are the "
+    "layer's own (shared, not recomputed). So the branch costs about one extra spatial self-attention per layer, "
+    "minus its K/V projections. On the tiny test UNet (32-64 channels, 2 heads of 16) at 32x32 latents (`mid`) the "
+    "spatial self-attention is about a fifth of the UNet forward (SDPA dominates: 1024 tokens, narrow channels), so "
+    "the UNet-forward ratio is about 1.2x and cannot reach 1.1x without changing the result. On SD 1.5 + AnimateDiff "
+    "at 512 px the same count gives about +15% per UNet pass (the 64x64 level's attention dominates); the "
+    "whole-video ratio adds the shared costs (encoders, VAE decode) to both arms.",
+]
 SIZES = {
     "tiny": {"resolution": 32, "num_frames": 8, "steps": 4},
     "mid": {"resolution": 64, "num_frames": 8, "steps": 4},
@@ -181,33 +195,42 @@ def run(
         device=device,
     )
     common_row = {"size": size, "resolution": res, "frames": frames, "steps": steps}
+    cpu = device == "cpu"
 
-    def row(what: str, name: str, res_: dict, ratio: float, min_ratio: float, mem_ratio, goal: bool) -> dict:
-        return {
+    def row(what: str, name: str, res_: dict, ratios: dict | None, goal: bool) -> dict:
+        ratios = ratios or {"time_ratio": 1.0, "min_time_ratio": 1.0, "cpu_time_ratio": 1.0, "mem_ratio": 1.0}
+        # on a shared CPU the CPU-time ratio is the robust figure (see benchmarks.runner); on GPU the wall time
+        judged = ratios["cpu_time_ratio"] if cpu and ratios.get("cpu_time_ratio") else ratios["time_ratio"]
+        out = {
             **common_row,
             "timed": what,
             "variant": name,
             "median_s": res_["median_s"],
             "min_s": res_["min_s"],
+            "cpu_median_s": res_["cpu_median_s"],
             "peak_mem_bytes": res_["peak_mem_bytes"],
-            "time_ratio": ratio,
-            "min_time_ratio": min_ratio,
-            "mem_ratio": mem_ratio,
+            "time_ratio": ratios["time_ratio"],
+            "min_time_ratio": ratios["min_time_ratio"],
+            "cpu_time_ratio": ratios["cpu_time_ratio"],
+            "mem_ratio": ratios["mem_ratio"],
             "goal": f"<= {GOAL_RATIO:g}x" if goal else "-",
-            "met": ratio <= GOAL_RATIO if goal else "-",
+            "met": judged <= GOAL_RATIO if goal else "-",
         }
+        if not cpu:
+            del out["cpu_median_s"], out["cpu_time_ratio"]
+        return out
 
     rows = []
     for what, res_ in (("video", result), ("unet forward", unet_result)):
-        base_res = res_["baseline"]
-        rows.append(row(what, "animatediff (baseline)", base_res, 1.0, 1.0, 1.0, False))
+        rows.append(row(what, "animatediff (baseline)", res_["baseline"], None, False))
         for name, cand in res_["candidates"].items():
-            min_ratio = cand["min_s"] / base_res["min_s"]
-            rows.append(row(what, name, cand, cand["time_ratio"], min_ratio, cand["mem_ratio"], name == "i2v_adapter"))
+            rows.append(row(what, name, cand, cand, name == "i2v_adapter"))
     payload = {
         "environment": environment(dtype, device),
         "base": base_name,
+        "repeats": {"video": repeats * rounds, "unet forward": max(repeats, 5) * max(rounds, 3)},
         "rows": rows,
+        "notes": NOTES,
         "raw": {"video": result, "unet": unet_result},
     }
     if write:

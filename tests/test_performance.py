@@ -223,6 +223,27 @@ def test_i2v_attention_calls_do_not_grow_with_frames(motion_unet, monkeypatch):
         adapter.unload()
 
 
+def test_i2v_projects_keys_and_values_once_per_layer(motion_unet):
+    """With diffusers' default processor as the base, the first-frame branch reuses the layer's own keys/values (a
+    slice of frame 0) instead of projecting frame 0 again: one ``to_k`` / ``to_v`` call per layer and UNet pass."""
+    unet = motion_unet
+    layers = [attn for _, attn in iter_self_attention(unet)]
+    calls = {"k": 0, "v": 0}
+    handles = []
+    for attn in layers:
+        handles.append(attn.to_k.register_forward_pre_hook(lambda *a: calls.__setitem__("k", calls["k"] + 1)))
+        handles.append(attn.to_v.register_forward_pre_hook(lambda *a: calls.__setitem__("v", calls["v"] + 1)))
+    adapter = I2VAdapter.attach(unet)
+    try:
+        _randomise(adapter.parameters(include_content=False), std=0.05)
+        _i2v_forward(unet, 3)
+        assert calls == {"k": len(layers), "v": len(layers)}, calls
+    finally:
+        adapter.unload()
+        for handle in handles:
+            handle.remove()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3-4. once-per-call work stays once per call (I2MV reference pass, condition maps, text embeddings)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -403,64 +424,8 @@ def test_fused_hipa_lora_leaves_no_peft_layers(tiny_sd15):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. torch.compile (no graph breaks from the processors) and channels_last
+# 7. channels_last (torch.compile without graph breaks: tests/test_compile.py)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _graph_breaks(fn, *args) -> int:
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    try:
-        explanation = torch._dynamo.explain(fn)(*args)
-        assert explanation.graph_count >= 1 and explanation.op_count > 0  # the attention was really traced
-        return explanation.graph_break_count
-    finally:
-        torch._dynamo.reset()
-
-
-def test_mv_processor_compiles_without_graph_breaks(sd15_unet):
-    if not hasattr(torch, "_dynamo") or not hasattr(torch._dynamo, "explain"):
-        pytest.skip("torch._dynamo.explain is not available in this torch build")
-    unet = sd15_unet
-    _, attn = next(iter_self_attention(unet))
-    x = torch.randn(4, 64, attn.to_q.in_features)
-
-    def run(hidden):
-        return attn(hidden)
-
-    with torch.no_grad():
-        base = _graph_breaks(run, x)
-        adapter = _mv_adapter(unet, mode="row", use_ref=True)
-        try:
-            ref = {name: torch.randn(2, 64, attn.to_q.in_features) for name in adapter.processors}
-            with adapter.state.override(num_views=2, latent_hw=(8, 8), ref_states=ref):
-                breaks = _graph_breaks(run, x)
-        finally:
-            adapter.unload()
-    assert breaks == base == 0, (breaks, base)
-
-
-def test_i2v_processor_compiles_without_graph_breaks(motion_unet):
-    if not hasattr(torch, "_dynamo") or not hasattr(torch._dynamo, "explain"):
-        pytest.skip("torch._dynamo.explain is not available in this torch build")
-    unet = motion_unet
-    _, attn = next(iter_self_attention(unet))
-    x = torch.randn(6, 64, attn.to_q.in_features)
-
-    def run(hidden):
-        return attn(hidden)
-
-    with torch.no_grad():
-        base = _graph_breaks(run, x)
-        adapter = I2VAdapter.attach(unet)
-        try:
-            _randomise(adapter.parameters(include_content=False), std=0.05)
-            adapter.context.num_frames = 3
-            breaks = _graph_breaks(run, x)
-        finally:
-            adapter.unload()
-    assert breaks == base == 0, (breaks, base)
 
 
 def test_adapters_run_channels_last(tiny_sd15, tiny_animatediff):
