@@ -48,6 +48,7 @@ class AdapterWeightsError(ValueError):
         missing: keys the model needs that the file lacks.
         unexpected: keys in the file that nothing consumes.
         mismatched: ``(key, shape_in_file, expected_shape)`` triples.
+        wrong_dtype: ``(key, dtype_in_file)`` pairs of tensors that are not floating point (see :func:`check_dtypes`).
     """
 
     def __init__(
@@ -57,11 +58,13 @@ class AdapterWeightsError(ValueError):
         missing: list[str] | None = None,
         unexpected: list[str] | None = None,
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+        wrong_dtype: list[tuple[str, str]] | None = None,
     ):
         super().__init__(message)
         self.missing = list(missing or [])
         self.unexpected = list(unexpected or [])
         self.mismatched = list(mismatched or [])
+        self.wrong_dtype = list(wrong_dtype or [])
 
 
 def _listing(label: str, items: list, fmt: Callable[[object], str] = str) -> str:
@@ -194,23 +197,52 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def check_dtypes(state_dict: Mapping[str, torch.Tensor], *, what: str = "adapter", source: str | None = None) -> None:
+    """Refuse tensors that cannot be adapter weights: integer, bool or complex dtypes.
+
+    Every floating dtype passes (float16, bfloat16, float32, float64, ...): the loaders copy tensors into the model's
+    parameters, which casts them to the model's dtype, so a half-precision file loads into a float32 model.
+
+    Raises:
+        AdapterWeightsError: listing the offending keys with their dtypes (``.wrong_dtype``); nothing is touched.
+    """
+    wrong = sorted(
+        (k, str(v.dtype).removeprefix("torch."))
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and not v.is_floating_point()
+    )
+    if not wrong:
+        return
+    origin = f" from {source!r}" if source else ""
+    raise AdapterWeightsError(
+        f"The {what} weights{origin} have tensors of a non-floating dtype; weights must be floating point (float16, "
+        "bfloat16, float32 or float64; they are cast to the model's dtype). Nothing was changed. "
+        + _listing("tensors of a wrong dtype", wrong, lambda m: f"{m[0]} ({m[1]})")
+        + ".",
+        wrong_dtype=wrong,
+    )
+
+
 def validate_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Size | tuple[int, ...]],
     *,
     what: str = "adapter",
     source: str | None = None,
+    check_dtype: bool = True,
 ) -> None:
-    """Check that ``state_dict`` has exactly the ``expected`` keys with the expected shapes.
+    """Check that ``state_dict`` has exactly the ``expected`` keys with the expected shapes (and floating dtypes).
 
     Args:
         state_dict: the file's tensors (already converted to our key names).
         expected: key -> shape the model needs.
         what: a name for error messages (e.g. ``"ResAdapter"``).
         source: the file, for error messages.
+        check_dtype: also refuse integer / bool / complex tensors (:func:`check_dtypes`); every floating dtype passes.
 
     Raises:
-        AdapterWeightsError: listing missing keys, unexpected keys and shape mismatches (first few, with counts).
+        AdapterWeightsError: listing missing keys, unexpected keys and shape mismatches (first few, with counts), or
+            tensors of a non-floating dtype.
     """
     missing = sorted(k for k in expected if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in expected)
@@ -220,6 +252,8 @@ def validate_state_dict(
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
     )
     if not (missing or unexpected or mismatched):
+        if check_dtype:
+            check_dtypes(state_dict, what=what, source=source)
         return
     parts = []
     if missing:
