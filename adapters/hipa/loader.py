@@ -26,6 +26,7 @@ from ..weights import (
     adapter_metadata,
     check_adapter_kind,
     check_base_family,
+    check_dtypes,
     load_weights,
 )
 from .config import HiPAConfig
@@ -196,6 +197,7 @@ def validate_unet_lora(
     Raises:
         AdapterWeightsError: listing unknown modules (unexpected), unpaired A/B (missing) and shape mismatches.
     """
+    check_dtypes(unet_state_dict, what="LoRA", source=source)
     non_finite = [k for k, v in unet_state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise AdapterWeightsError(
