@@ -1,4 +1,8 @@
-"""Run every benchmark: ``python -m benchmarks [--size tiny|mid] [--only NAME ...]``."""
+"""Run every benchmark: ``python -m benchmarks [--size tiny|mid] [--only NAME ...]``.
+
+``--compile`` runs the torch.compile benchmark instead (:mod:`benchmarks.compile_speedup`: compiled vs eager UNet
+forward of each adapter, ``--only`` picks adapters), written to ``benchmarks/results/compile_<size>.*``.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="tiny", choices=["tiny", "mid", "full"], help="model size to time")
     parser.add_argument("--only", nargs="*", default=None, help="benchmark names, e.g. res_adapter hipa")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile vs eager UNet forwards instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.compile:
+        from benchmarks import compile_speedup
+
+        compile_speedup.run(size=args.size, only=args.only)
+        return
     names = sorted(
         m.name.removeprefix("bench_")
         for m in pkgutil.iter_modules([str(Path(__file__).parent)])

@@ -244,6 +244,34 @@ def test_i2v_projects_keys_and_values_once_per_layer(motion_unet):
             handle.remove()
 
 
+def test_i2v_fused_path_matches_generic_path_and_zero_init_is_bitwise_base(motion_unet):
+    """The one-pass processor (base ``AttnProcessor2_0``) computes what the generic path (any other base processor:
+    base output + branch) computes; a fresh adapter leaves the UNet bitwise unchanged on both paths."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class OtherBase(AttnProcessor2_0):
+        pass
+
+    unet = motion_unet
+    base = _i2v_forward(unet, 3)
+    adapter = I2VAdapter.attach(unet)
+    try:
+        assert torch.equal(_i2v_forward(unet, 3), base)
+        _randomise(adapter.parameters(include_content=False), std=0.05)
+        fused = _i2v_forward(unet, 3)
+        assert not torch.allclose(fused, base, atol=1e-3)
+        for proc in adapter.processors.values():
+            object.__setattr__(proc, "base_processor", OtherBase())
+        torch.testing.assert_close(_i2v_forward(unet, 3), fused, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            for proc in adapter.processors.values():
+                proc.to_out_i2v.weight.zero_()
+                proc.to_out_i2v.bias.zero_()
+        assert torch.equal(_i2v_forward(unet, 3), base)
+    finally:
+        adapter.unload()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3-4. once-per-call work stays once per call (I2MV reference pass, condition maps, text embeddings)
 # ----------------------------------------------------------------------------------------------------------------------
