@@ -24,6 +24,7 @@ from diffusers import MotionAdapter
 from safetensors.torch import load_file, save_file
 
 from adapters.weights import AdapterWeightsError
+from pipelines import checks
 from pipelines.checks import MAX_IMAGE_SIDE
 from pipelines.pipeline_hipa import HiPAPipeline
 from pipelines.pipeline_i2v_adapter import I2VAdapterPipeline
@@ -471,3 +472,57 @@ def test_weight_half_precision_loads(rigs, good_files, kind, dtype, tmp_path):
     finally:
         _restore(kind, rig, good_files)
     assert np.array_equal(_pipe_out(rig), before), "the pipeline was not restored after the half-precision load"
+
+
+# ------------------------------------------------------------------------------------------------ shared checks
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "parts"),
+    [
+        (
+            lambda: checks.check_size("height", "64", multiple=8),
+            TypeError,
+            ["`height`", "'64'", "int", "multiple of 8"],
+        ),
+        (lambda: checks.check_size("width", 4104, multiple=8), ValueError, ["`width`", "4104", "at most 4096"]),
+        (lambda: checks.check_size("width", 36, multiple=8), ValueError, ["`width`", "36", "32 or 40"]),
+        (lambda: checks.check_count("num_views", 40, maximum=32), ValueError, ["`num_views`", "40", "[1, 32]"]),
+        (lambda: checks.check_count("num_frames", 2.0, maximum=32), TypeError, ["`num_frames`", "2.0", "[1, 32]"]),
+        (lambda: checks.check_steps(0), ValueError, ["`num_inference_steps`", "0", ">= 1"]),
+        (
+            lambda: checks.check_finite("latents", torch.tensor([0.0, math.nan, math.inf])),
+            ValueError,
+            ["`latents`", "2 NaN or inf", "only finite values"],
+        ),
+        (
+            lambda: checks.check_image_input("image", "cat.png"),
+            TypeError,
+            ["`image`", "'cat.png'", "PIL image", "load_image"],
+        ),
+        (lambda: checks.check_image_input("image", []), ValueError, ["`image`", "empty list"]),
+        (
+            lambda: checks.check_negative_prompt(["a", "b"], ["x"]),
+            ValueError,
+            ["`negative_prompt`", "1 entries", "`prompt` has 2", "one per prompt"],
+        ),
+    ],
+)
+def test_check_messages(call, error, parts):
+    """The shared checks' messages name the argument, the value and what is allowed."""
+    with pytest.raises(error) as info:
+        call()
+    for part in parts:
+        assert part in str(info.value), f"{part!r} not in {info.value}"
+
+
+def test_checks_accept_good_values():
+    checks.check_size("height", 4096, multiple=64)
+    checks.check_size("height", None, multiple=64)
+    checks.check_count("num_views", 32, maximum=32)
+    checks.check_steps(np.int64(3))
+    checks.check_finite("latents", torch.zeros(2, 4, 8, 8, dtype=torch.bfloat16))
+    checks.check_finite("latents", torch.zeros(3, dtype=torch.int64))
+    checks.check_image_input("image", [_image(), np.zeros((8, 8, 3), np.uint8), torch.zeros(1, 3, 8, 8)])
+    checks.check_negative_prompt(["a", "b"], "x")
+    checks.check_negative_prompt("a", ["x"])
