@@ -24,7 +24,8 @@ SLOW_FILES = ["tests/test_training_ddp.py"]
 # Test-name patterns (matched against node ids) -> category. Faults are injected errors (corrupt or foreign files,
 # NaN losses, unreadable data, kills); bad inputs are refused or converted user arguments.
 FAULT_PATTERNS = {
-    "weight files (truncated, garbage, foreign kind / base family, NaN tensors, pickle, key / shape mismatches)": (
+    "weight files (truncated, garbage, foreign kind / base family, NaN tensors, int32 / bool tensors, pickle, key / "
+    "shape mismatches)": (
         r"test_reliability\.py::test_weight_fault|test_weights\.py::.*(truncat|garbage|missing_file|pickle"
         r"|validate_lists|family_and_kind)"
     ),
@@ -34,6 +35,9 @@ FAULT_PATTERNS = {
     "SIGKILL mid-step and mid-checkpoint, then resume (slow)": r"test_training_ddp\.py::.*kill",
 }
 BAD_INPUT_PATTERN = r"test_reliability\.py::test_bad_input"
+# Not faults: float16 / bfloat16 weight files must load (cast); the shared checks' messages are checked directly.
+HALF_PRECISION_PATTERN = r"test_reliability\.py::test_weight_half_precision_loads"
+MESSAGE_PATTERN = r"test_reliability\.py::test_check_messages"
 
 
 def record(kind: str, case_id: str) -> None:
@@ -84,7 +88,10 @@ def bad_input_breakdown(node_ids: list[str]) -> Counter:
 def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> str:
     bad_inputs, faults = categorise(node_ids)
     per = bad_input_breakdown(node_ids)
-    names = {"res": "ResAdapter", "mv": "MV-Adapter", "i2v": "I2V-Adapter", "hipa": "HiPA"}
+    names = {"res": "ResAdapter", "mv": "MV-Adapter", "mvxl": "MV-Adapter SDXL", "i2v": "I2V-Adapter", "hipa": "HiPA"}
+    half = sum(1 for n in node_ids if re.search(HALF_PRECISION_PATTERN, n))
+    messages = sum(1 for n in node_ids if re.search(MESSAGE_PATTERN, n))
+    xfailed = result is not None and "xfailed" in result[1]
     lines = [
         "## Reliability",
         "",
@@ -92,18 +99,30 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
         "",
         f"- **{bad_inputs} bad inputs** tried against the pipelines ("
         + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(per.items()))
-        + "): wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), `num_views` / "
-        "`num_frames` 0, "
-        "camera lists of disagreeing lengths, prompt / negative prompt / generator list mismatches, L / RGBA / CMYK "
-        "/ 16-bit images, NaN / inf latents and maps. Each passing case is converted and succeeds, or is refused with "
-        "a `ValueError` / `TypeError` naming the argument before the UNet runs once (the xfailed ones are the known "
-        "gaps listed below).",
+        + "): wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), sizes above the documented "
+        "maximum (4096 px; 2**20, a multiple of every size factor), `num_views` / `num_frames` 0, above their "
+        "documented maxima (32 views; the motion modules' 32 frames) or huge, `num_inference_steps` 0, camera lists "
+        "of disagreeing lengths, prompt / negative prompt / generator list mismatches, an `image` given as a path, "
+        "L / RGBA / CMYK / 16-bit images, NaN / inf latents, condition / position / normal maps and image tensors. "
+        "Each passing case is converted and succeeds, or is refused with a `ValueError` / `TypeError` naming the "
+        "argument before the UNet runs once"
+        + (" (the xfailed ones are the known gaps listed below)." if xfailed else "."),
         f"- **{sum(faults.values())} faults injected**:",
     ]
     for label, count in faults.items():
         lines.append(f"  - {label}: {count}")
     if not slow:
         lines.append("  - (the slow tests, SIGKILL included, were counted but not run here; add `--slow`)")
+    if half:
+        lines.append(
+            f"- {half} half-precision weight files (float16 / bfloat16, every adapter kind) load, cast to the model's "
+            "float32, and give the float32 file's output up to rounding."
+        )
+    if messages:
+        lines.append(
+            f"- {messages} direct checks that the shared input checks (`pipelines/checks.py`) name the argument, the "
+            "value and what is allowed."
+        )
     if result is not None:
         code, summary = result
         if code == 0:
@@ -113,16 +132,13 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
                 "checkpoint"
                 + (", and killed runs resumed to the uninterrupted run's adapter (1e-6)." if slow else ".")
             )
-            if "xfailed" in summary:
+            if xfailed:
                 lines.append(
                     "- The xfailed cases are known gaps, kept in the sweep until fixed (see `XFAIL` in "
-                    "`tests/test_reliability.py`): NaN / inf latents, maps and image tensors are not refused; a "
-                    "string `image` gets diffusers' image-processor message, which does not name the argument; a "
-                    "string `height` gives a bare comparison error in I2V (diffusers' check runs first); "
-                    "`num_inference_steps=0` "
-                    "divides by zero in diffusers' PNDM scheduler (ResAdapter); HiPA accepts a mismatched "
-                    "negative-prompt list."
+                    "`tests/test_reliability.py`)."
                 )
+            else:
+                lines.append("- Known gaps: none (`XFAIL` in `tests/test_reliability.py` is empty).")
         else:
             lines.append(f"- Result: **FAILURES** (`{summary}`, exit code {code}); see the pytest output.")
     return "\n".join(lines) + "\n"
