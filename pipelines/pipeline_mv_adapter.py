@@ -536,7 +536,9 @@ class MVAdapterPipelineMixin:
 
         Args:
             prompt: text prompt(s); ``P`` prompts give ``P * num_images_per_prompt`` samples of ``num_views`` views.
-            image: reference image(s) for image-to-multi-view (one, or one per prompt); RGBA is put on gray.
+            image: reference image(s) for image-to-multi-view (one, or one per prompt); RGBA is put on gray. It is
+                encoded at its own size (as the official pipeline); :func:`prepare_reference_image` centres and
+                resizes it to the output size like the official scripts.
             position_map, normal_map: per-view geometry for G2MV (arrays ``(V, H, W, 3)`` or lists of arrays or PIL
                 images, see :func:`adapters.mv_adapter.geometry_maps`).
             num_views: views per sample, 1 to :attr:`max_num_views` (32) (default: from the cameras/maps, else the
@@ -749,8 +751,10 @@ class MVAdapterPipelineMixin:
     ) -> dict[str, torch.Tensor]:
         """``{attn1 name: (samples, tokens, C)}``: the attn1 inputs of the reference image's UNet pass at t=0.
 
-        The pass uses each sample's positive prompt, no condition residuals and the base attention only (as the
-        official pipeline).
+        The pass uses each sample's positive prompt, no condition residuals and the base attention only, and the
+        reference is encoded at its own size (rounded down to a multiple of the VAE factor), as the official pipeline
+        does: ``height``/``width`` (the output size) only set the SDXL micro-conditioning, which ``text`` already
+        holds. Use :func:`prepare_reference_image` to centre and resize a reference like the official scripts.
         """
         images = image if isinstance(image, list) else [image]
         if isinstance(image, torch.Tensor) and image.ndim == 4:
@@ -759,7 +763,7 @@ class MVAdapterPipelineMixin:
         num_prompts = samples // num_images_per_prompt
         if len(images) not in (1, num_prompts):
             raise ValueError(f"`image` has {len(images)} entries; expected 1 or one per prompt ({num_prompts}).")
-        pixels = self.image_processor.preprocess(images, height=height, width=width)
+        pixels = self.image_processor.preprocess(images)  # the reference's own size, as the official pipeline
         ref_latents = self._encode_vae(pixels, generator)
         if ref_latents.shape[0] == 1:
             ref_latents = ref_latents.repeat(samples, 1, 1, 1)
