@@ -427,8 +427,11 @@ class MVAdapterPipelineMixin:
         encoder = self._require_adapter().cond_encoder
         offloaded = getattr(self.unet, "_hf_hook", None) is not None
         param = next(encoder.parameters(), None)
-        if param is not None and (param.device != torch.device(device) or param.dtype != dtype):
-            encoder.to(device=device, dtype=dtype)
+        # Device and dtype moved separately: diffusers models log a warning on every `.to()` that names a dtype.
+        if param is not None and param.device != torch.device(device):
+            encoder.to(device)
+        if param is not None and param.dtype != dtype:
+            encoder.to(dtype=dtype)
         try:
             return encode_condition(encoder, maps)
         finally:
