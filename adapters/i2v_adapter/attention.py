@@ -125,6 +125,11 @@ class I2VAdapterAttnProcessor(nn.Module):
 
         out = base_processor(attn, x) + scale * to_out_i2v(first_frame_attention(attn, to_q_i2v, x))
 
+    When the base is diffusers' ``AttnProcessor2_0`` (the default on torch 2) both are computed in one pass with the
+    same operations as ``AttnProcessor2_0`` (bitwise its result when the branch is zero), the branch reusing the
+    layer's keys/values of frame 0 instead of projecting frame 0 again; the result equals the two-step form above
+    up to float rounding.
+
     Args:
         hidden_size: the layer's query dimension (``attn.to_q.in_features``).
         inner_dim: the layer's attention width (``attn.to_q.out_features``).
