@@ -131,6 +131,16 @@ def _is_xl_config(model_index: dict[str, Any]) -> bool:
     return "text_encoder_2" in model_index or "XL" in str(model_index.get("_class_name", ""))
 
 
+def _image_hw(image) -> tuple[int, int]:
+    """``(height, width)`` of a PIL image, a ``(..., C, H, W)`` tensor or a ``(..., H, W, C)`` array."""
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    shape = np.shape(image)
+    return (int(shape[-3]), int(shape[-2])) if len(shape) >= 3 else (int(shape[0]), int(shape[1]))
+
+
 def _rgba_on_gray(image: PIL.Image.Image) -> PIL.Image.Image:
     """Composite an RGBA reference over the official gray (0.5) background."""
     if image.mode != "RGBA":
@@ -766,7 +776,16 @@ class MVAdapterPipelineMixin:
         num_prompts = samples // num_images_per_prompt
         if len(images) not in (1, num_prompts):
             raise ValueError(f"`image` has {len(images)} entries; expected 1 or one per prompt ({num_prompts}).")
-        pixels = self.image_processor.preprocess(images)  # the reference's own size, as the official pipeline
+        # The reference's own size rounded down to the VAE factor, as the official pipeline; a reference smaller than
+        # the UNet's size multiple (which the official pipeline cannot encode) is resized to the output size.
+        ref_h, ref_w = (n - n % self.vae_scale_factor for n in _image_hw(images[0]))
+        if min(ref_h, ref_w) < self.size_multiple:
+            logger.warning(
+                f"The reference image ({ref_h}x{ref_w}) is smaller than the UNet's size multiple "
+                f"{self.size_multiple}; it is resized to the output size {height}x{width}."
+            )
+            ref_h, ref_w = height, width
+        pixels = self.image_processor.preprocess(images, height=ref_h, width=ref_w)
         ref_latents = self._encode_vae(pixels, generator)
         if ref_latents.shape[0] == 1:
             ref_latents = ref_latents.repeat(samples, 1, 1, 1)
