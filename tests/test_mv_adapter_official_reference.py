@@ -119,6 +119,35 @@ def _row_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, v
     return torch.einsum("bvrwhus,burshd->bvrwhd", w, v).reshape(bv, n, c)
 
 
+def _row_col_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, views: int) -> torch.Tensor:
+    """Official geometry layout (6 views: front, right, back, left, top, bottom) on square grids.
+
+    Rows attend across views 0-3; columns attend across [front mirrored left-right, back, top, bottom]; the front and
+    back average both results, right/left take the row result and top/bottom the column result.
+    """
+    assert views == 6
+    bv, n, c = q.shape
+    b, d, side = bv // views, c // heads, math.isqrt(n)
+    q, k, v = (x.reshape(b, views, side, side, heads, d) for x in (q, k, v))
+
+    def softmax_attend(eq_logits, eq_out, qq, kk, vv):
+        logits = torch.einsum(eq_logits, qq, kk) * d**-0.5
+        w = logits.flatten(-2).softmax(-1).reshape(logits.shape)
+        return torch.einsum(eq_out, w, vv)
+
+    row = softmax_attend("bvrwhd,burshd->bvrwhus", "bvrwhus,burshd->bvrwhd", q[:, :4], k[:, :4], v[:, :4])
+
+    def col_views(x):
+        return torch.cat([x[:, :1].flip(3), x[:, [2, 4, 5]]], dim=1)
+
+    col = softmax_attend("bvrwhd,buswhd->bvrwhus", "bvrwhus,buswhd->bvrwhd", col_views(q), col_views(k), col_views(v))
+    col = torch.cat([col[:, :1].flip(3), col[:, 1:]], dim=1)
+    out = torch.stack(
+        [(row[:, 0] + col[:, 0]) / 2, row[:, 1], (row[:, 2] + col[:, 1]) / 2, row[:, 3], col[:, 2], col[:, 3]], dim=1
+    )
+    return out.reshape(bv, n, c)
+
+
 class OfficialDecoupledProcessor:
     """Einsum restatement of the official decoupled processor (row mode), used on every attention of the UNet.
 
@@ -126,8 +155,11 @@ class OfficialDecoupledProcessor:
     contribution so the test can check the branches are not negligible.
     """
 
-    def __init__(self, name: str, weights: dict[str, torch.Tensor], num_views: int, stats: dict[str, float]):
+    def __init__(
+        self, name: str, weights: dict[str, torch.Tensor], num_views: int, stats: dict[str, float], mv_attend=None
+    ):
         self.name, self.w, self.num_views, self.stats = name, weights, num_views, stats
+        self.mv_attend = mv_attend or _row_attend
         self.use_mv = f"{name}.to_q_mv.weight" in weights
         self.use_ref = f"{name}.to_q_ref.weight" in weights
 
@@ -164,7 +196,7 @@ class OfficialDecoupledProcessor:
             context = attn.norm_encoder_hidden_states(context)
         out = attn.to_out[0](_attend(attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads))
         if use_mv:
-            mv = self._branch(attn, "mv", x, x, lambda q, k, v: _row_attend(q, k, v, attn.heads, self.num_views))
+            mv = self._branch(attn, "mv", x, x, lambda q, k, v: self.mv_attend(q, k, v, attn.heads, self.num_views))
             self.stats["mv"] = max(self.stats.get("mv", 0.0), float((mv * mv_scale).abs().max()))
             out = out + mv * mv_scale
         if use_ref:
@@ -179,9 +211,18 @@ class OfficialDecoupledProcessor:
 
 @torch.no_grad()
 def official_reference(
-    base_dir: Path, xl: bool, weights_file: Path, image: PIL.Image.Image | None, dtype: torch.dtype = DTYPE
+    base_dir: Path,
+    xl: bool,
+    weights_file: Path,
+    image: PIL.Image.Image | None,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
+    dtype: torch.dtype = DTYPE,
 ) -> dict:
-    """Final latents (V, C, h, w), images (V, H, W, 3) and branch statistics of the official inference."""
+    """Final latents (V, C, h, w), images (V, H, W, 3) and branch statistics of the official inference.
+
+    ``geometry``: ``(positions, normals)`` ``(6, H, W, 3)`` for the geometry variants (row-column attention, the
+    condition ``[(pos + 0.5), (normal / 2 + 0.5)]`` clamped, as the official tg2mv/ig2mv scripts build it).
+    """
     pipe_cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
     base = pipe_cls.from_pretrained(base_dir).to(dtype=dtype)
     weights = {k: v.to(dtype) for k, v in load_file(str(weights_file)).items()}
@@ -198,7 +239,10 @@ def official_reference(
     # processors on every attention, loaded from the official file
     stats: dict[str, float] = {}
     unet.set_attn_processor(
-        {name: OfficialDecoupledProcessor(name, weights, num_views, stats) for name in unet.attn_processors}
+        {
+            name: OfficialDecoupledProcessor(name, weights, num_views, stats, _row_col_attend if geometry else None)
+            for name in unet.attn_processors
+        }
     )
     encoder = official_encoder(unet, vsf, xl)
     encoder.load_state_dict({k: v for k, v in weights.items() if k.startswith("adapter.")}, strict=True)
@@ -242,7 +286,11 @@ def official_reference(
         ref_states = {k: torch.cat([torch.zeros_like(v), v]) for k, v in ref_states.items()}
         cross_attention_kwargs.update(ref_hidden_states=ref_states, ref_scale=1.0)
 
-    control = official_ortho_condition(official_ring_c2w(num_views), size)
+    if geometry is None:
+        control = official_ortho_condition(official_ring_c2w(num_views), size)
+    else:
+        pos, nrm = (torch.from_numpy(a) for a in geometry)
+        control = torch.cat([(pos + 0.5).clamp(0, 1), (nrm / 2 + 0.5).clamp(0, 1)], dim=-1).permute(0, 3, 1, 2)
     control = VaeImageProcessor(vae_scale_factor=vsf, do_convert_rgb=True, do_normalize=False).preprocess(
         control, height=size, width=size
     )
@@ -299,16 +347,30 @@ def _reference_image(size: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
+def _geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    pos = rng.uniform(-0.6, 0.6, (6, size, size, 3))
+    nrm = rng.normal(size=(6, size, size, 3))
+    return pos, nrm / np.linalg.norm(nrm, axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize(
     ("family", "variant", "ref_size"),
-    [("sd21", "t2mv", None), ("sd21", "i2mv", 48), ("sdxl", "t2mv", None), ("sdxl", "i2mv", 32)],
+    [
+        ("sd21", "t2mv", None),
+        ("sd21", "i2mv", 48),  # a reference larger than the output: encoded at its own size, as the official pipeline
+        ("sdxl", "t2mv", None),
+        ("sdxl", "i2mv", 32),
+        ("sdxl", "ig2mv", 32),  # geometry maps + row-column attention
+    ],
 )
 def test_pipeline_matches_official_inference(family, variant, ref_size, tiny_sd21, tiny_sdxl, tmp_path):
     xl = family == "sdxl"
     base_dir = tiny_sdxl if xl else tiny_sd21
     weights_file = save_official_adapter(base_dir, xl, variant, tmp_path)
     image = _reference_image(ref_size) if ref_size else None
-    expected = official_reference(base_dir, xl, weights_file, image)
+    geometry = _geometry(32) if "g2mv" in variant else None
+    expected = official_reference(base_dir, xl, weights_file, image, geometry)
     # the branches and the condition must matter, else equality would prove little
     assert expected["stats"]["mv"] > 1e-2 and expected["stats"]["cond"] > 1e-2
     if image is not None:
@@ -316,15 +378,17 @@ def test_pipeline_matches_official_inference(family, variant, ref_size, tiny_sd2
 
     pipe = MVAdapterPipeline.from_pretrained(base_dir, adapter=weights_file).to(dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.mv_adapter.config.variant == variant and pipe.mv_adapter.config.attention_mode == "row"
+    mode = "row_col" if geometry else "row"
+    assert pipe.mv_adapter.config.variant == variant and pipe.mv_adapter.config.attention_mode == mode
     captured = {}
 
     def grab(p, i, t, tensors):
         captured["latents"] = tensors["latents"].clone()
         return {}
 
+    maps = {"position_map": geometry[0], "normal_map": geometry[1]} if geometry else {}
     out = pipe(PROMPT, image=image, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(SEED),
-               output_type="np", callback_on_step_end=grab)  # fmt: skip
+               output_type="np", callback_on_step_end=grab, **maps)  # fmt: skip
     views = out.images[0]
     assert views.shape == (6, expected["size"], expected["size"], 3)
     torch.testing.assert_close(captured["latents"], expected["latents"], atol=1e-5, rtol=0)
