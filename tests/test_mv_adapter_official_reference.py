@@ -393,3 +393,40 @@ def test_pipeline_matches_official_inference(family, variant, ref_size, tiny_sd2
     assert views.shape == (6, expected["size"], expected["size"], 3)
     torch.testing.assert_close(captured["latents"], expected["latents"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(views, expected["images"], atol=1e-5, rtol=0)
+
+
+def official_preprocess_rgba(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """The official scripts' reference preparation: crop the alpha box (1 px margin), scale the longer side to 90% of
+    the target, centre on a transparent canvas, composite over gray 0.5."""
+    arr = np.array(image)
+    ys, xs = np.where(arr[..., 3] > 0)
+    crop = arr[
+        max(ys.min() - 1, 0) : min(ys.max() + 1, arr.shape[0]), max(xs.min() - 1, 0) : min(xs.max() + 1, arr.shape[1])
+    ]
+    h, w = crop.shape[:2]
+    if h > w:
+        h, w = int(height * 0.9), int(w * (height * 0.9) / h)
+    else:
+        h, w = int(h * (width * 0.9) / w), int(width * 0.9)
+    crop = np.array(PIL.Image.fromarray(crop).resize((w, h)))
+    canvas = np.zeros((height, width, 4), dtype=np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas[top : top + h, left : left + w] = crop
+    rgba = canvas.astype(np.float32) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:4] + (1 - rgba[..., 3:4]) * 0.5
+    return PIL.Image.fromarray((rgb * 255).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("box", [(5, 15, 10, 30), (2, 37, 20, 31)])
+def test_reference_preparation_matches_official_scripts(box):
+    from pipelines.pipeline_mv_adapter import prepare_reference_image
+
+    rng = np.random.default_rng(0)
+    arr = np.zeros((40, 60, 4), dtype=np.uint8)
+    y0, y1, x0, x1 = box
+    arr[y0:y1, x0:x1] = rng.integers(0, 256, (y1 - y0, x1 - x0, 4), dtype=np.uint8)
+    arr[y0:y1, x0:x1, 3] = np.maximum(arr[y0:y1, x0:x1, 3], 1)  # soft but non-empty alpha
+    image = PIL.Image.fromarray(arr, mode="RGBA")
+    for height, width in ((32, 32), (48, 32)):
+        ours = np.asarray(prepare_reference_image(image, height, width))
+        assert np.array_equal(ours, np.asarray(official_preprocess_rgba(image, height, width)))
