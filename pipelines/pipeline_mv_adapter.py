@@ -743,6 +743,9 @@ class MVAdapterPipelineMixin:
             images = latents
         else:
             images = self._decode_vae(latents)
+            watermark = getattr(self, "watermark", None)  # SDXL's invisible watermark, when installed (as official)
+            if watermark is not None:
+                images = watermark.apply_watermark(images)
             images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
         grouped = [images[s * views : (s + 1) * views] for s in range(samples)]
