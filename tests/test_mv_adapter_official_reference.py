@@ -430,3 +430,17 @@ def test_reference_preparation_matches_official_scripts(box):
     for height, width in ((32, 32), (48, 32)):
         ours = np.asarray(prepare_reference_image(image, height, width))
         assert np.array_equal(ours, np.asarray(official_preprocess_rgba(image, height, width)))
+
+
+def test_sdxl_applies_the_invisible_watermark_when_present(tiny_sdxl):
+    """The official SDXL pipelines watermark decoded images when ``invisible-watermark`` is installed; so do we."""
+
+    class Marker:
+        def apply_watermark(self, images):
+            return torch.zeros_like(images)
+
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sdxl)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.watermark = Marker()
+    out = pipe("a", num_views=2, num_inference_steps=1, output_type="np").images[0]
+    np.testing.assert_allclose(out, 0.5)  # zeros in [-1, 1] -> 0.5 after postprocessing
