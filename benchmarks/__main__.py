@@ -1,7 +1,8 @@
 """Run every benchmark: ``python -m benchmarks [--size tiny|mid] [--only NAME ...]``.
 
 ``--compile`` runs the torch.compile benchmark instead (:mod:`benchmarks.compile_speedup`: compiled vs eager UNet
-forward of each adapter, ``--only`` picks adapters), written to ``benchmarks/results/compile_<size>.*``.
+forward of each adapter, ``--only`` picks adapters), written to ``benchmarks/results/compile_<size>.*``;
+``--channels-last`` the memory-format benchmark (:mod:`benchmarks.channels_last`, ``channels_last_<size>.*``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "mid", "full"], help="model size to time")
     parser.add_argument("--only", nargs="*", default=None, help="benchmark names, e.g. res_adapter hipa")
     parser.add_argument("--compile", action="store_true", help="time torch.compile vs eager UNet forwards instead")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="time channels_last vs contiguous UNet forwards instead"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.compile:
         from benchmarks import compile_speedup
 
         compile_speedup.run(size=args.size, only=args.only)
+        return
+    if args.channels_last:
+        from benchmarks import channels_last
+
+        channels_last.run(size=args.size, only=args.only)
         return
     names = sorted(
         m.name.removeprefix("bench_")
