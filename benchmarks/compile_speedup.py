@@ -160,7 +160,7 @@ def run(size: str = "tiny", *, only: list[str] | None = None, repeats: int = 5, 
             "graph_breaks": "dynamo graph breaks over the whole UNet forward (0 = one graph)",
             "max_abs_diff": "max |compiled - eager| of the UNet output",
         },
-        "notes": (__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        "notes": (__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", "`"),
     }
     if write:
         write_results(f"compile_{size}", payload)
