@@ -13,6 +13,8 @@ import logging
 import pkgutil
 from pathlib import Path
 
+import torch
+
 logger = logging.getLogger("benchmarks")
 
 
@@ -24,7 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--channels-last", action="store_true", help="time channels_last vs contiguous UNet forwards instead"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (1 makes CPU-time ratios most robust)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.compile:
         from benchmarks import compile_speedup
