@@ -126,8 +126,10 @@ def run(
             "steps": steps,
             "variant": "base_x6 (one batched call)",
             "median_s": result["baseline"]["median_s"],
+            "cpu_median_s": result["baseline"]["cpu_median_s"],
             "peak_mem_bytes": result["baseline"]["peak_mem_bytes"],
             "time_ratio": 1.0,
+            "cpu_time_ratio": 1.0,
             "mem_ratio": 1.0,
             "goal": "-",
             "met": "-",
@@ -137,7 +139,7 @@ def run(
         goal = name.startswith("mv_adapter")
         met = "-"
         if goal:
-            met = res["time_ratio"] <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
+            met = _judged(res, device) <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
         rows.append(
             {
                 "size": size,
@@ -145,14 +147,21 @@ def run(
                 "steps": steps,
                 "variant": name,
                 "median_s": res["median_s"],
+                "cpu_median_s": res["cpu_median_s"],
                 "peak_mem_bytes": res["peak_mem_bytes"],
                 "time_ratio": res["time_ratio"],
+                "cpu_time_ratio": res["cpu_time_ratio"],
                 "mem_ratio": res["mem_ratio"],
                 "goal": f"<= {GOAL_RATIO}x" if goal else "-",
                 "met": met,
             }
         )
     return _finish(size, rows, dtype, device, write)
+
+
+def _judged(res: dict, device: str) -> float:
+    """The ratio a goal is judged on: process CPU time on CPU (robust on a shared machine), wall time on GPU."""
+    return res["cpu_time_ratio"] if device == "cpu" and res.get("cpu_time_ratio") else res["time_ratio"]
 
 
 def _finish(size: str, rows: list[dict], dtype: torch.dtype, device: str, write: bool) -> dict:
@@ -197,16 +206,18 @@ def _unet_rows(size, resolution, steps, base_pipe, mv_pipe, full_pipe, device, r
     rows = [
         {
             "size": size, "resolution": resolution, "steps": 1, "variant": "unet_base (batch 12)",
-            "median_s": result["baseline"]["median_s"], "peak_mem_bytes": result["baseline"]["peak_mem_bytes"],
-            "time_ratio": 1.0, "mem_ratio": 1.0, "goal": "-", "met": "-",
+            "median_s": result["baseline"]["median_s"], "cpu_median_s": result["baseline"]["cpu_median_s"],
+            "peak_mem_bytes": result["baseline"]["peak_mem_bytes"], "time_ratio": 1.0, "cpu_time_ratio": 1.0,
+            "mem_ratio": 1.0, "goal": "-", "met": "-",
         }
     ]  # fmt: skip
     for name, res in result["candidates"].items():
-        ok = res["time_ratio"] <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
+        ok = _judged(res, device) <= GOAL_RATIO and (res["mem_ratio"] is None or res["mem_ratio"] <= GOAL_RATIO)
         rows.append(
             {
                 "size": size, "resolution": resolution, "steps": 1, "variant": name, "median_s": res["median_s"],
-                "peak_mem_bytes": res["peak_mem_bytes"], "time_ratio": res["time_ratio"],
+                "cpu_median_s": res["cpu_median_s"], "peak_mem_bytes": res["peak_mem_bytes"],
+                "time_ratio": res["time_ratio"], "cpu_time_ratio": res["cpu_time_ratio"],
                 "mem_ratio": res["mem_ratio"], "goal": f"<= {GOAL_RATIO}x", "met": ok,
             }
         )  # fmt: skip
