@@ -102,3 +102,17 @@ def tiny_controlnet_xl() -> Path:
 def tiny_ip_adapter() -> Path:
     """h94/IP-Adapter-like folder: ``models/`` (sd15, sd21) and ``sdxl_models/`` weights + ``image_encoder/``."""
     return tiny_models.tiny_ip_adapter_path()
+
+
+@pytest.fixture(scope="module")
+def sd15_unet(tiny_sd15):
+    """The tiny SD 1.5 UNet in eval mode, one instance per test module (tests may attach adapters to it)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet").eval()
+
+
+@pytest.fixture(scope="module")
+def motion_unet(tiny_animatediff):
+    """A tiny ``UNetMotionModel`` in eval mode, one instance per test module."""
+    return tiny_models.tiny_motion_unet().eval()

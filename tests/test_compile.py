@@ -45,23 +45,6 @@ def _assert_one_graph(fn, *args, base_ops: int | None = None) -> int:
     return ops
 
 
-def _randomise(params, seed: int = 0, std: float = 0.05) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
-@pytest.fixture(scope="module")
-def sd15_unet(tiny_sd15) -> UNet2DConditionModel:
-    return UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet").eval()
-
-
-@pytest.fixture(scope="module")
-def motion_unet(tiny_animatediff):
-    return tiny_models.tiny_motion_unet().eval()
-
-
 def test_mv_processor_compiles_without_graph_breaks(sd15_unet):
     unet = sd15_unet
     _, attn = next(iter_self_attention(unet))
@@ -69,7 +52,7 @@ def test_mv_processor_compiles_without_graph_breaks(sd15_unet):
     base_ops = _assert_one_graph(attn, x)
     adapter = MVAdapter.from_unet(unet, attention_mode="row", use_ref=True, num_views=2)
     try:
-        _randomise(adapter.trainable_parameters())
+        tiny_models.randomise_(adapter.trainable_parameters(), std=0.05)
         ref = {name: torch.randn(2, 64, attn.to_q.in_features) for name in adapter.processors}
         with adapter.state.override(num_views=2, latent_hw=(8, 8), ref_states=ref):
             _assert_one_graph(attn, x, base_ops=base_ops)
@@ -89,7 +72,7 @@ def test_i2v_processor_compiles_without_graph_breaks(motion_unet, path):
     base_ops = _assert_one_graph(attn, x)
     adapter = I2VAdapter.attach(unet)
     try:
-        _randomise(adapter.parameters(include_content=False))
+        tiny_models.randomise_(adapter.parameters(include_content=False), std=0.05)
         adapter.context.num_frames = 3
         if path == "generic":
             for proc in adapter.processors.values():
@@ -116,7 +99,7 @@ def test_res_adapter_unfused_hooks_compile_without_graph_breaks(sd15_unet):
     base_ops = (_assert_one_graph(down, x_down), _assert_one_graph(up, x_up))
     state = init_res_adapter(unet)
     try:
-        _randomise(state.lora.trainable_parameters())
+        tiny_models.randomise_(state.lora.trainable_parameters(), std=0.05)
         assert down.conv._forward_hooks and up.conv._forward_hooks  # unfused: the LoRA runs as forward hooks
         _assert_one_graph(down, x_down, base_ops=base_ops[0])
         _assert_one_graph(up, x_up, base_ops=base_ops[1])
@@ -132,5 +115,5 @@ def test_hipa_peft_lora_unfused_compiles_without_graph_breaks(tiny_sd15):
     x = torch.randn(2, 64, attn.to_q.in_features)
     base_ops = _assert_one_graph(attn, x)
     add_hipa_lora(unet, HiPAConfig(rank=4))
-    _randomise([p for n, p in unet.named_parameters() if ".lora_" in n])
+    tiny_models.randomise_([p for n, p in unet.named_parameters() if ".lora_" in n], std=0.05)
     _assert_one_graph(attn, x, base_ops=base_ops)

@@ -114,26 +114,9 @@ def _hook_count(model: torch.nn.Module) -> int:
     )
 
 
-def _randomise(params, seed: int = 0, std: float = 0.1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
-@pytest.fixture(scope="module")
-def sd15_unet(tiny_sd15) -> UNet2DConditionModel:
-    return UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet").eval()
-
-
-@pytest.fixture(scope="module")
-def motion_unet(tiny_animatediff):
-    return tiny_models.tiny_motion_unet().eval()
-
-
 def _mv_adapter(unet, mode: str = "row", use_ref: bool = True) -> MVAdapter:
     adapter = MVAdapter.from_unet(unet, attention_mode=mode, use_ref=use_ref, num_views=2)
-    _randomise(adapter.trainable_parameters())
+    tiny_models.randomise_(adapter.trainable_parameters(), std=0.1)
     return adapter
 
 
@@ -212,7 +195,7 @@ def test_i2v_attention_calls_do_not_grow_with_frames(motion_unet, monkeypatch):
     assert base[2] == base[4]
     adapter = I2VAdapter.attach(unet)
     try:
-        _randomise(adapter.parameters(include_content=False), std=0.05)
+        tiny_models.randomise_(adapter.parameters(include_content=False), std=0.05)
         counts = {}
         for frames in (2, 4):
             counter.calls = 0
@@ -235,7 +218,7 @@ def test_i2v_projects_keys_and_values_once_per_layer(motion_unet):
         handles.append(attn.to_v.register_forward_pre_hook(lambda *a: calls.__setitem__("v", calls["v"] + 1)))
     adapter = I2VAdapter.attach(unet)
     try:
-        _randomise(adapter.parameters(include_content=False), std=0.05)
+        tiny_models.randomise_(adapter.parameters(include_content=False), std=0.05)
         _i2v_forward(unet, 3)
         assert calls == {"k": len(layers), "v": len(layers)}, calls
     finally:
@@ -257,7 +240,7 @@ def test_i2v_fused_path_matches_generic_path_and_zero_init_is_bitwise_base(motio
     adapter = I2VAdapter.attach(unet)
     try:
         assert torch.equal(_i2v_forward(unet, 3), base)
-        _randomise(adapter.parameters(include_content=False), std=0.05)
+        tiny_models.randomise_(adapter.parameters(include_content=False), std=0.05)
         fused = _i2v_forward(unet, 3)
         assert not torch.allclose(fused, base, atol=1e-3)
         for proc in adapter.processors.values():
@@ -282,7 +265,7 @@ def test_i2mv_reference_condition_and_text_computed_once_per_call(tiny_sd21):
 
     pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter_config={"use_ref": True})
     pipe.set_progress_bar_config(disable=True)
-    _randomise(pipe.mv_adapter.trainable_parameters(), std=0.05)
+    tiny_models.randomise_(pipe.mv_adapter.trainable_parameters(), std=0.05)
     assert pipe.mv_adapter.cond_encoder is not None
     calls = {"unet": 0, "cond": 0, "text": 0}
 
@@ -331,7 +314,7 @@ def test_i2v_forward_reads_no_scalars(motion_unet):
     base = _scalar_reads(lambda: _i2v_forward(unet, 3))
     adapter = I2VAdapter.attach(unet)
     try:
-        _randomise(adapter.parameters(include_content=False), std=0.05)
+        tiny_models.randomise_(adapter.parameters(include_content=False), std=0.05)
         assert _scalar_reads(lambda: _i2v_forward(unet, 3)) == base == 0
     finally:
         adapter.unload()
@@ -350,7 +333,7 @@ def test_res_adapter_and_hipa_forward_read_no_scalars(sd15_unet):
     base = _scalar_reads(forward)
     state = init_res_adapter(unet)
     try:
-        _randomise(state.lora.trainable_parameters(), std=0.05)
+        tiny_models.randomise_(state.lora.trainable_parameters(), std=0.05)
         assert _scalar_reads(forward) == base == 0  # unfused: LoRA hooks + norms
     finally:
         unload_res_adapter(unet)
@@ -358,7 +341,7 @@ def test_res_adapter_and_hipa_forward_read_no_scalars(sd15_unet):
     lora_unet = UNet2DConditionModel.from_config(unet.config).eval()
     lora_unet.load_state_dict(unet.state_dict())
     add_hipa_lora(lora_unet, HiPAConfig(rank=4))
-    _randomise([p for n, p in lora_unet.named_parameters() if ".lora_" in n], std=0.05)
+    tiny_models.randomise_([p for n, p in lora_unet.named_parameters() if ".lora_" in n], std=0.05)
     assert _scalar_reads(lambda: lora_unet(sample, 10, encoder_hidden_states=text)) == base == 0
 
 
@@ -409,7 +392,7 @@ def test_fused_res_adapter_adds_no_modules_or_hooks(sd15_unet):
     base_hooks, base_modules = _hook_count(unet), len(list(unet.modules()))
     state = init_res_adapter(unet)
     try:
-        _randomise(state.lora.trainable_parameters(), std=0.05)
+        tiny_models.randomise_(state.lora.trainable_parameters(), std=0.05)
         with torch.no_grad():
             unfused = unet(sample, 10, encoder_hidden_states=text).sample
         assert _hook_count(unet) > base_hooks  # unfused: the LoRA runs as forward hooks
@@ -434,7 +417,7 @@ def test_fused_hipa_lora_leaves_no_peft_layers(tiny_sd15):
     base_hooks, base_modules = _hook_count(unet), len(list(unet.modules()))
     sample, text = _mv_inputs(1)
     add_hipa_lora(unet, HiPAConfig(rank=4, alpha=8.0))
-    _randomise([p for n, p in unet.named_parameters() if ".lora_" in n], std=0.05)
+    tiny_models.randomise_([p for n, p in unet.named_parameters() if ".lora_" in n], std=0.05)
     with torch.no_grad():
         unfused = unet(sample, 10, encoder_hidden_states=text).sample
     assert any(isinstance(m, BaseTunerLayer) for m in unet.modules())
@@ -466,7 +449,7 @@ def test_adapters_run_channels_last(tiny_sd15, tiny_animatediff):
 
     motion = tiny_models.tiny_motion_unet().eval()
     i2v = I2VAdapter.attach(motion)
-    _randomise(i2v.parameters(include_content=False), std=0.05)
+    tiny_models.randomise_(i2v.parameters(include_content=False), std=0.05)
     contiguous = _i2v_forward(motion, 3)
     motion.to(memory_format=torch.channels_last)
     assert motion.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "randomise_",
     "ANIMATEDIFF_SCHEDULER_CONFIG",
     "CACHE_ENV",
     "CONTROLNET_CONDITIONING_EMBEDDING_CHANNELS",
@@ -929,3 +930,11 @@ def copy_config(config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     out = copy.deepcopy(config)
     out.update(overrides)
     return out
+
+
+def randomise_(params, seed: int = 0, std: float = 0.1) -> None:
+    """Fill ``params`` in place with seeded ``N(0, std)`` values (makes zero-initialised adapter branches non-trivial)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
