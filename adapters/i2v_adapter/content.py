@@ -211,14 +211,18 @@ class ContentAdapter:
             for key, param in targets.items():
                 param.copy_(state_dict[key])
 
-    def unload(self) -> None:
-        """Remove the image projection and put back the cross-attention processors from before :meth:`attach`."""
+    def _detach(self) -> None:
+        """Put back the cross-attention processors from before :meth:`attach` and drop the image projection."""
         procs = self.unet.attn_processors
         for name, original in self._originals.items():
             procs[name] = original
         self.unet.set_attn_processor(procs)
         self.unet.encoder_hid_proj = None
         self.unet.config.encoder_hid_dim_type = None
+
+    def unload(self) -> None:
+        """Remove the image projection and put back the cross-attention processors from before :meth:`attach`."""
+        self._detach()
         self._originals = {}
 
     @contextlib.contextmanager
@@ -226,12 +230,7 @@ class ContentAdapter:
         """Temporarily remove the content adapter (e.g. to save the plain UNet), then put the same modules back."""
         ip_procs = self.processors()
         projection = self.unet.encoder_hid_proj
-        procs = self.unet.attn_processors
-        for name, original in self._originals.items():
-            procs[name] = original
-        self.unet.set_attn_processor(procs)
-        self.unet.encoder_hid_proj = None
-        self.unet.config.encoder_hid_dim_type = None
+        self._detach()
         try:
             yield
         finally:
