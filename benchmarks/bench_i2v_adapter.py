@@ -30,7 +30,7 @@ import os
 
 import torch
 
-from benchmarks.runner import compare, environment, write_results
+from benchmarks.runner import compare, environment, perturb_, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +158,6 @@ def _notes(size: str, rows: list[dict], flops: dict) -> list[str]:
     ]
 
 
-def _randomise_adapter(adapter, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in adapter.parameters():
-            param.add_((torch.randn(param.shape, generator=gen) * 0.02).to(param.dtype).to(param.device))
-
-
 def run(
     size: str = "tiny",
     *,
@@ -207,7 +200,7 @@ def run(
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
     adapter = i2v.init_i2v_adapter()
-    _randomise_adapter(adapter)
+    perturb_(adapter.parameters())
 
     res, frames, steps = spec["resolution"], spec["num_frames"], spec["steps"]
     image = Image.new("RGB", (res, res), (180, 90, 40))

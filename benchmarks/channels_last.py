@@ -14,7 +14,7 @@ import logging
 import torch
 
 from benchmarks.compile_speedup import ADAPTERS, I2V_LATENT, build
-from benchmarks.runner import compare, environment, write_results
+from benchmarks.runner import compare, environment, speedup_fields, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +41,10 @@ def run(size: str = "tiny", *, only: list[str] | None = None, repeats: int = 5, 
             repeats=repeats,
             memory=False,
         )
-        base, cl = result["baseline"], result["candidates"]["channels_last"]
         row = {
             "size": size,
             "adapter": name,
-            "contiguous_median_s": base["median_s"],
-            "channels_last_median_s": cl["median_s"],
-            "contiguous_cpu_median_s": base["cpu_median_s"],
-            "channels_last_cpu_median_s": cl["cpu_median_s"],
-            "speedup": base["median_s"] / cl["median_s"],
-            "cpu_speedup": base["cpu_median_s"] / cl["cpu_median_s"],
+            **speedup_fields(result, "channels_last", baseline_label="contiguous", candidate_label="channels_last"),
             "max_abs_diff": diff,
         }
         logger.info("%s", row)

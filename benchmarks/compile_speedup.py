@@ -1,4 +1,4 @@
-"""torch.compile vs eager: one UNet forward of each adapter's UNet (adapter attached, unfused), on CPU or GPU.
+"""torch.compile vs eager: one UNet forward of each adapter's UNet (adapter attached, unfused), on the CPU.
 
 ``python -m benchmarks --compile --size tiny|mid [--only res_adapter mv_adapter i2v_adapter hipa]`` writes
 ``benchmarks/results/compile_<size>.json`` / ``.md``. For each adapter the same UNet object is called eagerly and through
@@ -26,20 +26,13 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.runner import compare, environment, write_results
+from benchmarks.runner import compare, environment, perturb_, speedup_fields, write_results
 
 logger = logging.getLogger(__name__)
 
 ADAPTERS = ("res_adapter", "hipa", "mv_adapter", "i2v_adapter")
 I2V_LATENT = {"tiny": 16, "mid": 32}
 MV_VIEWS = 6
-
-
-def _randomise(params, seed: int = 0, std: float = 0.02) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.add_((torch.randn(p.shape, generator=gen) * std).to(p.dtype))
 
 
 def _sd_inputs(unet, size: str, batch: int | None = None) -> tuple:
@@ -69,14 +62,14 @@ def build(name: str, size: str) -> tuple[torch.nn.Module, tuple, dict]:
 
         unet = build_unet(size)
         add_hipa_lora(unet, HiPAConfig(rank=4))
-        _randomise([p for n, p in unet.named_parameters() if ".lora_" in n])
+        perturb_([p for n, p in unet.named_parameters() if ".lora_" in n])
         return unet, _sd_inputs(unet, size), {}
     if name == "mv_adapter":
         from adapters.mv_adapter import MVAdapter
 
         unet = build_unet(size)
         adapter = MVAdapter.from_unet(unet, attention_mode="row", use_ref=False, num_views=MV_VIEWS)
-        _randomise(adapter.trainable_parameters())
+        perturb_(adapter.trainable_parameters())
         adapter.state.num_views = MV_VIEWS
         return unet, _sd_inputs(unet, size, batch=2 * MV_VIEWS), {}
     if name == "i2v_adapter":
@@ -85,7 +78,7 @@ def build(name: str, size: str) -> tuple[torch.nn.Module, tuple, dict]:
 
         unet = copy.deepcopy(tiny_motion_unet())
         adapter = I2VAdapter.attach(unet)
-        _randomise(adapter.parameters(include_content=False))
+        perturb_(adapter.parameters(include_content=False))
         gen = torch.Generator().manual_seed(1)
         hw, frames = I2V_LATENT[size], 8
         sample = torch.randn(2, unet.config.in_channels, frames, hw, hw, generator=gen)
@@ -127,16 +120,10 @@ def run(size: str = "tiny", *, only: list[str] | None = None, repeats: int = 5, 
         diff = float((out_compiled - out_eager).abs().max())
         breaks = _graph_breaks()
         result = compare(eager_fn, {"compiled": compiled_fn}, warmup=1, repeats=repeats, memory=False)
-        eager, comp = result["baseline"], result["candidates"]["compiled"]
         row = {
             "size": size,
             "adapter": name,
-            "eager_median_s": eager["median_s"],
-            "compiled_median_s": comp["median_s"],
-            "eager_cpu_median_s": eager["cpu_median_s"],
-            "compiled_cpu_median_s": comp["cpu_median_s"],
-            "speedup": eager["median_s"] / comp["median_s"],
-            "cpu_speedup": eager["cpu_median_s"] / comp["cpu_median_s"],
+            **speedup_fields(result, "compiled", baseline_label="eager", candidate_label="compiled"),
             "compile_s": compile_s,
             "graph_breaks": breaks,
             "max_abs_diff": diff,

@@ -28,7 +28,16 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-__all__ = ["COLUMN_DOCS", "measure", "compare", "environment", "write_results", "RESULTS_DIR"]
+__all__ = [
+    "COLUMN_DOCS",
+    "measure",
+    "compare",
+    "environment",
+    "perturb_",
+    "speedup_fields",
+    "write_results",
+    "RESULTS_DIR",
+]
 
 #: Meaning of the columns shared by the benchmarks' markdown tables (written under each table that has them).
 COLUMN_DOCS: dict[str, str] = {
@@ -187,6 +196,31 @@ def compare(
 
 def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base if value and base else None
+
+
+def speedup_fields(result: dict, candidate: str, *, baseline_label: str, candidate_label: str) -> dict:
+    """Medians (wall and CPU) of both arms of a :func:`compare` result and the baseline / candidate speed-ups.
+
+    Keys: ``<baseline_label>_median_s``, ``<candidate_label>_median_s``, the same with ``_cpu_median_s``, then
+    ``speedup`` (wall) and ``cpu_speedup``; > 1 means the candidate is faster.
+    """
+    base, cand = result["baseline"], result["candidates"][candidate]
+    return {
+        f"{baseline_label}_median_s": base["median_s"],
+        f"{candidate_label}_median_s": cand["median_s"],
+        f"{baseline_label}_cpu_median_s": base["cpu_median_s"],
+        f"{candidate_label}_cpu_median_s": cand["cpu_median_s"],
+        "speedup": base["median_s"] / cand["median_s"],
+        "cpu_speedup": base["cpu_median_s"] / cand["cpu_median_s"],
+    }
+
+
+def perturb_(params, seed: int = 0, std: float = 0.02) -> None:
+    """Add seeded ``N(0, std)`` noise to ``params`` in place (non-trivial adapter weights for timing runs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in params:
+            param.add_((torch.randn(param.shape, generator=gen) * std).to(param.dtype).to(param.device))
 
 
 def environment(dtype: torch.dtype | str = "float32", device: str = "cpu") -> dict:

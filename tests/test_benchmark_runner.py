@@ -50,3 +50,28 @@ def test_write_results_json_and_markdown(tmp_path):
     assert "| variant | time_ratio | met |" in text
     assert "| fused | 1.004 | True |" in text
     assert "torch:" in text
+
+
+def test_speedup_fields_and_perturb():
+    import torch
+
+    from benchmarks.runner import perturb_, speedup_fields
+
+    result = {
+        "baseline": {"median_s": 2.0, "cpu_median_s": 1.0},
+        "candidates": {"fast": {"median_s": 1.0, "cpu_median_s": 0.25}},
+    }
+    fields = speedup_fields(result, "fast", baseline_label="eager", candidate_label="compiled")
+    assert list(fields) == [
+        "eager_median_s",
+        "compiled_median_s",
+        "eager_cpu_median_s",
+        "compiled_cpu_median_s",
+        "speedup",
+        "cpu_speedup",
+    ]
+    assert fields["speedup"] == 2.0 and fields["cpu_speedup"] == 4.0
+    a, b = torch.zeros(100), torch.zeros(100)
+    perturb_([a], seed=3)
+    perturb_([b], seed=3)
+    assert torch.equal(a, b) and 0.01 < float(a.std()) < 0.03
