@@ -2,10 +2,11 @@
 
 ``python -m benchmarks.res_adapter_heldout RUN [RUN ...] [--base assets/base] [--out loss.json]`` loads the base
 pipeline, then for the base alone and for each ResAdapter ``RUN`` (a folder or weight file ``load_res_adapter``
-reads) computes the epsilon-prediction MSE on mini-world renders at every size in ``--sizes``: the same renders
-(``--data-seed``, default 12345, not the quality evaluation's scenes), the same fixed timesteps and the same noise for
-every arm, with the prompt's caption and with an empty caption (the unconditional half of CFG). Each adapter's
-difference to the base is paired over the renders and given with a 95% normal CI.
+reads) computes the denoising MSE (against the scheduler's target) on mini-world renders at every size in
+``--sizes``: the same renders (``--data-seed``, default 12345, not the quality evaluation's scenes, encoded once), the
+same fixed timesteps and the same noise for every arm, with the prompt's caption and with an empty caption (the
+unconditional half of CFG). Each adapter's difference to the base is paired over the renders and given with a 95%
+normal CI.
 """
 
 from __future__ import annotations
@@ -25,17 +26,31 @@ DEFAULT_SIZES = ((32, 32), (16, 16), (48, 48), (64, 64), (32, 64))
 DEFAULT_TIMESTEPS = (50, 178, 307, 435, 564, 692, 821, 950)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) == 1:
-        parts = parts * 2
+def _size_arg(text: str) -> tuple[int, int]:
+    from training.train_res_adapter import parse_size
+
     try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes are 'HxW' or 'S' (positive ints), got {text!r}") from None
-    if min(height, width) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return height, width
+        return parse_size(text, "--sizes")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+@torch.no_grad()
+def encode_renders(
+    pipe, size: tuple[int, int], *, num_items: int = 64, data_seed: int = 12345
+) -> tuple[torch.Tensor, list[str]]:
+    """Renders ``0..num_items-1`` of the mini-world at ``size = (height, width)``, VAE-encoded (posterior mean,
+    scaled): latents ``(num_items, C, h, w)`` and their captions. The ResAdapter leaves the VAE alone, so one
+    encoding serves every arm."""
+    from training.train_res_adapter import MiniworldBucketDataset
+
+    if num_items < 1:
+        raise ValueError(f"`num_items` must be >= 1, got {num_items}.")
+    data = MiniworldBucketDataset(num_items, seed=data_seed)
+    items = [data[(i, *size)] for i in range(num_items)]
+    pixels = torch.stack([item["pixel_values"] for item in items]).to(pipe.vae.device, pipe.vae.dtype)
+    latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    return latents, [item["text"] for item in items]
 
 
 @torch.no_grad()
@@ -47,31 +62,30 @@ def heldout_loss(
     data_seed: int = 12345,
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
     empty_prompt: bool = False,
+    renders: tuple[torch.Tensor, list[str]] | None = None,
 ) -> torch.Tensor:
     """Per-render denoising MSE of ``pipe.unet`` at ``size``, averaged over ``timesteps``: ``(num_items,)``.
 
-    Renders ``0..num_items-1`` of the mini-world at ``size = (height, width)`` are VAE-encoded (posterior mean),
-    noised at each timestep with noise seeded by the timestep, and the UNet's epsilon prediction is compared to
-    the noise. Deterministic: two calls on the same weights return the same tensor.
+    The renders of :func:`encode_renders` (or ``renders``, its result for the same arguments) are noised at each
+    timestep with noise seeded by the timestep, and the UNet's prediction is compared to the scheduler's target
+    (:func:`training.core.get_target`). Deterministic: two calls on the same weights return the same tensor.
     """
-    from training.train_res_adapter import MiniworldBucketDataset
+    from training.core import get_target
 
-    if num_items < 1:
-        raise ValueError(f"`num_items` must be >= 1, got {num_items}.")
-    data = MiniworldBucketDataset(num_items, seed=data_seed)
-    items = [data[(i, *size)] for i in range(num_items)]
+    latents, texts = (
+        renders if renders is not None else encode_renders(pipe, size, num_items=num_items, data_seed=data_seed)
+    )
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    pixels = torch.stack([item["pixel_values"] for item in items]).to(device, dtype)
-    texts = ["" if empty_prompt else item["text"] for item in items]
-    latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-    embeds = pipe.encode_prompt(texts, device, 1, False)[0]
+    latents = latents.to(device, dtype)
+    embeds = pipe.encode_prompt([""] * len(texts) if empty_prompt else texts, device, 1, False)[0]
     losses = []
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(int(t))).to(device, dtype)
-        step = torch.full((num_items,), int(t), device=device, dtype=torch.long)
+        step = torch.full((len(latents),), int(t), device=device, dtype=torch.long)
         noisy = pipe.scheduler.add_noise(latents, noise, step)
         pred = pipe.unet(noisy, step, embeds).sample
-        losses.append(((pred.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)))
+        target = get_target(pipe.scheduler, latents, noise, step)
+        losses.append(((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3)))
     return torch.stack(losses).mean(0).cpu()
 
 
@@ -79,25 +93,30 @@ def compare(
     pipe,
     adapters: Sequence[str | os.PathLike | dict],
     sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-    **kwargs,
+    *,
+    num_items: int = 64,
+    data_seed: int = 12345,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
 ) -> list[dict]:
     """Rows ``{"size", "prompt", "arm", "loss", "diff", "ci95"}`` for the base and each adapter (a path or a state
     dict; loaded, measured, unloaded in turn, so the pipeline ends as it started)."""
     from adapters.res_adapter import load_res_adapter, unload_res_adapter
 
-    arms: dict[str, dict] = {"base": {}}
-    for size in sizes:
-        for empty in (False, True):
-            arms["base"][(size, empty)] = heldout_loss(pipe, size, empty_prompt=empty, **kwargs)
+    renders = {size: encode_renders(pipe, size, num_items=num_items, data_seed=data_seed) for size in sizes}
+
+    def measure() -> dict:
+        return {
+            (size, empty): heldout_loss(pipe, size, timesteps=timesteps, empty_prompt=empty, renders=renders[size])
+            for size in sizes
+            for empty in (False, True)
+        }
+
+    arms: dict[str, dict] = {"base": measure()}
     for index, adapter in enumerate(adapters):
         name = str(adapter) if isinstance(adapter, (str, os.PathLike)) else f"adapter {index}"
         load_res_adapter(pipe, adapter)
         try:
-            arms[name] = {
-                (size, empty): heldout_loss(pipe, size, empty_prompt=empty, **kwargs)
-                for size in sizes
-                for empty in (False, True)
-            }
+            arms[name] = measure()
         finally:
             unload_res_adapter(pipe)
     rows = []
@@ -122,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapters", nargs="+", help="ResAdapter folders or files")
     parser.add_argument("--base", default="assets/base", help="base SD 1.x folder (default: assets/base)")
-    parser.add_argument("--sizes", nargs="+", type=_parse_size, default=list(DEFAULT_SIZES), help="'HxW' or 'S'")
+    parser.add_argument("--sizes", nargs="+", type=_size_arg, default=list(DEFAULT_SIZES), help="'HxW' or 'S'")
     parser.add_argument("--items", type=int, default=64, help="renders per size (default 64)")
     parser.add_argument("--data-seed", type=int, default=12345, help="mini-world data seed (default 12345)")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")

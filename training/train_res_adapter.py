@@ -64,6 +64,7 @@ __all__ = [
     "ResAdapterTrainConfig",
     "ResAdapterTrainer",
     "make_buckets",
+    "parse_size",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -110,10 +111,11 @@ class ResAdapterTrainConfig(TrainConfig):
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}.")
         for size in self.validation_resolutions:
-            _parse_size(size)
+            parse_size(size)
 
 
-def _parse_size(text: str | int) -> tuple[int, int]:
+def parse_size(text: str | int, name: str = "validation_resolutions") -> tuple[int, int]:
+    """``'HxW'`` or ``'S'`` (a square) -> ``(height, width)``; ``ValueError`` naming ``name`` unless positive ints."""
     parts = str(text).lower().replace(" ", "").split("x")
     try:
         values = [int(p) for p in parts]
@@ -122,7 +124,7 @@ def _parse_size(text: str | int) -> tuple[int, int]:
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) < 1:
-        raise ValueError(f"`validation_resolutions` entries must be 'HxW' or 'S' (positive ints), got {text!r}.")
+        raise ValueError(f"`{name}` entries must be 'HxW' or 'S' (positive ints), got {text!r}.")
     return values[0], values[1]
 
 
@@ -557,7 +559,7 @@ class ResAdapterTrainer(AdapterTrainer):
     def validation_sizes(self) -> list[tuple[int, int]]:
         cfg = self.config
         if cfg.validation_resolutions:
-            return [_parse_size(s) for s in cfg.validation_resolutions]
+            return [parse_size(s) for s in cfg.validation_resolutions]
         step = cfg.bucket_step
         middle = max(cfg.min_side, round((cfg.min_side + cfg.max_side) / 2 / step) * step)
         wide = min(cfg.max_side, max(cfg.min_side, round(middle * 1.5 / step) * step))
