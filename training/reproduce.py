@@ -290,11 +290,11 @@ def assemble(recipe: Recipe, paths: dict[str, str], out: str | Path, overwrite: 
     missing = [str(src) for src, _ in sources if not src.exists()]
     if missing:
         raise FileNotFoundError(f"{recipe.name}: missing outputs {missing}; run its steps first.")
+    ignore = shutil.ignore_patterns("checkpoint-*", ".*")
     with atomic_directory(dest) as tmp:
         for src, rel in sources:
             target = tmp / rel
             if src.is_dir():
-                ignore = shutil.ignore_patterns("checkpoint-*", ".*")
                 shutil.copytree(src, target, ignore=ignore, dirs_exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -333,8 +333,9 @@ def reproduce(
             if done.exists():
                 logger.info("%s: %s exists, skipping `%s` (delete it to rerun)", recipe.name, done, step.module)
                 continue
-            logger.info("%s: python -m %s", recipe.name, shlex.join(step.argv(paths)))
-            run(step.argv(paths))
+            argv = step.argv(paths)
+            logger.info("%s: python -m %s", recipe.name, shlex.join(argv))
+            run(argv)
         folders.append(assemble(recipe, paths, out, overwrite=overwrite))
         logger.info("%s: wrote %s", recipe.name, folders[-1])
     return folders
