@@ -102,6 +102,21 @@ def real_renders(indices: Sequence[int] | range, height: int, width: int) -> tup
     return np.stack(images).astype(np.float64), prompts
 
 
+@torch.no_grad()
+def vae_round_trip(vae: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``images`` ``(N, H, W, 3)`` in ``[0, 1]`` encoded by ``vae`` (posterior mean) and decoded again, clipped to
+    ``[0, 1]``: ``(N, H, W, 3)`` float64. What the best possible latent (from any UNet-side adapter) decodes to, so its
+    FD to real renders is the floor a ResAdapter can reach at that size."""
+    param = next(vae.parameters())
+    outs = []
+    for start in range(0, len(images), max(1, int(batch))):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).permute(0, 3, 1, 2)
+        x = x.to(param.device, param.dtype) * 2 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        outs.append(((y.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(outs).astype(np.float64)
+
+
 def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
@@ -294,11 +309,14 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "(95% jackknife CI over seeds; the verdict metric) and KID on the same features (descriptive); acc: the "
         "classifier sees exactly the prompt's objects, colour acc: it sees every colour the prompt names (mean ± std "
         "over seeds; the real-render columns are the classifier's ceiling). Differences are ResAdapter - base, paired "
-        "over seeds, with their 95% CI.",
+        f"over seeds, with their 95% CI. FD floors (descriptive, same N): {n} real renders of other scenes, and the "
+        "same renders through the base VAE (encode, decode): a ResAdapter changes only the UNet, so the VAE floor is the "
+        "lowest FD it can reach; 'gap closed' is (FD base - FD ResAdapter) / (FD base - VAE floor).",
         "",
-        "| size (HxW) | FD base | FD ResAdapter | FD diff | KID diff | acc base | acc ResAdapter | acc diff | "
-        "real-render acc | colour acc base | colour acc ResAdapter | real-render colour acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size (HxW) | FD base | FD ResAdapter | FD diff | KID diff | FD floor: real / VAE round-trip | gap closed | "
+        "acc base | acc ResAdapter | acc diff | real-render acc | colour acc base | colour acc ResAdapter | "
+        "real-render colour acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     samples: list[tuple[str, np.ndarray]] = []
@@ -308,6 +326,11 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         real_feats = metrics.classifier_features(clf, real)
         real_scores = metrics.prompt_accuracy(clf, real[:n], prompts)
         real_acc = real_scores["match"]
+        others, _ = real_renders(range(cfg.n_real, cfg.n_real + n), h, w)
+        floor_feats = {"real": others, "vae": vae_round_trip(pipe.vae, others, cfg.batch)}
+        floor = metrics.set_distances(
+            {k: metrics.classifier_features(clf, v) for k, v in floor_feats.items()}, real_feats
+        )
         arms = {}
         for arm, scale in (("base", 0.0), ("res", 1.0)):
             pipe.set_res_adapter_scale(lora_scale=scale, norm_scale=scale)
@@ -336,11 +359,15 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         acc_diff = _cmp(acc["res"], acc["base"], "higher")
         is_native = (h, w) == (native, native)
         key = f"{h}x{w}"
+        reachable = fd["base"]["fd"] - floor["vae"]["fd"]
+        gap_closed = -fd_diff["diff"] / reachable if reachable > 0 else float("nan")
         rows[key] = {
             "native": is_native,
             "fd": {k: fd[k] for k in arms},
             "fd_diff": fd_diff,
             "kid_diff": kid_diff,
+            "fd_floor": {"real": floor["real"], "vae_round_trip": floor["vae"]},
+            "gap_to_vae_floor_closed": gap_closed,
             "accuracy": {k: metrics.summarize(v) for k, v in acc.items()},
             "accuracy_per_seed": {k: v.tolist() for k, v in acc.items()},
             "accuracy_diff": acc_diff,
@@ -351,6 +378,7 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         lines.append(
             f"| {key}{' (native)' if is_native else ''} | {_fmt_fd(fd['base'])} | {_fmt_fd(fd['res'])} | "
             f"{_fmt_diff(fd_diff, 2)} | {_fmt_diff(kid_diff, 1, verdict=False)} | "
+            f"{floor['real']['fd']:.1f} / {floor['vae']['fd']:.1f} | {_pct(gap_closed)} | "
             f"{_fmt(rows[key]['accuracy']['base'], 2)} | "
             f"{_fmt(rows[key]['accuracy']['res'], 2)} | {_fmt_diff(acc_diff, 2)} | "
             f"{_fmt(rows[key]['real_accuracy'], 2)} | {_fmt(rows[key]['colour_accuracy']['base'], 2)} | "

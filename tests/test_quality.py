@@ -255,6 +255,9 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
         assert section["holds"] is None if name == "base" else isinstance(section["holds"], bool)
     assert md.count("**Untrained placeholder models**") == 5
     assert "| size (HxW) |" in md and "PSNR (dB)" in md and "frame-0 SSIM" in md and "HiPA LoRA, 1 step" in md
+    assert "| FD floor: real / VAE round-trip | gap closed |" in md
+    for row in data["sections"]["res_adapter"]["results"].values():
+        assert set(row["fd_floor"]) == {"real", "vae_round_trip"} and row["fd_floor"]["real"]["fd"] >= 0
     assert payload["sections"].keys() == data["sections"].keys()
     for name in data["sections"]:
         assert (tmp_path / "quality_samples" / f"{name}.png").is_file()
@@ -295,3 +298,48 @@ def test_verdicts_and_size_parsing():
         quality.main(["--seeds", "1"])
     with pytest.raises(SystemExit):
         quality.main(["--only", "nope"])
+
+
+class _IdentityVAE(torch.nn.Module):
+    """encode -> posterior mean = pixels in [-1, 1]; decode -> the same: the round trip is exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z)
+
+
+def test_vae_round_trip_maps_pixels_through_encode_decode():
+    """An exact VAE gives the images back (so the VAE floor equals the real-render floor); a real AutoencoderKL gives
+    decode(encode(2x - 1).mean) mapped back to [0, 1], the same in any batch size."""
+    from diffusers import AutoencoderKL
+
+    from benchmarks import quality
+
+    images = _images(5, 16, 16)
+    np.testing.assert_allclose(quality.vae_round_trip(_IdentityVAE(), images, batch=2), images, atol=1e-6)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() * 2 - 1
+    with torch.no_grad():
+        want = ((vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    got = quality.vae_round_trip(vae, images, batch=2)
+    assert got.shape == images.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - images).mean() > 1e-3  # an untrained VAE is not the identity: the test can tell them apart
