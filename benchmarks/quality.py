@@ -281,6 +281,26 @@ def _kid_diff(d: dict[str, float], sign: float = 1.0) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def res_adapter_verdict(verdicts: Sequence[tuple[str, str, str]], gap_closed: dict[str, float]) -> tuple[bool, str]:
+    """The ResAdapter claim from per-size ``(size, FD verdict, accuracy verdict)`` of the off-native sizes: it holds
+    when FD is lower outside the spread at every size and accuracy is nowhere lower. Returns ``(holds, summary)``;
+    sizes within the spread are named with the share of the gap to the VAE floor the adapter closed there."""
+    fd_hold = [k for k, v, _ in verdicts if v == "holds"]
+    fd_rev = [k for k, v, _ in verdicts if v == "reversed"]
+    fd_within = [k for k, v, _ in verdicts if v not in ("holds", "reversed")]
+    acc_rev = [k for k, _, v in verdicts if v == "reversed"]
+    holds = bool(verdicts) and len(fd_hold) == len(verdicts) and not acc_rev
+    within = ", ".join(f"{k} ({_pct(gap_closed.get(k, float('nan')))} of the gap to the VAE floor)" for k in fd_within)
+    summary = (
+        f"FD lower with ResAdapter (outside the spread) at {len(fd_hold)}/{len(verdicts)} off-native sizes"
+        f"{' (' + ', '.join(fd_hold) + ')' if fd_hold else ''}"
+        f"{'; within the spread at ' + within if within else ''}"
+        f"{'; FD higher with ResAdapter at ' + ', '.join(fd_rev) if fd_rev else ''}"
+        f"{'; accuracy lower with ResAdapter at ' + ', '.join(acc_rev) if acc_rev else ''}"
+    )
+    return holds, summary
+
+
 def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     """Base vs base + ResAdapter at off-native sizes."""
     pipe = _load("res", cfg)
@@ -388,16 +408,7 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             verdicts.append((key, fd_diff["verdict"], acc_diff["verdict"]))
         samples += [(f"{key} base", arms["base"]), (f"{key} ResAdapter", arms["res"]), (f"{key} real", real[:n])]
     lines += _sample_lines(save_samples(cfg, "res_adapter", samples), [label for label, _ in samples])
-    fd_hold = [k for k, v, _ in verdicts if v == "holds"]
-    fd_rev = [k for k, v, _ in verdicts if v == "reversed"]
-    acc_rev = [k for k, _, v in verdicts if v == "reversed"]
-    holds = len(fd_hold) == len(verdicts) and not acc_rev
-    claim = (
-        f"FD lower with ResAdapter (outside the spread) at {len(fd_hold)}/{len(verdicts)} off-native sizes"
-        f"{' (' + ', '.join(fd_hold) + ')' if fd_hold else ''}"
-        f"{'; FD higher with ResAdapter at ' + ', '.join(fd_rev) if fd_rev else ''}"
-        f"{'; accuracy lower with ResAdapter at ' + ', '.join(acc_rev) if acc_rev else ''}"
-    )
+    holds, claim = res_adapter_verdict(verdicts, {k: row["gap_to_vae_floor_closed"] for k, row in rows.items()})
     return {
         "status": "ok",
         "claim": "ResAdapter repairs off-resolution images (lower FD, accuracy not lower, at every off-native size)",

@@ -343,3 +343,25 @@ def test_vae_round_trip_maps_pixels_through_encode_decode():
     assert got.shape == images.shape and got.dtype == np.float64
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(got - images).mean() > 1e-3  # an untrained VAE is not the identity: the test can tell them apart
+
+
+def test_res_adapter_verdict_needs_every_off_native_size():
+    from benchmarks import quality
+
+    gaps = {"16x16": 0.255, "48x48": 0.5, "32x64": 0.2}
+    holds, summary = quality.res_adapter_verdict(
+        [("48x48", "holds", "within spread"), ("32x64", "holds", "holds")], gaps
+    )
+    assert holds and summary == "FD lower with ResAdapter (outside the spread) at 2/2 off-native sizes (48x48, 32x64)"
+    holds, summary = quality.res_adapter_verdict(
+        [("16x16", "within spread", "within spread"), ("48x48", "holds", "within spread"), ("32x64", "reversed", "x")],
+        gaps,
+    )
+    assert not holds
+    assert summary == (
+        "FD lower with ResAdapter (outside the spread) at 1/3 off-native sizes (48x48); within the spread at 16x16 "
+        "(26% of the gap to the VAE floor); FD higher with ResAdapter at 32x64"
+    )
+    holds, summary = quality.res_adapter_verdict([("48x48", "holds", "reversed")], gaps)
+    assert not holds and summary.endswith("; accuracy lower with ResAdapter at 48x48")
+    assert quality.res_adapter_verdict([], {})[0] is False  # no off-native size measured: no evidence for the claim
