@@ -81,3 +81,37 @@ def test_export_checkpoint_maps_ema_shadows_to_parameters(tmp_path):
         assert torch.equal(new, old + 1.0), name
     for (name, old), (_, new) in zip(text.named_parameters(), new_text.named_parameters()):
         assert torch.equal(new, old + 1.0), name
+
+
+def test_vae_decoder_only_run_at_several_sizes(tmp_path):
+    """``--sizes``: every batch has one of the given sizes (both seen), only the decoder trains, and the latent space
+    (encoder and scaling factor) is kept bit for bit, so a UNet trained on it stays valid."""
+    import pytest
+    from diffusers import AutoencoderKL
+
+    from training.train_base_vae import BaseVAEConfig, BaseVAETrainer
+
+    init_base(tmp_path / "init")
+    argv = [
+        "--pretrained_model_name_or_path", str(tmp_path / "init"), "--output_dir", str(tmp_path / "out"),
+        "--decoder_only", "--sizes", "8", "16x8", "--resolution", "16", "--train_batch_size", "2",
+        "--max_train_steps", "6", "--num_samples", "8", "--learning_rate", "1e-3", "--seed", "0",
+    ]  # fmt: skip
+    seen = []
+
+    class Recording(BaseVAETrainer):
+        def compute_loss(self, batch):
+            seen.append(tuple(batch["pixel_values"].shape[-2:]))
+            return super().compute_loss(batch)
+
+    Recording(BaseVAEConfig.from_args(argv)).train()
+    assert len(seen) == 6 and set(seen) == {(8, 8), (16, 8)}
+    before = AutoencoderKL.from_pretrained(tmp_path / "init", subfolder="vae")
+    after = AutoencoderKL.from_pretrained(tmp_path / "out", subfolder="vae")
+    assert after.config.scaling_factor == before.config.scaling_factor
+    old, new = before.state_dict(), after.state_dict()
+    assert old.keys() == new.keys()
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("decoder."))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="sizes"):
+        BaseVAEConfig.from_args([*argv[:4], "--sizes", "0"])

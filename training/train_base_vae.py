@@ -4,6 +4,11 @@ Run ``python -m training.train_base_vae --pretrained_model_name_or_path <init fo
 init folder comes from ``python -m training.base_model --out <init folder>``. The output folder is a complete base in
 the SD 1.5 layout (the other components copied unchanged), with the trained VAE and its latent ``scaling_factor``
 measured on the training data (1 / std of the latents), ready for stage 2 (``training.train_base``).
+
+``--sizes 16 32 48 64`` trains at several sizes ('HxW' or 'S'; one size per batch, drawn at random) instead of
+``--resolution`` alone: the mini-world draws objects smaller at smaller sizes, so a decoder trained at the native size
+only loses the small objects that ResAdapter generations at half the native size hold. With ``--decoder_only`` the
+latent space stays the same, so a UNet and adapters trained on it stay valid.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ class BaseVAEConfig(TrainConfig):
     scaling_samples: int = field(
         default=256, metadata={"help": "Training images used to measure the latent scaling factor at the end."}
     )
+    sizes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Train at these sizes ('HxW' or 'S'), one per batch, instead of --resolution alone."},
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        from training.train_res_adapter import parse_size
+
+        for size in self.sizes:
+            parse_size(size, "sizes")
 
 
 def _object_mask(pixels: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
@@ -61,11 +77,34 @@ class BaseVAETrainer(AdapterTrainer):
         self.vae.load_state_dict(state_dict, strict=True)
 
     def build_dataset(self):
-        from training.base_model import miniworld_images
+        from training.base_model import MINIWORLD_FRAMING, miniworld_images
+        from training.train_res_adapter import MiniworldBucketDataset
 
         if not hasattr(self, "_dataset"):
-            self._dataset = miniworld_images(self.config.resolution, self.config.num_samples, seed=self.seed or 0)
+            if self.config.sizes:  # items are (index, height, width), see build_dataloader
+                max_objects = MINIWORLD_FRAMING["max_objects"]
+                self._dataset = MiniworldBucketDataset(self.config.num_samples, self.seed or 0, max_objects)
+            else:
+                self._dataset = miniworld_images(self.config.resolution, self.config.num_samples, seed=self.seed or 0)
         return self._dataset
+
+    def build_dataloader(self, dataset):
+        """With ``--sizes``: batches of one size each (drawn per batch), else the shared shuffled loader."""
+        from torch.utils.data import DataLoader
+
+        from training.train_res_adapter import BucketBatchSampler, parse_size
+
+        if not self.config.sizes:
+            return super().build_dataloader(dataset)
+        sizes = sorted({parse_size(s, "sizes") for s in self.config.sizes})
+        sampler = BucketBatchSampler(len(dataset), sizes, self.config.train_batch_size, seed=self.seed or 0)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn, num_workers=0)
+
+    def _pixels(self, indices) -> torch.Tensor:
+        """``(len(indices), 3, H, W)`` training images (at ``--resolution`` in every mode)."""
+        data, res = self.build_dataset(), self.config.resolution
+        keys = [(i, res, res) for i in indices] if self.config.sizes else list(indices)
+        return torch.stack([data[k]["pixel_values"] for k in keys]).to(self.device)
 
     def compute_loss(self, batch) -> torch.Tensor:
         """``batch["pixel_values"]``: ``(B, 3, H, W)`` in [-1, 1]; weighted MSE + L1 reconstruction plus a small KL."""
@@ -82,8 +121,7 @@ class BaseVAETrainer(AdapterTrainer):
     def log_validation(self, step: int):
         from PIL import Image
 
-        data = self.build_dataset()
-        pixels = torch.stack([data[i]["pixel_values"] for i in range(4)]).to(self.device)
+        pixels = self._pixels(range(4))
         recon = self.vae.decode(self.vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
         both = torch.cat([pixels, recon], dim=3)  # original | reconstruction
         arrays = ((both.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().astype("uint8")
@@ -95,11 +133,9 @@ class BaseVAETrainer(AdapterTrainer):
         source = Path(self.config.pretrained_model_name_or_path)
         vae = self.accelerator.unwrap_model(self.vae).eval()
         if not self.config.decoder_only:  # a decoder-only run keeps the latent space, so keeps its scaling too
-            data = self.build_dataset()
             latents = []
             for start in range(0, self.config.scaling_samples, 32):
-                idx = range(start, min(start + 32, self.config.scaling_samples))
-                pixels = torch.stack([data[i]["pixel_values"] for i in idx]).to(self.device)
+                pixels = self._pixels(range(start, min(start + 32, self.config.scaling_samples)))
                 latents.append(vae.encode(pixels).latent_dist.mode().float())
             vae.register_to_config(scaling_factor=float(1.0 / torch.cat(latents).std()))
         for item in source.iterdir():
