@@ -131,8 +131,10 @@ def test_single_adapter_trains_on_the_shipped_base_and_resumes(tmp_path):
         Path(step.produces.format(**paths)).touch()
     calls.clear()
     rp.reproduce(["base"], runs, out, run=_fake_runner(recipes, paths, calls))
-    assert [c[0] for c in calls] == ["training.train_base_vae", "training.train_base"]
-    assert calls[0][calls[0].index("--output_dir") + 1] == str(runs / "base-vae-dec")
+    assert [c[0] for c in calls] == ["training.train_base_vae", "training.train_base_vae", "training.train_base"]
+    assert [c[c.index("--output_dir") + 1] for c in calls] == [
+        str(runs / n) for n in ("base-vae-dec", "base-vae-ms", "base")
+    ]
 
 
 def test_existing_output_is_never_replaced_without_overwrite(tmp_path):

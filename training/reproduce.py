@@ -86,6 +86,14 @@ RECIPES: tuple[Recipe, ...] = (
                 "{runs}/base-vae-dec/vae/diffusion_pytorch_model.safetensors",
             ),
             Step(
+                "training.train_base_vae",
+                "--pretrained_model_name_or_path {runs}/base-vae-dec --output_dir {runs}/base-vae-ms --decoder_only "
+                "--object_weight 4 --resolution 32 --sizes 16 24 32 48 64 --train_batch_size 32 --max_train_steps 600 "
+                "--learning_rate 5e-4 --lr_scheduler cosine --lr_warmup_steps 20 --num_samples 4096 --seed 3 "
+                f"{_RESUME}",
+                "{runs}/base-vae-ms/vae/diffusion_pytorch_model.safetensors",
+            ),
+            Step(
                 "training.train_base",
                 "--pretrained_model_name_or_path {runs}/base-vae --output_dir {runs}/base --resolution 32 "
                 "--train_batch_size 32 --max_train_steps 2000 --learning_rate 6e-4 --lr_scheduler constant_with_warmup "
@@ -94,11 +102,11 @@ RECIPES: tuple[Recipe, ...] = (
                 "{runs}/base/unet/diffusion_pytorch_model.safetensors",
             ),
         ),
-        # the UNet and text encoder trained on the first VAE; its decoder-only fine-tune shares the latent space
+        # the UNet and text encoder trained on the first VAE; its decoder-only fine-tunes share the latent space
         tuple(
             (f"{{runs}}/base/{part}", part) for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer")
         )
-        + (("{runs}/base/unet", "unet"), ("{runs}/base-vae-dec/vae", "vae")),
+        + (("{runs}/base/unet", "unet"), ("{runs}/base-vae-ms/vae", "vae")),
     ),
     Recipe(
         "res",
