@@ -116,8 +116,8 @@ RECIPES: tuple[Recipe, ...] = (
                 "training.train_res_adapter",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/res --dataset miniworld --min_side 16 "
                 "--max_side 64 --bucket_step 8 --max_aspect_ratio 2 --resolution 32 --train_batch_size 16 "
-                "--max_train_steps 5000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
-                f"--alpha 32 --caption_dropout 0.1 --seed 0 {_RESUME}",
+                "--max_train_steps 10000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
+                f"--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 0 {_RESUME}",
                 "{runs}/res/pytorch_lora_weights.safetensors",
             ),
         ),
