@@ -347,9 +347,9 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         real_scores = metrics.prompt_accuracy(clf, real[:n], prompts)
         real_acc = real_scores["match"]
         others, _ = real_renders(range(cfg.n_real, cfg.n_real + n), h, w)
-        floor_feats = {"real": others, "vae": vae_round_trip(pipe.vae, others, cfg.batch)}
+        floor_images = {"real": others, "vae": vae_round_trip(pipe.vae, others, cfg.batch)}
         floor = metrics.set_distances(
-            {k: metrics.classifier_features(clf, v) for k, v in floor_feats.items()}, real_feats
+            {k: metrics.classifier_features(clf, v) for k, v in floor_images.items()}, real_feats
         )
         arms = {}
         for arm, scale in (("base", 0.0), ("res", 1.0)):

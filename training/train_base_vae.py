@@ -98,7 +98,8 @@ class BaseVAETrainer(AdapterTrainer):
             return super().build_dataloader(dataset)
         sizes = sorted({parse_size(s, "sizes") for s in self.config.sizes})
         sampler = BucketBatchSampler(len(dataset), sizes, self.config.train_batch_size, seed=self.seed or 0)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn, num_workers=0)
+        workers = self.config.dataloader_num_workers
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn, num_workers=workers)
 
     def _pixels(self, indices) -> torch.Tensor:
         """``(len(indices), 3, H, W)`` training images (at ``--resolution`` in every mode)."""
