@@ -21,8 +21,10 @@ from training.train_i2v_adapter import (
     I2VAdapterTrainConfig,
     I2VAdapterTrainer,
     VideoFolderDataset,
+    collate,
     first_frame_loss_mask,
     noise_video_keep_first,
+    pick_captions,
     sample_frame_indices,
 )
 
@@ -90,7 +92,32 @@ def test_first_frame_stays_clean_and_is_masked():
     assert mask.flatten().tolist() == [0.0, 1.0, 1.0]
 
 
+def test_pick_captions_mixes_full_motion_word_and_empty():
+    texts, motions = ["a red cube, spinning"] * 2000, ["spinning"] * 2000
+    picked = pick_captions(texts, motions, random.Random(0), dropout=0.1, motion_only=0.3)
+    shares = {c: picked.count(c) / len(picked) for c in ("", "spinning", "a red cube, spinning")}
+    assert abs(shares[""] - 0.1) < 0.03 and abs(shares["spinning"] - 0.3) < 0.03
+    assert abs(shares["a red cube, spinning"] - 0.6) < 0.03
+    # without motion words (folder data) only the dropout applies
+    plain = pick_captions(texts, None, random.Random(0), dropout=0.0, motion_only=0.3)
+    assert plain == texts
+
+
+def test_miniworld_batches_carry_the_motion_word():
+    from training.miniworld import VideoDataset
+    from training.miniworld.scene import MOTIONS
+
+    data = VideoDataset(2, 16, length=2, seed=0)
+    batch = collate([data[0], data[1]])
+    assert batch["motion_text"] == [MOTIONS[data[i]["motion"]] for i in range(2)]
+    assert all(t.endswith(m) for t, m in zip(batch["text"], batch["motion_text"]))
+
+
 def test_config_checks():
+    with pytest.raises(ValueError, match="motion_caption"):
+        I2VAdapterTrainConfig(pretrained_model_name_or_path="x", train_data_dir="d", motion_caption=0.5)
+    with pytest.raises(ValueError, match="motion_caption"):
+        I2VAdapterTrainConfig(pretrained_model_name_or_path="x", dataset="miniworld", motion_caption=1.5)
     with pytest.raises(ValueError, match="num_frames"):
         I2VAdapterTrainConfig(pretrained_model_name_or_path="x", train_data_dir="d", num_frames=1)
     with pytest.raises(ValueError, match="image_encoder_path"):
@@ -202,6 +229,8 @@ def test_content_adapter_run(tiny_animatediff, tmp_path):
 
 def test_miniworld_clips(tiny_animatediff, tmp_path):
     out = tmp_path / "mw"
-    argv = _argv(tiny_animatediff, tmp_path, out, 1, "--dataset", "miniworld", "--num_samples", "2")
+    argv = _argv(
+        tiny_animatediff, tmp_path, out, 1, "--dataset", "miniworld", "--num_samples", "2", "--motion_caption", "0.5"
+    )
     trainer = main(I2VAdapterTrainer, argv)
     assert trainer.global_step == 1 and (out / "adapter_model.safetensors").is_file()

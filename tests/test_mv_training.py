@@ -59,6 +59,21 @@ def test_folder_dataset_and_drops(mv_data):
     with pytest.raises(ValueError, match="drop_text"):
         MVAdapterTrainConfig(train_data_dir="x", drop_text=0.6, drop_both=0.6)
     assert MVAdapterTrainConfig(train_data_dir="x").snr_gamma == 5.0
+    with pytest.raises(ValueError, match="max_objects"):
+        MVAdapterTrainConfig(dataset="miniworld", max_objects=0)
+
+
+def test_miniworld_max_objects_narrows_the_scenes():
+    from training.base_model import MINIWORLD_FRAMING
+
+    trainer = MVAdapterTrainer.__new__(MVAdapterTrainer)
+    trainer.seed = 0
+    counts = {}
+    for n in (None, 1):
+        trainer.config = MVAdapterTrainConfig(dataset="miniworld", num_views=2, resolution=16, max_objects=n)
+        data = trainer.build_dataset()
+        counts[n] = max(len(data.base.sample(i)[0].objects) for i in range(24))
+    assert counts[1] == 1 and counts[None] == MINIWORLD_FRAMING["max_objects"]
 
 
 def test_short_i2mv_run_trains_only_the_adapter(tiny_sd15, mv_data, tmp_path):

@@ -53,6 +53,7 @@ __all__ = [
     "VideoFolderDataset",
     "first_frame_loss_mask",
     "noise_video_keep_first",
+    "pick_captions",
     "sample_frame_indices",
 ]
 
@@ -74,6 +75,13 @@ class I2VAdapterTrainConfig(TrainConfig):
     height: int | None = field(default=None, metadata=_h("Clip height in pixels (default: --resolution)."))
     width: int | None = field(default=None, metadata=_h("Clip width in pixels (default: --resolution)."))
     caption_dropout: float = field(default=0.05, metadata=_h("Probability of an empty caption (for CFG)."))
+    motion_caption: float = field(
+        default=0.0,
+        metadata=_h(
+            "Probability of captioning a mini-world clip with its motion word only (e.g. 'spinning'), so that the "
+            "subject can only come from the first frame (miniworld dataset)."
+        ),
+    )
     num_samples: int = field(default=10000, metadata=_h("Clips per epoch of the mini-world dataset."))
     init_adapter: str | None = field(default=None, metadata=_h("Start from this I2V-Adapter file."))
     content_adapter: bool = field(default=False, metadata=_h("Also train the content adapter (IP-Adapter style)."))
@@ -98,9 +106,13 @@ class I2VAdapterTrainConfig(TrainConfig):
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 raise ValueError(f"`{name}` must be a multiple of 8, got {value}.")
-        for name in ("caption_dropout", "image_dropout"):
+        for name in ("caption_dropout", "image_dropout", "motion_caption"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        if self.caption_dropout + self.motion_caption > 1.0:
+            raise ValueError("`caption_dropout + motion_caption` must be <= 1.")
+        if self.motion_caption and self.dataset != "miniworld":
+            raise ValueError("`motion_caption` needs `--dataset miniworld` (folder captions have no motion word).")
         if self.dataset == "folder" and not (self.train_data_dir or self.manifest):
             raise ValueError("`--dataset folder` needs `train_data_dir` or `manifest`.")
         if self.content_adapter and not self.image_encoder_path:
@@ -240,10 +252,34 @@ class VideoFolderDataset(Dataset):
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    """Stack clips: ``pixel_values`` ``(B, F, 3, H, W)``, ``text`` list, and ``motion_text`` (the motion word alone)
+    when the items name their motion (mini-world clips)."""
+    batch = {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "text": [e["text"] for e in examples],
     }
+    if all("motion" in e for e in examples):
+        from training.miniworld.scene import MOTIONS
+
+        batch["motion_text"] = [MOTIONS[e["motion"]] for e in examples]
+    return batch
+
+
+def pick_captions(
+    texts: list[str], motion_texts: list[str] | None, rng: random.Random, dropout: float, motion_only: float
+) -> list[str]:
+    """Per clip: the empty caption with probability ``dropout``, the motion word alone with ``motion_only`` (when
+    ``motion_texts`` is given), the full caption otherwise."""
+    out = []
+    for i, text in enumerate(texts):
+        u = rng.random()
+        if u < dropout:
+            out.append("")
+        elif motion_texts is not None and u < dropout + motion_only:
+            out.append(motion_texts[i])
+        else:
+            out.append(text)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -383,7 +419,9 @@ class I2VAdapterTrainer(AdapterTrainer):
             flat = pixels.flatten(0, 1)
             latents = self.vae.encode(flat).latent_dist.sample() * self.vae.config.scaling_factor
             latents = latents.unflatten(0, (bsz, frames)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
-            texts = [t if self._rng.random() >= cfg.caption_dropout else "" for t in batch["text"]]
+            texts = pick_captions(
+                batch["text"], batch.get("motion_text"), self._rng, cfg.caption_dropout, cfg.motion_caption
+            )
             states = self.encode_text(texts).repeat_interleave(frames, dim=0)
             added = None
             if self.adapter.content is not None:

@@ -85,6 +85,9 @@ class MVAdapterTrainConfig(TrainConfig):
         default="ortho_ring", metadata=_h("Mini-world cameras.", ["ortho_ring", "persp_ring", "mvadapter", "random"])
     )
     num_samples: int = field(default=10000, metadata=_h("Objects per epoch of the mini-world dataset."))
+    max_objects: int | None = field(
+        default=None, metadata=_h("Objects per mini-world scene, 1..n (default: the embedded base's framing, 2).")
+    )
     noise_shift: float = field(default=8.0, metadata=_h("Shifted-SNR training schedule factor (1: off)."))
     drop_text: float = field(default=0.1, metadata=_h("Probability of an empty prompt only."))
     drop_reference: float = field(default=0.1, metadata=_h("Probability of a zero reference only (image modes)."))
@@ -107,6 +110,8 @@ class MVAdapterTrainConfig(TrainConfig):
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
         if self.drop_text + self.drop_reference + self.drop_both > 1.0:
             raise ValueError("`drop_text + drop_reference + drop_both` must be <= 1.")
+        if self.max_objects is not None and self.max_objects < 1:
+            raise ValueError(f"`max_objects` must be >= 1, got {self.max_objects}.")
         if self.noise_shift <= 0:
             raise ValueError(f"`noise_shift` must be > 0, got {self.noise_shift}.")
         if self.dataset == "folder" and not self.train_data_dir:
@@ -350,7 +355,7 @@ class MVAdapterTrainer(AdapterTrainer):
             # the scenes' own backgrounds and object counts, as the embedded base was trained on
             base = MultiViewDataset(
                 cfg.num_views, cfg.camera_mode, cfg.size, length=cfg.num_samples, seed=self.seed or 0,
-                background=None, max_objects=MINIWORLD_FRAMING["max_objects"],
+                background=None, max_objects=cfg.max_objects or MINIWORLD_FRAMING["max_objects"],
             )  # fmt: skip
             return _MiniWorldMultiView(base, cfg.geometry, cfg.camera_map)
         return MultiViewFolderDataset(
