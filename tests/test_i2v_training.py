@@ -234,3 +234,22 @@ def test_miniworld_clips(tiny_animatediff, tmp_path):
     )
     trainer = main(I2VAdapterTrainer, argv)
     assert trainer.global_step == 1 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_training_first_frame_is_the_pipeline_s_clean_latent(tiny_animatediff, tmp_path):
+    """Frame 0 enters the UNet in training exactly as the pipeline encodes the input image (posterior mean)."""
+    out = tmp_path / "ff"
+    trainer = main(I2VAdapterTrainer, _argv(tiny_animatediff, tmp_path, out, 1, "--dataset", "miniworld"))
+    batch = collate([trainer.train_dataloader.dataset[0]])
+    seen = []
+    handle = trainer.unet.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k.get("sample", a[0] if a else None)), with_kwargs=True
+    )
+    try:
+        trainer.compute_loss(batch)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        first = batch["pixel_values"][:, 0].to(trainer.device)
+        expected = trainer.vae.encode(first).latent_dist.mean * trainer.vae.config.scaling_factor
+    torch.testing.assert_close(seen[0][:, :, 0], expected)

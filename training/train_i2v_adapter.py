@@ -416,9 +416,15 @@ class I2VAdapterTrainer(AdapterTrainer):
         pixels = batch["pixel_values"].to(self.device, dtype=self.weight_dtype)
         bsz, frames = pixels.shape[:2]
         with torch.no_grad():
-            flat = pixels.flatten(0, 1)
-            latents = self.vae.encode(flat).latent_dist.sample() * self.vae.config.scaling_factor
-            latents = latents.unflatten(0, (bsz, frames)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+            posterior = self.vae.encode(pixels.flatten(0, 1)).latent_dist
+            latents = torch.cat(
+                [  # frame 0 as the pipeline encodes the input image (posterior mean), the others sampled
+                    posterior.mean.unflatten(0, (bsz, frames))[:, :1],
+                    posterior.sample().unflatten(0, (bsz, frames))[:, 1:],
+                ],
+                dim=1,
+            )
+            latents = latents.permute(0, 2, 1, 3, 4) * self.vae.config.scaling_factor  # (B, C, F, h, w)
             texts = pick_captions(
                 batch["text"], batch.get("motion_text"), self._rng, cfg.caption_dropout, cfg.motion_caption
             )
