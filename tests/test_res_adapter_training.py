@@ -12,7 +12,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from adapters.res_adapter import LORA_WEIGHTS_NAME, NORM_WEIGHTS_NAME, load_res_adapter, unload_res_adapter
-from adapters.weights import load_weights
+from adapters.weights import AdapterWeightsError, load_weights
 from pipelines.pipeline_res_adapter import ResAdapterPipeline
 from tests import tiny_models
 from training.train_res_adapter import (
@@ -204,3 +204,20 @@ def test_sdxl_short_run(tiny_sdxl, tmp_path):
     state = load_res_adapter(pipe, out)
     assert len(state.lora.paths) == 4 and state.resolution_range == (16, 48)
     unload_res_adapter(pipe)
+
+
+def test_init_adapter_starts_from_a_saved_adapter_and_refuses_another_rank(tiny_sd15, tmp_path):
+    data = _image_folder(tmp_path / "data", SIZES)
+    first = _train(_argv(tiny_sd15, data, tmp_path / "a", 2))
+    argv = _argv(tiny_sd15, data, tmp_path / "b", 1, "--init_adapter", str(tmp_path / "a"))
+    argv[argv.index("--learning_rate") + 1] = "1e-12"
+    warm = _train(argv)
+    a, b = first.adapter_state_dict(), warm.adapter_state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    other_rank = _argv(tiny_sd15, data, tmp_path / "c", 1, "--init_adapter", str(tmp_path / "a"))
+    rank = other_rank.index("--rank") + 1
+    other_rank[rank] = str(int(other_rank[rank]) * 2)
+    with pytest.raises(AdapterWeightsError, match="shape"):
+        _train(other_rank)

@@ -86,6 +86,10 @@ class ResAdapterTrainConfig(TrainConfig):
     )
     max_aspect_ratio: float = field(default=2.0, metadata=_h("Largest long/short side ratio of a bucket."))
     caption_dropout: float = field(default=0.0, metadata=_h("Share of empty captions."))
+    init_adapter: str | None = field(
+        default=None,
+        metadata=_h("Start from this ResAdapter (folder or file; same rank, e.g. one trained on an earlier base)."),
+    )
     num_samples: int = field(default=4096, metadata=_h("Items of the mini-world dataset."))
     validation_resolutions: list[str] = field(
         default_factory=list,
@@ -450,6 +454,11 @@ class ResAdapterTrainer(AdapterTrainer):
                 norm = self.unet.get_submodule(path_)
                 norm.requires_grad_(True)
                 self.norm_keys |= {f"unet.{path_}.weight", f"unet.{path_}.bias"}
+        if cfg.init_adapter:
+            from adapters.res_adapter.loader import read_res_adapter
+
+            # a full, strict load of LoRA and norms (shape or key mismatches are refused with the keys listed)
+            self.load_adapter_state_dict(read_res_adapter(cfg.init_adapter)[0])
         self._rng = random.Random(self.seed or 0)
         # nothing but the sampler LoRAs and the ResNet norms may train
         self.assert_only_trainable(lambda name: name.startswith("res_lora.") or name in self.norm_keys)
