@@ -16,9 +16,15 @@ Metrics:
   cosine similarity between views, and agreement of the detected objects)?
 * :func:`first_frame_fidelity`, :func:`frame_consistency`, :func:`motion_amount`: for videos - is the input image
   kept, does the content stay the same object from frame to frame, and how much does it move?
+* :func:`input_identity`, :func:`temporal_coherence`, :func:`background_change`: the same questions asked so that a
+  pipeline cannot answer them by construction - identity to the input on the generated frames ``1..N`` only (an
+  image-to-video pipeline pastes frame 0 back), consecutive-frame SSIM / PSNR, and the change of a border ring (the
+  background around a centred subject) against frame 0; :func:`background_agreement` is the multi-view analogue.
 * :func:`summarize`, :func:`bootstrap_ci`, :func:`paired_bootstrap`, :func:`set_distances`: spreads over seeds and
   confidence intervals of differences, so a claim is only called when a difference is outside the seed-to-seed
-  spread.
+  spread; :func:`wilson_ci` for shares of 0/1 outcomes, :func:`paired_ratio_bootstrap` for a ratio of means (e.g. a
+  generated clip's motion over the ground truth's), :func:`gap_closed` (jackknife CI of the share of an FD gap
+  closed).
 """
 
 from __future__ import annotations
@@ -43,10 +49,18 @@ __all__ = [
     "first_frame_fidelity",
     "frame_consistency",
     "motion_amount",
+    "input_identity",
+    "temporal_coherence",
+    "border_ring",
+    "background_change",
+    "background_agreement",
     "summarize",
     "bootstrap_ci",
     "paired_bootstrap",
     "set_distances",
+    "wilson_ci",
+    "paired_ratio_bootstrap",
+    "gap_closed",
 ]
 
 
@@ -296,6 +310,78 @@ def motion_amount(frames: Any) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def input_identity(classifier: Any, frames: Any, image: Any) -> dict[str, float]:
+    """How well the generated frames of a clip ``(F, H, W, 3)`` (``F >= 2``) keep the input ``image`` ``(H, W, 3)``,
+    on frames ``1..F-1`` only: an image-to-video pipeline puts the input latent back as frame 0, so frame 0 says
+    nothing about the trained weights (its scores are returned apart, as ``*_frame0``, for the report).
+
+    Returns:
+        ``identity``: mean cosine similarity of the classifier features of frames ``1..F-1`` to the image's;
+        ``attribute_kept``: the share of frames ``1..F-1`` whose detected (colour, shape) objects equal the image's;
+        ``identity_frame0``, ``psnr_frame0`` (capped at 100 dB), ``ssim_frame0``: frame 0 against the image.
+    """
+    f, im = to_array(frames), to_array(image)
+    if len(f) < 2:
+        raise ValueError("identity on frames 1..N needs at least 2 frames.")
+    both = np.concatenate([im, f])
+    sim = _cosine_matrix(classifier_features(classifier, both))[0, 1:]
+    sets = _object_sets(classifier, both)
+    return {
+        "identity": float(sim[1:].mean()),
+        "attribute_kept": float(np.mean([s == sets[0] for s in sets[2:]])),
+        "identity_frame0": float(sim[0]),
+        "psnr_frame0": float(np.minimum(psnr(f[:1], im)[0], 100.0)),
+        "ssim_frame0": float(ssim(f[:1], im)[0]),
+    }
+
+
+def temporal_coherence(frames: Any, max_psnr: float = 100.0) -> dict[str, float]:
+    """Consecutive-frame coherence of a clip ``(F, H, W, 3)``: the mean SSIM of the ``F - 1`` consecutive pairs and
+    their PSNR from the pooled MSE (``10 log10(1 / mean MSE)``, so one identical pair does not dominate; capped at
+    ``max_psnr``). Flicker lowers both; so does motion, which is why a clip is compared with the ground-truth clip of
+    the same scene."""
+    f = to_array(frames)
+    if len(f) < 2:
+        raise ValueError("temporal coherence needs at least 2 frames.")
+    mse = float(((f[1:] - f[:-1]) ** 2).mean())
+    value = 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf
+    return {"ssim": float(ssim(f[1:], f[:-1]).mean()), "psnr": float(min(value, max_psnr))}
+
+
+def border_ring(height: int, width: int, fraction: float = 0.12) -> np.ndarray:
+    """Boolean mask ``(H, W)`` of the outer ring of an image, ``round(fraction * min(H, W))`` pixels wide (at least
+    1): the background around the centred subject of a mini-world render."""
+    r = max(1, int(round(fraction * min(height, width))))
+    mask = np.zeros((height, width), dtype=bool)
+    mask[:r] = mask[-r:] = True
+    mask[:, :r] = mask[:, -r:] = True
+    return mask
+
+
+def background_change(frames: Any, fraction: float = 0.12) -> float:
+    """Background stability of a clip ``(F, H, W, 3)``: the mean absolute change of the border ring
+    (:func:`border_ring`) of frames ``1..F-1`` against frame 0, in ``[0, 1]`` units (0 = a still background)."""
+    f = to_array(frames)
+    if len(f) < 2:
+        raise ValueError("background change needs at least 2 frames.")
+    ring = border_ring(f.shape[1], f.shape[2], fraction)
+    return float(np.abs(f[1:] - f[:1])[:, ring].mean())
+
+
+def background_agreement(views: Any, fraction: float = 0.12) -> float:
+    """Background disagreement across the ``V`` views ``(V, H, W, 3)`` of one object: the mean absolute difference
+    of the views' mean border-ring colours over all view pairs (0 = the same background colour in every view). Mean
+    colours, not pixels, because the views see the scene from different cameras."""
+    v = to_array(views)
+    if len(v) < 2:
+        raise ValueError("background agreement needs at least 2 views.")
+    ring = border_ring(v.shape[1], v.shape[2], fraction)
+    colours = v[:, ring].mean(axis=1)  # (V, 3)
+    iu = np.triu_indices(len(v), k=1)
+    return float(np.abs(colours[iu[0]] - colours[iu[1]]).mean())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # statistics over seeds
 # ----------------------------------------------------------------------------------------------------------------------
@@ -414,3 +500,85 @@ def set_distances(feats: dict[str, np.ndarray], real: np.ndarray, *, z: float = 
                 "kid_diff": kd, "kid_ci_low": kd - z * kse, "kid_ci_high": kd + z * kse,
             }  # fmt: skip
     return out
+
+
+def wilson_ci(successes: int | float, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for ``z = 1.96``) of a share ``successes / n`` of 0/1 outcomes. Unlike a bootstrap it
+    stays honest at the edges: 12 successes out of 12 give ``[0.76, 1]``, not ``[1, 1]``."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = float(successes) / n
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_ratio_bootstrap(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """The ratio of means ``mean(a) / mean(b)`` over the same seeds (e.g. a generated clip's motion over the
+    ground-truth clip of the same scene) with a 95% percentile bootstrap CI, resampling seeds in pairs.
+
+    A resample whose ``b`` mean is 0 gives ``inf`` when its ``a`` mean is positive and 1 when both are 0.
+
+    Returns:
+        ``{"ratio", "ci_low", "ci_high", "n", "mean_a", "mean_b"}``.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need equal shapes, got {x.shape} and {y.shape}.")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    if n == 0:
+        return {"ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0, "mean_a": math.nan,
+                "mean_b": math.nan}  # fmt: skip
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = num / den
+        return np.where(den > 0, r, np.where(num > 0, np.inf, 1.0))
+
+    full = float(ratio(np.array(x.mean()), np.array(y.mean())))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n)) if n > 1 else np.zeros((1, 1), dtype=int)
+    boot = ratio(x[idx].mean(axis=1), y[idx].mean(axis=1))
+    lo, hi = (float(np.quantile(boot, q, method="nearest")) for q in (0.025, 0.975))
+    return {"ratio": full, "ci_low": lo, "ci_high": hi, "n": n, "mean_a": float(x.mean()), "mean_b": float(y.mean())}
+
+
+def gap_closed(
+    start: np.ndarray, candidate: np.ndarray, goal: np.ndarray, real: np.ndarray, *, z: float = 1.96
+) -> dict[str, float]:
+    """The share of the FD gap from ``start`` to ``goal`` that ``candidate`` closes,
+    ``(FD start - FD candidate) / (FD start - FD goal)`` (e.g. HiPA: start = plain one step, goal = the multi-step
+    teacher), with a delete-one jackknife CI over seeds (``estimate +- z * SE``; seed ``i`` left out of all three sets at
+    once, the FDs recomputed, as :func:`set_distances` does).
+
+    Args:
+        start, candidate, goal: ``(N, D)`` features, row ``i`` from seed ``i`` in each (``N >= 3``).
+        real: ``(M, D)`` features of the real renders (the fixed reference).
+
+    Returns:
+        ``{"closed", "ci_low", "ci_high", "se", "gap"}``; ``closed`` and the CI are NaN when the full-sample gap
+        ``FD start - FD goal`` is not positive (no gap to close).
+    """
+    sets = [np.asarray(f, dtype=np.float64) for f in (start, candidate, goal)]
+    n = len(sets[0])
+    if any(len(f) != n for f in sets) or n < 3:
+        raise ValueError("gap_closed needs three feature sets with the same N >= 3 rows (one per seed).")
+
+    def share(fs: list[np.ndarray]) -> tuple[float, float]:
+        d = [frechet_distance(f, real) for f in fs]
+        gap = d[0] - d[2]
+        return ((d[0] - d[1]) / gap if gap > 0 else math.nan), gap
+
+    full, gap = share(sets)
+    if not math.isfinite(full):
+        return {"closed": math.nan, "ci_low": math.nan, "ci_high": math.nan, "se": math.nan, "gap": gap}
+    loo = np.array([share([np.delete(f, i, 0) for f in sets])[0] for i in range(n)])
+    if not np.all(np.isfinite(loo)):
+        return {"closed": full, "ci_low": -math.inf, "ci_high": math.inf, "se": math.inf, "gap": gap}
+    _, se = _jackknife(loo, full)
+    return {"closed": full, "ci_low": full - z * se, "ci_high": full + z * se, "se": se, "gap": gap}

@@ -7,21 +7,33 @@ so differences are paired; each claim is called only when the 95% CI of the pair
 for per-seed metrics, delete-one jackknife for the set metrics FD / KID) lies on one side of zero (outside the
 seed-to-seed spread), and reported plainly when it does not hold.
 
-Sections (each prints ``not available: <reason>`` when its model or pipeline is missing, so the command always runs):
+Sections (each prints ``not available: <reason>`` when its model or pipeline is missing, so the command always runs;
+every section returns ``targets``, the rows of the report's summary table, decided by
+:mod:`benchmarks.quality_targets` from CIs alone with the pure functions of :mod:`benchmarks.verdicts`):
 
-* **Base** (reference, no claim) - the base model at its native size: FD / KID to real renders and prompt accuracy,
-  beside real renders of other scenes at the same sample size (the FD floor) and the classifier's ceiling.
-* **ResAdapter** - base alone vs base + ResAdapter at off-native sizes (16, 48, 64 px and 2:1): classifier Frechet
-  distance (FD) to real renders of the same size and prompt accuracy. Claim: the adapter repairs off-resolution
-  images (lower FD, accuracy not lower).
+* **Base** - the base model at its native size: FD / KID to real renders (beside real renders of other scenes at the
+  same sample size, the FD floor) and per-attribute accuracies (exact objects, colour, shape, count) with 95% Wilson
+  intervals. Targets: colour accuracy >= 0.90 and exact-object accuracy >= 0.50.
+* **ResAdapter** - base alone vs base + ResAdapter at off-native sizes (16, 48, 64 px and 2:1) and at the native size:
+  classifier Frechet distance (FD) to real renders of the same size and prompt accuracy. Targets: lower FD and
+  accuracy not lower at every off-native size; at the native size neither worse.
 * **MV-Adapter** - image-to-multi-view (text-to-multi-view for a text-only adapter) from the ground-truth front view,
-  scored with PSNR / SSIM against ground-truth renders of the same scene from the same cameras and with cross-view
-  consistency; baselines: the same pipeline with the multi-view attention off (independent views) and the base
-  model generating each view from the caption alone. Claim: consistent views that match the input object.
-* **I2V-Adapter** - first-frame fidelity, identity kept over the clip, frame-to-frame consistency and motion amount,
-  vs plain AnimateDiff from text and a still-image baseline. Claim: identity kept while it moves.
-* **HiPA** - one step with the HiPA LoRA vs plain one step vs the multi-step teacher: FD and accuracy. Claim: one step
-  comes close to the teacher.
+  scored with PSNR / SSIM against ground-truth renders of the same scene from the same cameras, cross-view consistency,
+  per-view colour / shape agreement with the input object and background agreement across views (descriptive);
+  baselines: the same pipeline with the multi-view attention off (independent views), the base model generating each
+  view from the caption alone, and the same pipeline with another object's reference (object ``i`` gets the front view
+  of object ``(i + 1) mod N``; same prompt, cameras and noise). Targets: every comparison higher with the MV-Adapter.
+* **I2V-Adapter** - the adapter vs its adapter-off arm (``adapter_scale=0``, same noise), AnimateDiff from text, a
+  still image, the ground-truth clips of the same scenes and those clips through the VAE. Frame 0 is the pasted-back
+  input, so identity and the colour / shape kept are measured on frames ``1..N`` only (frame 0 reported apart).
+  Targets: identity above the adapter-off arm; colour and shape kept in every frame; frame-to-frame SSIM / PSNR and
+  background stability within 10% of the ground truth's; motion within 1/3x to 3x the ground truth's.
+* **HiPA** - one step with the HiPA LoRA vs plain one step vs the multi-step teacher: FD and accuracy. Targets: FD
+  lower than plain one step, accuracy not lower, and the share of the plain-to-teacher FD gap closed with its
+  jackknife CI above 50%.
+
+Evaluation scenes are indices ``0..N-1`` of data seed :data:`EVAL_DATA_SEED`; they never choose or tune a model (the
+held-out probes ``benchmarks.*_heldout`` use data seed 12345).
 
 The attribute classifier is :mod:`training.miniworld.classifier` (``assets/eval/classifier.safetensors``); the
 metrics are in :mod:`benchmarks.metrics`.
@@ -43,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks import metrics
+from benchmarks import metrics, quality_targets, verdicts
 
 logger = _pylogging.getLogger("benchmarks.quality")
 
@@ -56,7 +68,7 @@ SECTIONS = ("base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa")
 _SHORT = {"base": "base", "res": "res_adapter", "mv": "mv_adapter", "i2v": "i2v_adapter", "hipa": "hipa"}
 _EMBEDDED = {"base": "base", "res_adapter": "res", "mv_adapter": "mv", "i2v_adapter": "i2v", "hipa": "hipa"}
 _TITLES = {
-    "base": "Base model (reference, no claim)",
+    "base": "Base model (the reference every adapter builds on)",
     "res_adapter": "ResAdapter: off-native resolutions and aspect ratios",
     "mv_adapter": "MV-Adapter: image to multi-view",
     "i2v_adapter": "I2V-Adapter: image to video",
@@ -226,14 +238,9 @@ def _sample_lines(rel: str | None, labels: list[str]) -> list[str]:
 
 def _direction(ci_low: float, ci_high: float, want: str) -> str:
     """``"holds"`` when the CI of (candidate - baseline) lies wholly on the wanted side of 0 (``want`` "lower" or
-    "higher"), ``"reversed"`` when wholly on the other side, else ``"within spread"``."""
-    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
-        return "undetermined"
-    if (want == "lower" and ci_high < 0) or (want == "higher" and ci_low > 0):
-        return "holds"
-    if (want == "lower" and ci_low > 0) or (want == "higher" and ci_high < 0):
-        return "reversed"
-    return "within spread"
+    "higher"), ``"reversed"`` when wholly on the other side, else ``"within spread"``
+    (:func:`benchmarks.verdicts.direction_verdict`)."""
+    return verdicts.direction_verdict(ci_low, ci_high, want)
 
 
 def _cmp(a: np.ndarray, b: np.ndarray, want: str, seed: int = 0) -> dict[str, Any]:
@@ -281,15 +288,24 @@ def _kid_diff(d: dict[str, float], sign: float = 1.0) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def res_adapter_verdict(verdicts: Sequence[tuple[str, str, str]], gap_closed: dict[str, float]) -> tuple[bool, str]:
+def res_adapter_verdict(
+    verdicts: Sequence[tuple[str, str, str]],
+    gap_closed: dict[str, float],
+    native: tuple[str, str, str] | None = None,
+) -> tuple[bool, str]:
     """The ResAdapter claim from per-size ``(size, FD verdict, accuracy verdict)`` of the off-native sizes: it holds
-    when FD is lower outside the spread at every size and accuracy is nowhere lower. Returns ``(holds, summary)``;
-    sizes within the spread are named with the share of the gap to the VAE floor the adapter closed there."""
+    when FD is lower outside the spread at every size and accuracy is nowhere lower, and, when ``native`` (the same
+    triple at the native size) is given, neither FD nor accuracy is worse there (reversed). Returns
+    ``(holds, summary)``; sizes within the spread are named with the share of the gap to the VAE floor the adapter
+    closed there."""
     fd_hold = [k for k, v, _ in verdicts if v == "holds"]
     fd_rev = [k for k, v, _ in verdicts if v == "reversed"]
     fd_within = [k for k, v, _ in verdicts if v not in ("holds", "reversed")]
     acc_rev = [k for k, _, v in verdicts if v == "reversed"]
-    holds = bool(verdicts) and len(fd_hold) == len(verdicts) and not acc_rev
+    native_worse = [
+        what for what, v in zip(("FD higher", "accuracy lower"), native[1:] if native else ()) if v == "reversed"
+    ]
+    holds = bool(verdicts) and len(fd_hold) == len(verdicts) and not acc_rev and not native_worse
     within = ", ".join(f"{k} ({_pct(gap_closed.get(k, float('nan')))} of the gap to the VAE floor)" for k in fd_within)
     summary = (
         f"FD lower with ResAdapter (outside the spread) at {len(fd_hold)}/{len(verdicts)} off-native sizes"
@@ -297,6 +313,7 @@ def res_adapter_verdict(verdicts: Sequence[tuple[str, str, str]], gap_closed: di
         f"{'; within the spread at ' + within if within else ''}"
         f"{'; FD higher with ResAdapter at ' + ', '.join(fd_rev) if fd_rev else ''}"
         f"{'; accuracy lower with ResAdapter at ' + ', '.join(acc_rev) if acc_rev else ''}"
+        f"{'; at the native ' + native[0] + ': ' + ' and '.join(native_worse) + ' with ResAdapter' if native_worse else ''}"
     )
     return holds, summary
 
@@ -338,7 +355,8 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "real-render colour acc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    verdicts = []
+    size_verdicts: list[tuple[str, str, str]] = []
+    native_verdict: tuple[str, str, str] | None = None
     samples: list[tuple[str, np.ndarray]] = []
     for h, w in sizes:
         real, real_prompts = real_renders(range(cfg.n_real), h, w)
@@ -404,16 +422,27 @@ def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             f"{_fmt(rows[key]['real_accuracy'], 2)} | {_fmt(rows[key]['colour_accuracy']['base'], 2)} | "
             f"{_fmt(rows[key]['colour_accuracy']['res'], 2)} | {_fmt(rows[key]['real_colour_accuracy'], 2)} |"
         )
-        if not is_native:
-            verdicts.append((key, fd_diff["verdict"], acc_diff["verdict"]))
+        if is_native:
+            native_verdict = (key, fd_diff["verdict"], acc_diff["verdict"])
+        else:
+            size_verdicts.append((key, fd_diff["verdict"], acc_diff["verdict"]))
         samples += [(f"{key} base", arms["base"]), (f"{key} ResAdapter", arms["res"]), (f"{key} real", real[:n])]
+    holds, claim = res_adapter_verdict(
+        size_verdicts, {k: row["gap_to_vae_floor_closed"] for k, row in rows.items()}, native=native_verdict
+    )
+    targets = quality_targets.res_adapter_targets(
+        size_verdicts, native_verdict, {k: row["fd_diff"] for k, row in rows.items()}
+    )
+    lines += ["", "| target | figure | verdict |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['figure']} | {t['verdict']} |" for t in targets]
     lines += _sample_lines(save_samples(cfg, "res_adapter", samples), [label for label, _ in samples])
-    holds, claim = res_adapter_verdict(verdicts, {k: row["gap_to_vae_floor_closed"] for k, row in rows.items()})
     return {
         "status": "ok",
-        "claim": "ResAdapter repairs off-resolution images (lower FD, accuracy not lower, at every off-native size)",
+        "claim": "ResAdapter repairs off-resolution images (lower FD, accuracy not lower, at every off-native size) "
+        "and does not harm the native size (neither FD nor accuracy worse)",
         "holds": holds,
         "summary": claim,
+        "targets": targets,
         "settings": {"sizes": [list(s) for s in sizes], "steps": steps, "guidance": guidance, "seeds": n},
         "results": rows,
         "lines": lines,
@@ -463,6 +492,11 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         per.setdefault(arm, {}).setdefault(key, []).append(float(value))
 
     samples: list[tuple[str, np.ndarray]] = []
+
+    def front_view(index: int) -> Any:
+        pixels = ds[index]["pixel_values"][0].permute(1, 2, 0).numpy()
+        return Image.fromarray((((pixels + 1.0) / 2.0).clip(0, 1) * 255).round().astype(np.uint8))
+
     t0 = time.perf_counter()
     for i in range(cfg.seeds):
         item = ds[i]
@@ -474,16 +508,19 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "num_views": views, "height": h, "width": w, "condition_maps": cond, "num_inference_steps": steps,
             "output_type": "np",
         }  # fmt: skip
+        runs: list[tuple[str, float, Any]] = [("mv", 1.0, None), ("independent", 0.0, None)]
         if use_ref:
             kwargs["image"] = Image.fromarray((gt[0] * 255).round().astype(np.uint8))
+            runs.append(("swapped", 1.0, front_view(quality_targets.swapped_index(i, cfg.seeds))))
         outs = {}
-        for arm, mv_scale in (("mv", 1.0), ("independent", 0.0)):
+        for arm, mv_scale, reference in runs:
+            call = dict(kwargs, image=reference) if reference is not None else kwargs
             out = pipe(
                 prompt,
                 generator=torch.Generator("cpu").manual_seed(i),
                 mv_scale=mv_scale,
                 noise_shift=noise_shift,
-                **kwargs,
+                **call,
             )
             outs[arm] = np.asarray(out.images[0], dtype=np.float64)
         outs["base_t2i"] = _np_images(
@@ -502,17 +539,29 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             c = metrics.cross_view_consistency(clf, v)
             add(arm, "consistency_features", c["feature_similarity"])
             add(arm, "consistency_attributes", c["attribute_agreement"])
-            add(arm, "accuracy", metrics.prompt_accuracy(clf, v, prompt)["match"].mean())
+            acc = metrics.prompt_accuracy(clf, v[novel], prompt)
+            add(arm, "colour_agreement", acc["colors_ok"].mean())
+            add(arm, "shape_agreement", acc["shapes_ok"].mean())
+            add(arm, "accuracy", acc["match"].mean())
+            add(arm, "background_disagreement", metrics.background_agreement(v))
     logger.info("mv: %d objects in %.1fs", cfg.seeds, time.perf_counter() - t0)
-    arms = ["mv", "independent", "base_t2i", "ground_truth"]
-    keys = ["psnr", "ssim", "consistency_features", "consistency_attributes", "accuracy"]
+    arms = ["mv"] + (["swapped"] if use_ref else []) + ["independent", "base_t2i", "ground_truth"]
+    keys = [
+        "psnr", "ssim", "consistency_features", "consistency_attributes", "colour_agreement", "shape_agreement",
+        "accuracy", "background_disagreement",
+    ]  # fmt: skip
     summary = {a: {k: metrics.summarize(per[a][k]) for k in keys} for a in arms}
-    diffs = {
-        b: {k: _cmp(np.array(per["mv"][k]), np.array(per[b][k]), "higher") for k in keys}
-        for b in ("independent", "base_t2i")
-    }
+    targets, diffs = quality_targets.mv_targets(per)
+    baselines = list(diffs)
+    for b in baselines:  # descriptive differences (no verdict) for the metrics outside the claim
+        for k in keys:
+            if k not in diffs[b]:
+                want = "lower" if k == "background_disagreement" else "higher"
+                diffs[b][k] = metrics.paired_bootstrap(per["mv"][k], per[b][k])
+                diffs[b][k]["want"] = want
     labels = {
         "mv": "MV-Adapter",
+        "swapped": "MV-Adapter, another object's reference (object i gets object i+1's front view)",
         "independent": "same pipeline, multi-view attention off (independent views)",
         "base_t2i": "base text-to-image per view (independent)",
         "ground_truth": "ground-truth renders (ceiling)",
@@ -520,52 +569,69 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     scored = "novel views (views 1..V-1; view 0 is the input)" if use_ref else "all views"
     lines = [
         f"Mode {mode}, {views} views ({camera_mode} cameras) at {native} px, {cfg.seeds} objects (evaluation scenes "
-        f"0..{cfg.seeds - 1}), {steps} steps, noise shift {noise_shift}; "
-        + ("the reference is the ground-truth front view. " if use_ref else "text and cameras only (no reference). ")
-        + f"PSNR/SSIM on {scored} "
-        "against ground-truth renders from the same cameras; consistency: mean pairwise classifier-feature cosine "
-        "similarity between views / fraction of view pairs with the same detected objects; accuracy: views showing "
-        "exactly the prompt's objects. Mean ± std over objects.",
+        f"0..{cfg.seeds - 1} of data seed {EVAL_DATA_SEED}), {steps} steps, noise shift {noise_shift}; "
+        + (
+            "the reference is the ground-truth front view; the swapped-reference arm gives object i the front view of "
+            f"object (i+1) mod {cfg.seeds} with everything else (prompt, cameras, noise) unchanged, so the views "
+            "'follow the input' only if they score higher with the true reference. "
+            if use_ref
+            else "text and cameras only (no reference, so no swapped-reference arm). "
+        )
+        + f"PSNR/SSIM, colour / shape agreement (share of views where the classifier sees the input object's colours "
+        f"/ shapes, from its caption) and accuracy (exactly its objects) on {scored}, against ground-truth renders "
+        "from the same cameras; consistency: mean pairwise classifier-feature cosine similarity between views / "
+        "fraction of view pairs with the same detected objects; background disagreement (descriptive, no verdict): "
+        "mean absolute difference of the views' mean 12%-border-ring colours over view pairs (0 = one background "
+        "colour in every view; the ground-truth row is the scene's own). Mean ± std over objects.",
         "",
-        "| arm | PSNR (dB) | SSIM | consistency (features) | consistency (attributes) | accuracy |",
-        "|---|---|---|---|---|---|",
+        "| arm | PSNR (dB) | SSIM | consistency (features) | consistency (attributes) | colour agreement | "
+        "shape agreement | accuracy | background disagreement |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for a in arms:
-        s = summary[a]
+        sa = summary[a]
         lines.append(
-            f"| {labels[a]} | {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'])} | {_fmt(s['consistency_features'])} | "
-            f"{_fmt(s['consistency_attributes'], 2)} | {_fmt(s['accuracy'], 2)} |"
+            f"| {labels[a]} | {_fmt(sa['psnr'], 2)} | {_fmt(sa['ssim'])} | {_fmt(sa['consistency_features'])} | "
+            f"{_fmt(sa['consistency_attributes'], 2)} | {_fmt(sa['colour_agreement'], 2)} | "
+            f"{_fmt(sa['shape_agreement'], 2)} | {_fmt(sa['accuracy'], 2)} | {_fmt(sa['background_disagreement'])} |"
         )
     lines += [
         "",
-        "| MV-Adapter minus | PSNR | SSIM | consistency (features) | consistency (attributes) |",
-        "|---|---|---|---|---|",
+        "| MV-Adapter minus | PSNR | SSIM | consistency (features) | consistency (attributes) | colour agreement | "
+        "shape agreement | background disagreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for b in ("independent", "base_t2i"):
+    claimed = quality_targets.MV_CLAIMED
+    for b in baselines:
         d = diffs[b]
-        lines.append(
-            f"| {labels[b]} | {_fmt_diff(d['psnr'], 2)} | {_fmt_diff(d['ssim'])} | "
-            f"{_fmt_diff(d['consistency_features'])} | {_fmt_diff(d['consistency_attributes'], 2)} |"
-        )
+        cells = [
+            _fmt_diff(d[k], dg, verdict=k in claimed[b])
+            for k, dg in (
+                ("psnr", 2), ("ssim", 3), ("consistency_features", 3), ("consistency_attributes", 2),
+                ("colour_agreement", 2), ("shape_agreement", 2), ("background_disagreement", 3),
+            )
+        ]  # fmt: skip
+        lines.append(f"| {labels[b]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Verdicts are shown for the claimed comparisons only (PSNR, SSIM, feature consistency vs both independent "
+        "arms; PSNR, SSIM, colour and shape agreement vs the swapped reference); the rest is descriptive.",
+    ]
     lines += _sample_lines(save_samples(cfg, "mv_adapter", samples, limit=views), [lb for lb, _ in samples])
-    need = [
-        diffs[b][k]["verdict"] for b in ("independent", "base_t2i") for k in ("psnr", "ssim", "consistency_features")
-    ]
-    holds = all(v == "holds" for v in need)
-    failed = [
-        f"{k} vs {labels[b]}: {diffs[b][k]['verdict']}"
-        for b in ("independent", "base_t2i")
-        for k in ("psnr", "ssim", "consistency_features")
-        if diffs[b][k]["verdict"] != "holds"
-    ]
+    holds = verdicts.all_hold(targets)
+    failed = [f"{t['target'].removeprefix('MV: ')}: {t['verdict']}" for t in targets if t["verdict"] != "holds"]
     return {
         "status": "ok",
-        "claim": "MV-Adapter gives consistent views that match the input object: higher PSNR/SSIM to the ground truth "
-        "and higher cross-view consistency than independent per-view generation",
+        "claim": "MV-Adapter gives consistent views that follow the input object: higher PSNR/SSIM to the ground truth "
+        "and higher cross-view consistency than independent per-view generation"
+        + (
+            ", and higher PSNR/SSIM and colour/shape agreement than with another object's reference" if use_ref else ""
+        ),
         "holds": holds,
-        "summary": "all comparisons hold outside the spread"
+        "summary": f"all {len(targets)} comparisons hold outside the spread"
         if holds
-        else "not outside the spread: " + "; ".join(failed),
+        else f"{len(failed)}/{len(targets)} comparisons not outside the spread: " + "; ".join(failed),
+        "targets": targets,
         "settings": {
             "mode": mode,
             "views": views,
@@ -596,17 +662,80 @@ def _base_pipeline_from(pipe: Any) -> Any:
     return base
 
 
+def i2v_clip_arms(pipe: Any, image: Any, prompt: str, seed: int, **common: Any) -> dict[str, np.ndarray]:
+    """The adapter arm and its switched-off control for one clip: the same call, the same noise (generator seeded
+    with ``seed``), once as loaded and once with ``adapter_scale=0`` (the plain motion UNet; a content adapter, where
+    loaded, is set to 0 for that call too and restored after).
+
+    Returns:
+        ``{"i2v": (F, H, W, 3), "i2v_off": (F, H, W, 3)}`` float64 in ``[0, 1]`` (``common`` must ask for
+        ``output_type="np"``).
+    """
+    adapter = getattr(pipe, "i2v_adapter", None)
+    if adapter is None:
+        raise NotAvailable("the I2V pipeline has no I2V-Adapter loaded (no adapter-off arm to compare with)")
+
+    def call(**extra: Any) -> np.ndarray:
+        out = pipe(
+            image=image, prompt=prompt, generator=torch.Generator("cpu").manual_seed(int(seed)), **common, **extra
+        )
+        return np.asarray(out.frames[0], dtype=np.float64)
+
+    arms = {"i2v": call()}
+    content = getattr(adapter, "content", None)
+    content_scale = content.scale if content is not None else None
+    try:
+        if content is not None:
+            content.set_scale(0.0)
+        arms["i2v_off"] = call(adapter_scale=0.0)
+    finally:
+        if content is not None:
+            content.set_scale(content_scale)
+    return arms
+
+
+def i2v_clip_scores(clf: Any, clip: np.ndarray, image: np.ndarray, scene_text: str) -> dict[str, float]:
+    """Every per-clip I2V metric of one clip ``(F, H, W, 3)`` against its input ``image`` ``(H, W, 3)`` and the
+    scene caption (no motion word): identity on frames 1..N (frame-0 scores apart), the shares of frames 1..N where
+    the classifier sees the scene's colours / shapes / exact objects, consecutive-frame SSIM / PSNR and feature
+    similarity, background change against frame 0 and motion."""
+    ident = metrics.input_identity(clf, clip, image)
+    kept = metrics.prompt_accuracy(clf, clip[1:], scene_text)
+    coherence = metrics.temporal_coherence(clip)
+    motion = metrics.motion_amount(clip)
+    return {
+        "identity": ident["identity"],
+        "attribute_kept": ident["attribute_kept"],
+        "colour_kept": float(kept["colors_ok"].mean()),
+        "shape_kept": float(kept["shapes_ok"].mean()),
+        "objects_kept": float(kept["match"].mean()),
+        "coherence_ssim": coherence["ssim"],
+        "coherence_psnr": coherence["psnr"],
+        "coherence_features": metrics.frame_consistency(clf, clip)["feature_similarity"],
+        "background_change": metrics.background_change(clip),
+        "motion": motion["consecutive"],
+        "motion_first_last": motion["first_last"],
+        "identity_frame0": ident["identity_frame0"],
+        "psnr_frame0": ident["psnr_frame0"],
+        "ssim_frame0": ident["ssim_frame0"],
+    }
+
+
 def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
-    """Image-to-video vs AnimateDiff from text vs a still image."""
+    """Image-to-video: the I2V-Adapter vs its adapter-off arm, against the ground-truth clips of the same scenes."""
     from diffusers import AnimateDiffPipeline, MotionAdapter
     from PIL import Image
 
     from training.miniworld import VideoDataset
 
     pipe = _load("i2v", cfg)
+    if getattr(pipe, "i2v_adapter", None) is None:
+        raise NotAvailable("the I2V pipeline has no I2V-Adapter loaded (no adapter-off arm to compare with)")
     info = pipe.embedded_info
     native = _native(pipe)
     frames = cfg.frames
+    if frames < 3:
+        raise NotAvailable(f"--frames {frames}: the I2V section needs >= 3 frames (frames 1..N are the evidence)")
     from pipelines.embedded import placeholder_base_path
 
     base_path = info.parts.get("base") or str(placeholder_base_path())
@@ -622,10 +751,6 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     per: dict[str, dict[str, list[float]]] = {}
     samples: list[tuple[str, np.ndarray]] = []
 
-    def add(arm: str, values: dict[str, float], prefix: str) -> None:
-        for k, v in values.items():
-            per.setdefault(arm, {}).setdefault(f"{prefix}{k}", []).append(float(v))
-
     t0 = time.perf_counter()
     for i in range(cfg.seeds):
         item = ds[i]
@@ -635,56 +760,66 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         image = np.asarray(first, dtype=np.float64) / 255.0
         prompt = item["text"]
         common = {"num_frames": frames, "height": h, "width": w, "num_inference_steps": steps, "output_type": "np"}
-        clips = {
-            "i2v": np.asarray(
-                pipe(image=first, prompt=prompt, generator=torch.Generator("cpu").manual_seed(i), **common).frames[0],
-                dtype=np.float64,
-            ),
-            "animatediff_text": np.asarray(
-                animatediff(prompt=prompt, generator=torch.Generator("cpu").manual_seed(i), **common).frames[0],
-                dtype=np.float64,
-            ),
-            "still": np.repeat(image[None], frames, axis=0),
-            "ground_truth": gt,
-        }
+        clips = i2v_clip_arms(pipe, first, prompt, i, **common)
+        clips["animatediff_text"] = np.asarray(
+            animatediff(prompt=prompt, generator=torch.Generator("cpu").manual_seed(i), **common).frames[0],
+            dtype=np.float64,
+        )
+        clips["still"] = np.repeat(image[None], frames, axis=0)
+        clips["ground_truth"] = gt
+        clips["ground_truth_vae"] = vae_round_trip(pipe.vae, gt, cfg.batch)
         if i < 3:
-            samples += [(f"clip {i} {arm}", clip) for arm, clip in clips.items() if arm != "still"]
+            samples += [
+                (f"clip {i} {arm}", clip) for arm, clip in clips.items() if arm not in ("still", "ground_truth_vae")
+            ]
         for arm, clip in clips.items():
-            add(arm, metrics.first_frame_fidelity(clf, clip, image), "fidelity_")
-            add(arm, metrics.frame_consistency(clf, clip), "consistency_")
-            add(arm, metrics.motion_amount(clip), "motion_")
-            add(arm, {"accuracy": metrics.prompt_accuracy(clf, clip, item["scene_text"])["match"].mean()}, "")
+            for k, v in i2v_clip_scores(clf, clip, image, item["scene_text"]).items():
+                per.setdefault(arm, {}).setdefault(k, []).append(float(v))
     logger.info("i2v: %d clips in %.1fs", cfg.seeds, time.perf_counter() - t0)
-    arms = ["i2v", "animatediff_text", "still", "ground_truth"]
+    targets, details = quality_targets.i2v_targets(per)
+    holds = verdicts.all_hold(targets)
+    arms = ["i2v", "i2v_off", "animatediff_text", "still", "ground_truth", "ground_truth_vae"]
     keys = list(per["i2v"])
     summary = {a: {k: metrics.summarize(per[a][k]) for k in keys} for a in arms}
-    want = {k: "higher" for k in keys}
     diffs = {
-        "animatediff_text": {
-            k: _cmp(np.array(per["i2v"][k]), np.array(per["animatediff_text"][k]), want[k]) for k in keys
-        },
-        "still": {k: _cmp(np.array(per["i2v"][k]), np.array(per["still"][k]), want[k]) for k in keys},
+        b: {k: _cmp(np.array(per["i2v"][k]), np.array(per[b][k]), "higher") for k in keys}
+        for b in ("i2v_off", "animatediff_text")
     }
     labels = {
         "i2v": "I2V-Adapter",
+        "i2v_off": "same pipeline, adapter_scale=0 (adapter off, same noise)",
         "animatediff_text": "AnimateDiff from text (same base + motion module)",
         "still": "still image (input repeated)",
         "ground_truth": "ground-truth clip",
+        "ground_truth_vae": "ground-truth clip through the VAE (what a perfect latent decodes to)",
     }
     cols = [
-        ("fidelity_psnr", "frame-0 PSNR", 2),
-        ("fidelity_ssim", "frame-0 SSIM", 3),
-        ("fidelity_identity", "identity (feature sim. to input)", 3),
-        ("fidelity_attribute_kept", "objects kept", 2),
-        ("consistency_feature_similarity", "frame-to-frame feature sim.", 3),
-        ("consistency_ssim", "frame-to-frame SSIM", 3),
-        ("motion_consecutive", "motion (mean abs. change / frame)", 4),
-        ("accuracy", "accuracy", 2),
+        ("identity", "identity 1..N", 3),
+        ("colour_kept", "colour kept 1..N", 2),
+        ("shape_kept", "shape kept 1..N", 2),
+        ("objects_kept", "exact objects 1..N", 2),
+        ("coherence_ssim", "frame-to-frame SSIM", 3),
+        ("coherence_psnr", "frame-to-frame PSNR (dB)", 1),
+        ("background_change", "background change vs frame 0", 4),
+        ("motion", "motion / frame", 4),
+        ("coherence_features", "frame-to-frame feature sim.", 3),
+        ("identity_frame0", "frame-0 identity", 3),
+        ("psnr_frame0", "frame-0 PSNR", 1),
+        ("ssim_frame0", "frame-0 SSIM", 3),
     ]
     lines = [
-        f"{cfg.seeds} clips of {frames} frames at {native} px (evaluation clips 0..{cfg.seeds - 1}; the input is the "
-        f"ground-truth first frame, the prompt the clip's caption with its motion word), {steps} steps. Mean ± std "
-        "over clips.",
+        f"{cfg.seeds} clips of {frames} frames at {native} px (evaluation clips 0..{cfg.seeds - 1} of data seed "
+        f"{EVAL_DATA_SEED}; the input is the ground-truth first frame, the prompt the clip's caption with its motion "
+        f"word), {steps} steps, the pipeline's default Frame Similarity Prior. The adapter-off arm is the same call "
+        "with `adapter_scale=0` and the same noise. Mean ± std over clips.",
+        "",
+        "Evidence is taken from frames 1..N only: the pipeline puts the input latent back as frame 0, so the frame-0 "
+        "columns (identity, PSNR, SSIM) are plumbing, reported but never counted. Identity: cosine similarity of the "
+        "classifier's features of frames 1..N to the input's. Colour / shape / exact objects kept: share of frames "
+        "1..N where the classifier sees the scene's colours / shapes / exactly its objects (the ground-truth row is "
+        "the classifier's ceiling). Frame-to-frame SSIM over consecutive pairs, PSNR from their pooled MSE. "
+        "Background change: mean absolute change of a 12% border ring of frames 1..N against frame 0. Motion: mean "
+        "absolute change between consecutive frames.",
         "",
         "| arm | " + " | ".join(c[1] for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -692,44 +827,44 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     for a in arms:
         lines.append(f"| {labels[a]} | " + " | ".join(_fmt(summary[a][k], d) for k, _, d in cols) + " |")
     lines += ["", "| I2V-Adapter minus | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    claimed = {
-        "animatediff_text": {"fidelity_psnr", "fidelity_ssim", "fidelity_identity", "fidelity_attribute_kept"},
-        "still": {"motion_consecutive"},
-    }
-    for b in ("animatediff_text", "still"):
+    for b in ("i2v_off", "animatediff_text"):
+        claimed = {"identity"} if b == "i2v_off" else set()
         lines.append(
             f"| {labels[b]} | "
-            + " | ".join(_fmt_diff(diffs[b][k], d, verdict=k in claimed[b]) for k, _, d in cols)
+            + " | ".join(_fmt_diff(diffs[b][k], d, verdict=k in claimed) for k, _, d in cols)
             + " |"
         )
     lines += [
         "",
-        "Verdicts are shown for the claimed directions only (identity and first-frame fidelity vs AnimateDiff from "
-        "text, motion vs the still image); the other differences are descriptive.",
+        "Targets (verdicts from 95% CIs; ratios are the I2V-Adapter's mean over the ground-truth clips' mean for the "
+        "same scenes, with a paired bootstrap CI; 'within 10%' is one-sided - a clip stiller than the ground truth is "
+        "caught by the motion band, which fails both below 1/3x and above 3x):",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
     ]
-    identity_vs_text = diffs["animatediff_text"]["fidelity_identity"]["verdict"]
-    fidelity_vs_text = diffs["animatediff_text"]["fidelity_ssim"]["verdict"]
-    moves = diffs["still"]["motion_consecutive"]["verdict"]
-    holds = identity_vs_text == "holds" and fidelity_vs_text == "holds" and moves == "holds"
-    gt_motion = summary["ground_truth"]["motion_consecutive"]["mean"]
-    motion_ratio = summary["i2v"]["motion_consecutive"]["mean"] / gt_motion if gt_motion > 0 else math.nan
-    lines.append(
-        f"I2V-Adapter motion is {_pct(motion_ratio)} of the ground-truth clips' motion (AnimateDiff from text: "
-        f"{_pct(summary['animatediff_text']['motion_consecutive']['mean'] / gt_motion if gt_motion > 0 else math.nan)})."
-    )
+    lines += [f"| {t['target']} | {t['figure']} | {t['verdict']} |" for t in targets]
+    lines += [
+        "",
+        "The differences vs AnimateDiff from text are descriptive (no verdict): the adapter-off arm is the control.",
+    ]
     lines += _sample_lines(save_samples(cfg, "i2v_adapter", samples, limit=frames), [lb for lb, _ in samples])
+    failed = [f"{t['target'].removeprefix('I2V: ')}: {t['verdict']}" for t in targets if t["verdict"] != "holds"]
     summary_line = (
-        f"identity vs AnimateDiff-from-text: {identity_vs_text}; frame-0 SSIM vs AnimateDiff-from-text: "
-        f"{fidelity_vs_text}; moves more than a still image: {moves} ({_pct(motion_ratio)} of the ground-truth motion)"
+        f"all {len(targets)} targets hold"
+        if holds
+        else f"{len(failed)}/{len(targets)} targets not met: " + "; ".join(failed)
     )
     return {
         "status": "ok",
-        "claim": "I2V-Adapter keeps the input's identity (better first-frame fidelity and identity than AnimateDiff "
-        "from text) while it moves (more motion than a still image)",
+        "claim": "I2V-Adapter keeps the input's identity on the generated frames (above its adapter-off arm), the "
+        "subject's colour and shape in every frame, background stability and frame-to-frame coherence within 10% of "
+        "the ground-truth clips', and moves (motion within 1/3x to 3x the ground truth's)",
         "holds": holds,
         "summary": summary_line,
+        "targets": targets,
         "settings": {"frames": frames, "size": native, "steps": steps, "seeds": cfg.seeds},
-        "results": {"summary": summary, "differences": diffs, "per_seed": per},
+        "results": {"summary": summary, "differences": diffs, "targets": details, "per_seed": per},
         "lines": lines,
     }
 
@@ -826,10 +961,12 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     fd_hipa_teacher["verdict"] = _direction(fd_hipa_teacher["ci_low"], fd_hipa_teacher["ci_high"], "lower")
     acc_hipa_plain = _cmp(acc["hipa"], acc["plain"], "higher")
     acc_hipa_teacher = _cmp(acc["hipa"], acc["teacher"], "higher")
-    gap = fd["plain"]["fd"] - fd["teacher"]["fd"]
-    closed = (fd["plain"]["fd"] - fd["hipa"]["fd"]) / gap if abs(gap) > 1e-9 else math.nan
+    gap = metrics.gap_closed(feats["plain"], feats["hipa"], feats["teacher"], real_feats)
+    closed = gap["closed"]
     acc_gap = acc["teacher"].mean() - acc["plain"].mean()
     acc_closed = (acc["hipa"].mean() - acc["plain"].mean()) / acc_gap if abs(acc_gap) > 1e-9 else math.nan
+    targets = quality_targets.hipa_targets(fd_hipa_plain, acc_hipa_plain, gap)
+    holds = verdicts.all_hold(targets)
     labels = {
         "hipa": "HiPA LoRA, 1 step",
         "plain": "base, 1 step (no LoRA)",
@@ -857,21 +994,26 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         f"- FD HiPA - teacher: {_fmt_diff(fd_hipa_teacher, 2)}; accuracy HiPA - teacher: {_fmt_diff(acc_hipa_teacher, 2)}",
         f"- KID HiPA - plain one step: {_fmt_diff(_kid_diff(fd['hipa - plain']), 1, verdict=False)}; KID HiPA - "
         f"teacher: {_fmt_diff(_kid_diff(fd['hipa - teacher']), 1, verdict=False)}",
-        f"- share of the plain-to-teacher gap closed by HiPA: FD {_pct(closed)}, accuracy {_pct(acc_closed)}",
+        f"- share of the plain-to-teacher FD gap closed by HiPA, (FD plain - FD HiPA) / (FD plain - FD teacher): "
+        f"{targets[2]['figure']} (95% delete-one jackknife CI over seeds, "
+        f"the FDs recomputed without each seed; the claim needs the whole CI at or above "
+        f"{quality_targets.HIPA_GAP_TARGET:.0%}); accuracy (descriptive): {_pct(acc_closed)}",
     ]
+    lines += ["", "| target | figure | verdict |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['figure']} | {t['verdict']} |" for t in targets]
     samples = [(labels[a], arms[a]) for a in ("hipa", "plain", "teacher")] + [("real renders", real[:n])]
     lines += _sample_lines(save_samples(cfg, "hipa", samples, limit=8), [lb for lb, _ in samples])
-    holds = fd_hipa_plain["verdict"] == "holds" and acc_hipa_plain["verdict"] != "reversed" and closed >= 0.5
     summary = (
         f"FD vs plain one step: {fd_hipa_plain['verdict']}; accuracy vs plain: {acc_hipa_plain['verdict']}; "
-        f"gap to the teacher closed: FD {_pct(closed)}, accuracy {_pct(acc_closed)}"
+        f"gap to the teacher closed: FD {targets[2]['figure']} ({targets[2]['verdict']}), accuracy {_pct(acc_closed)}"
     )
     return {
         "status": "ok",
         "claim": "one step with HiPA comes close to the multi-step teacher: FD lower than plain one step (outside the "
-        "spread), accuracy not lower, and at least half of the plain-to-teacher FD gap closed",
+        "spread), accuracy not lower, and the CI of the share of the plain-to-teacher FD gap closed above 50%",
         "holds": bool(holds),
         "summary": summary,
+        "targets": targets,
         "settings": {
             "size": native,
             "seeds": n,
@@ -890,6 +1032,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "real_accuracy": metrics.summarize(real_acc),
             "colour_accuracy": {k: metrics.summarize(v) for k, v in colour.items()},
             "gap_closed_fd": closed,
+            "gap_closed_fd_ci": gap,
             "gap_closed_accuracy": acc_closed,
             "seconds_per_image": timing,
         },
@@ -922,39 +1065,55 @@ def eval_base(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     scores = metrics.prompt_accuracy(clf, images, prompts)
     real_scores = metrics.prompt_accuracy(clf, real[:n], prompts)
     keys = ("match", "colors_ok", "shapes_ok", "count_ok")
-    summ = {k: metrics.summarize(scores[k]) for k in keys}
-    real_summ = {k: metrics.summarize(real_scores[k]) for k in keys}
+    summ = {k: verdicts.mean_ci(scores[k]) for k in keys}
+    real_summ = {k: verdicts.mean_ci(real_scores[k]) for k in keys}
+    targets, details = quality_targets.base_targets(scores)
+    holds = verdicts.all_hold(targets)
+
+    def acc_cell(s: dict[str, float]) -> str:
+        return f"{s['mean']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s["n"] else "n/a"
+
     lines = [
         f"{n} seeds at the native {native} px, {cfg.steps} steps, guidance {cfg.guidance}, the pipeline's own "
         f"scheduler ({type(pipe.scheduler).__name__}); FD / KID to {cfg.n_real} real renders (95% jackknife CI); the "
         "real-render row uses renders of other scenes at the same sample size (the floor FD reaches with this many "
-        "seeds) and, for the accuracies, the renders of the prompts' own scenes (the classifier's ceiling).",
+        "seeds) and, for the accuracies, the renders of the prompts' own scenes (the classifier's ceiling). "
+        "Per-attribute accuracies are shares of images with the prompt's exact objects / every named colour / every "
+        "named shape / the right object count, with 95% Wilson intervals over seeds.",
         "",
         "| images | FD | KID | accuracy (exact objects) | colours | shapes | count | s / image |",
         "|---|---|---|---|---|---|---|---|",
         f"| base model | {_fmt_fd(fd['base'])} | {_fmt_kid(fd['base'])} | "
-        + " | ".join(_fmt(summ[k], 2) for k in keys)
+        + " | ".join(acc_cell(summ[k]) for k in keys)
         + f" | {seconds:.2f} |",
         f"| real renders | {_fmt_fd(fd['real'])} | {_fmt_kid(fd['real'])} | "
-        + " | ".join(_fmt(real_summ[k], 2) for k in keys)
+        + " | ".join(acc_cell(real_summ[k]) for k in keys)
         + " | - |",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
     ]
+    lines += [f"| {t['target']} | {t['figure']} | {t['verdict']} |" for t in targets]
     samples = [("base model", images), ("real renders of the prompts' scenes", real[:n])]
     lines += _sample_lines(save_samples(cfg, "base", samples, limit=8), [lb for lb, _ in samples])
     return {
         "status": "ok",
-        "claim": None,
-        "holds": None,
+        "claim": "the base model, the reference every adapter builds on, gets colours right (colour accuracy >= "
+        "0.90) and whole prompts often right (exact-object accuracy >= 0.50) at its native size",
+        "holds": holds,
         "summary": (
-            f"FD {fd['base']['fd']:.1f} (real renders at the same N: {fd['real']['fd']:.1f}), exact-object accuracy "
-            f"{summ['match']['mean']:.2f} (real renders: {real_summ['match']['mean']:.2f}), colour accuracy "
-            f"{summ['colors_ok']['mean']:.2f} (real renders: {real_summ['colors_ok']['mean']:.2f})"
+            f"colour accuracy {targets[0]['figure']} ({targets[0]['verdict']}; real renders: "
+            f"{real_summ['colors_ok']['mean']:.2f}), exact-object accuracy {targets[1]['figure']} "
+            f"({targets[1]['verdict']}; real renders: {real_summ['match']['mean']:.2f}), FD {fd['base']['fd']:.1f} "
+            f"(real renders at the same N: {fd['real']['fd']:.1f})"
         ),
+        "targets": targets,
         "settings": {"size": native, "seeds": n, "steps": cfg.steps, "guidance": cfg.guidance},
         "results": {
             "fd": fd,
             "accuracy": summ,
             "real_accuracy": real_summ,
+            "targets": details,
             "seconds_per_image": seconds,
             "per_seed": {k: scores[k].tolist() for k in keys},
         },
@@ -1012,30 +1171,45 @@ def _markdown(payload: dict[str, Any]) -> str:
         + f"; sampler steps: {s['steps']}. Every arm of a comparison uses the same "
         "seeds (seed i = evaluation scene i of the mini-world, its caption, noise seed i), so differences are paired "
         "and given with a 95% CI over seeds (bootstrap for per-seed metrics such as accuracy, PSNR, SSIM; delete-one "
-        "jackknife for the set metrics FD and KID). A claim is called **holds** only when the CI lies on the "
-        "paper's side of zero, **reversed** when it lies on the other side, and **within spread** otherwise.",
+        "jackknife for the set metrics FD and KID; Wilson intervals for shares of 0/1 outcomes; paired bootstrap for "
+        "ratios to the ground truth). A claim is called **holds** only when the CI lies on the paper's side of zero "
+        "(or of the target), **reversed** / **does not hold** when it lies on the other side, and **within spread** "
+        "otherwise.",
         "",
         "Metrics: an attribute classifier trained on mini-world renders (`training/miniworld/classifier.py`) gives "
         "prompt accuracy (it must detect exactly the objects the prompt names; our CLIP-score analogue) and features "
         "for a Frechet distance to real renders (FD; our FID analogue, small sample sizes so only comparisons at "
         "equal sample size are meaningful). PSNR/SSIM are our own implementations (`benchmarks/metrics.py`).",
         "",
+        f"Evaluation scenes: indices 0..N-1 of mini-world data seed {EVAL_DATA_SEED} (images, clips and objects; the "
+        "FD reference sets use the following indices of the same seed). They are never used to choose or tune a model: "
+        "the training runs use other data seeds, and recipes, checkpoints and sampler settings are chosen on held-out "
+        "data seed 12345 (`benchmarks.res_adapter_heldout`, `benchmarks.i2v_heldout`, `benchmarks.mv_heldout`; see "
+        "`assets/README.md`, 'How the ResAdapter recipe was chosen').",
+        "",
         "## Summary",
         "",
-        "| claim | result |",
-        "|---|---|",
+        "Every target, with its figure (95% CI in brackets) and the verdict from that CI alone: **holds** (the whole CI "
+        "on the target's side), **does not hold** / **reversed** (the whole CI on the other side) or **within spread** "
+        "(the CI straddles the target). A section's claim holds only when every one of its targets holds.",
+        "",
+        "| section | target | figure | verdict |",
+        "|---|---|---|---|",
     ]
     for name in SECTIONS:
         sec = payload["sections"].get(name)
         if sec is None:
             continue
-        if sec["status"] == "ok":
+        if sec["status"] == "ok" and sec.get("targets"):
+            for t in sec["targets"]:
+                out.append(f"| {_TITLES[name]} | {t['target']} | {t['figure']} | **{t['verdict']}** |")
+        elif sec["status"] == "ok":  # a section written by an older version (``--merge``): its one-line result
             verdict = "reference" if sec["holds"] is None else ("**holds**" if sec["holds"] else "**does not hold**")
-            out.append(f"| {_TITLES[name]} | {verdict}: {sec['summary']} |")
+            out.append(f"| {_TITLES[name]} | {sec.get('claim') or '-'} | {sec['summary']} | {verdict} |")
         elif sec["status"] == "not available":
-            out.append(f"| {_TITLES[name]} | not available: {sec['reason']} |")
+            out.append(f"| {_TITLES[name]} | - | not available: {sec['reason']} | - |")
         else:
-            out.append(f"| {_TITLES[name]} | error: {sec['reason']} |")
+            out.append(f"| {_TITLES[name]} | - | error: {sec['reason']} | - |")
     for name in SECTIONS:
         sec = payload["sections"].get(name)
         if sec is None:
