@@ -355,3 +355,25 @@ def test_i2v_adapter_off_arm_on_tiny_model(i2v_pipe):
         assert adapter.scale == 1.0
     finally:
         pipe.unload_i2v_adapter()
+
+
+def test_call_setting_prefers_flag_then_stored_default_then_fallback():
+    from types import SimpleNamespace
+
+    from benchmarks import quality
+
+    class Stored(dict):
+        def for_call(self, given):
+            out = dict(self)
+            if "image" in given:
+                out["guidance_scale"] = 3.0
+            return out
+
+    pipe = SimpleNamespace(call_defaults=Stored(num_inference_steps=20, guidance_scale=7.5))
+    assert quality.call_setting(pipe, "num_inference_steps", 8, 25) == 8
+    assert quality.call_setting(pipe, "num_inference_steps", None, 25) == 20
+    assert quality.call_setting(pipe, "guidance_scale", None, 5.0, when=("image",)) == 3.0
+    assert quality.call_setting(pipe, "noise_shift", None, 8.0) == 8.0
+    assert quality.call_setting(SimpleNamespace(), "num_inference_steps", None, 25) == 25
+    cfg = quality.build_parser().parse_args([])
+    assert cfg.steps is None and cfg.guidance is None
