@@ -377,3 +377,28 @@ def test_call_setting_prefers_flag_then_stored_default_then_fallback():
     assert quality.call_setting(SimpleNamespace(), "num_inference_steps", None, 25) == 25
     cfg = quality.build_parser().parse_args([])
     assert cfg.steps is None and cfg.guidance is None
+
+
+def test_summary_table_lists_targets_and_keeps_older_sections():
+    """New sections put one row per target in the summary; a section kept from an older quality.json (``--merge``,
+    no ``targets``) keeps its one-line result; unavailable sections say why."""
+    from benchmarks import quality
+
+    rows = [verdicts.target_row("HiPA: gap closed", "56% [34%, 78%]", "within spread")]
+    payload = {
+        "command": "python -m benchmarks.quality",
+        "date": "today",
+        "wall_s": 1.0,
+        "environment": {"processor": "cpu", "torch": "x", "diffusers": "y", "torch_threads": 1},
+        "settings": {"seeds": 3, "section_seeds": None, "steps": None},
+        "sections": {
+            "hipa": {"status": "ok", "holds": False, "claim": "c", "summary": "s", "targets": rows, "lines": []},
+            "res_adapter": {"status": "ok", "holds": True, "claim": "old claim", "summary": "old", "lines": []},
+            "mv_adapter": {"status": "not available", "reason": "no model"},
+        },
+    }
+    md = quality._markdown(payload)
+    assert "| HiPA: one-step generation | HiPA: gap closed | 56% [34%, 78%] | **within spread** |" in md
+    assert "| ResAdapter: off-native resolutions and aspect ratios | old claim | old | **holds** |" in md
+    assert "| MV-Adapter: image to multi-view | - | not available: no model | - |" in md
+    assert "sampler steps: the ones stored with each model" in md
