@@ -9,6 +9,12 @@ real checkpoints (local folders or hub ids, used only when online)::
     python app.py --mv-base stabilityai/stable-diffusion-2-1-base --mv-adapter path/to/mvadapter_i2mv_sd21.safetensors
     python app.py --res-base runwayml/stable-diffusion-v1-5 --res-adapter path/to/resadapter_v2_sd1.5
 
+Every setting starts at the model's stored defaults (``pipeline_defaults.json`` beside its weights, see
+``pipelines/call_defaults.py``); size sliders stay inside the range a model was trained for where it was trained on
+several sizes, and the page warns when a request leaves it. Small outputs are shown enlarged (nearest neighbour) with
+their real size in the caption; downloads keep the real size. Input errors are one log line each (handler and
+message); unexpected errors log their traceback.
+
 ``build_demo()`` builds the page without loading any model (models load on first use, once, and are cached); the
 tests drive it with ``gradio_client`` and a headless browser. Everything the app writes goes under its own folder
 (``--output-dir``, default ``<tmp>/diffusion-adapters-app``), including Gradio's upload/cache folder.
@@ -265,6 +271,39 @@ def _pick_seed(seed: Any, randomize: bool) -> int:
     return value
 
 
+#: Outputs smaller than this (shorter side, pixels) are shown enlarged by an integer factor, nearest neighbour.
+DISPLAY_MIN_SIDE = 256
+
+
+def _enlarged(image: Any) -> tuple[Any, int]:
+    """``(image enlarged for display, factor)``: nearest neighbour, so the pixels stay visible as they are."""
+    from pipelines.tasks import upscale_for_display
+
+    big = upscale_for_display([image], DISPLAY_MIN_SIDE)[0]
+    return big, max(1, big.width // max(1, image.width))
+
+
+def _caption(label: str, image: Any, factor: int) -> str:
+    size = f"{image.width}x{image.height} px"
+    return f"{label} · {size}" + (f", shown {factor}x" if factor > 1 else "")
+
+
+def _gallery(images: list, labels: str | list[str]) -> list[tuple[Any, str]]:
+    """Gallery items: each image enlarged for display, its caption stating the real size."""
+    out = []
+    for i, image in enumerate(images):
+        big, factor = _enlarged(image)
+        label = f"{labels} {i}" if isinstance(labels, str) else labels[i]
+        out.append((big, _caption(label, image, factor)))
+    return out
+
+
+def _shown_image(image: Any, label: str) -> gr.Image:
+    """An output image enlarged for display, its label stating the real size."""
+    big, factor = _enlarged(image)
+    return gr.Image(value=big, label=_caption(label, image, factor))
+
+
 def _guard_image_input(component: gr.Image, label: str) -> gr.Image:
     """Make a ``gr.Image`` input refuse non-image uploads with a clear ``gr.Error`` instead of a PIL traceback."""
     original = component.preprocess
@@ -273,30 +312,59 @@ def _guard_image_input(component: gr.Image, label: str) -> gr.Image:
     def preprocess(payload):
         try:
             return original(payload)
-        except gr.Error:
-            raise
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            raise _user_error(label, str(err.message)) from err
         except Exception as err:  # noqa: BLE001 -- whatever PIL raises for a bad upload becomes a user message
             name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(f"{label}: {name!r} is not an image file that can be read ({type(err).__name__}).") from err
+            message = f"{label}: {name!r} is not an image file that can be read ({type(err).__name__})."
+            raise _user_error(label, message) from err
+
+    component.preprocess = preprocess
+    return component
+
+
+def _user_error(where: str, message: str) -> gr.Error:
+    """A ``gr.Error`` for a user's mistake, logged as one line (no traceback: nothing is wrong with the server)."""
+    logger.warning(f"{where}: {message}")
+    return gr.Error(message, print_exception=False)
+
+
+def _quiet_bounds(component: gr.components.Component, label: str) -> gr.components.Component:
+    """Make a component's own input check (e.g. a slider's bounds) a one-line log entry instead of a traceback."""
+    original = component.preprocess
+
+    @functools.wraps(original)
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            raise _user_error(label, str(err.message)) from err
 
     component.preprocess = preprocess
     return component
 
 
 def _user_errors(fn: Callable) -> Callable:
-    """Turn input errors into ``gr.Error`` messages; log and report anything unexpected (the server keeps going)."""
+    """Turn input errors into ``gr.Error`` messages logged as one line; log anything unexpected with its traceback
+    and report it (the server keeps going)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            raise _user_error(fn.__name__, str(err.message)) from err
         except (ValueError, TypeError, ModelLoadError) as err:
-            raise gr.Error(str(err)) from err
+            raise _user_error(fn.__name__, str(err)) from err
         except Exception as err:  # noqa: BLE001 -- the request fails with a message; the server stays up
             logger.exception(f"{fn.__name__} failed")
-            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}") from err
+            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", print_exception=False) from err
 
     return wrapper
 
@@ -351,6 +419,18 @@ class DemoApp:
             yield pipe
 
     @staticmethod
+    def _size_note(pipe: Any, image: Any, what: str) -> str:
+        """Warn on the page (and in the status line) when an output's size is outside the model's trained range."""
+        from pipelines.call_defaults import get_call_defaults
+        from pipelines.tasks import trained_size_note
+
+        note = trained_size_note(get_call_defaults(pipe).trained_sizes, image.height, image.width, what)
+        if not note:
+            return ""
+        gr.Warning(note)
+        return f" **{note}**"
+
+    @staticmethod
     def _info(pipe: Any, text: str, seconds: float) -> str:
         info = getattr(pipe, "embedded_info", None)
         note = (
@@ -376,8 +456,9 @@ class DemoApp:
                 guidance_scale=float(guidance), mv_scale=float(mv_scale), seed=seed,
             )  # fmt: skip
         zip_path = tasks.save_views_zip(views, self.run_dir("mv") / "views.zip")
-        gallery = [(v, f"view {i}") for i, v in enumerate(views)]
-        return gallery, str(zip_path), seed, self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+        info = self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+        info += self._size_note(pipe, views[0], "the MV-Adapter")
+        return _gallery(views, "view"), str(zip_path), seed, info
 
     def image_to_multiview(
         self, image, prompt, negative_prompt, position_map, normal_map, seed, randomize, num_views, azimuths,
@@ -400,8 +481,9 @@ class DemoApp:
                 mv_scale=float(mv_scale), ref_scale=float(ref_scale), seed=seed,
             )  # fmt: skip
         zip_path = tasks.save_views_zip(views, self.run_dir("i2mv") / "views.zip")
-        gallery = [(v, f"view {i}") for i, v in enumerate(views)]
-        return gallery, str(zip_path), seed, self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+        info = self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
+        info += self._size_note(pipe, views[0], "the MV-Adapter")
+        return _gallery(views, "view"), str(zip_path), seed, info
 
     def image_to_video(
         self, image, prompt, negative_prompt, seed, randomize, num_frames, height, width, steps, guidance,
@@ -420,7 +502,11 @@ class DemoApp:
                 prior_start=float(prior_start), seed=seed,
             )  # fmt: skip
         folder = self.run_dir("i2v")
-        info = self._info(pipe, f"{len(frames)} frames", time.perf_counter() - start)
+        w, h = frames[0].size
+        shown = tasks.upscale_for_display(frames[:1])[0].width // w
+        text = f"{len(frames)} frames of {w}x{h} px" + (f" (shown {shown}x, nearest neighbour)" if shown > 1 else "")
+        info = self._info(pipe, text, time.perf_counter() - start)
+        info += self._size_note(pipe, frames[0], "the I2V-Adapter")
         try:
             files = tasks.save_video(frames, folder / "video.mp4", folder / "video.gif", fps=int(fps))
         except ImportError as err:  # no imageio / ffmpeg: the GIF still works
@@ -447,11 +533,14 @@ class DemoApp:
                 teacher_steps=int(teacher_steps), teacher_guidance_scale=float(teacher_guidance), compare=keys,
                 seed=seed,
             )  # fmt: skip
-        gallery = [(image, f"{label} · {seconds * 1000:.0f} ms") for label, image, seconds in results]
-        return gallery, seed, self._info(pipe, f"{len(results)} images", time.perf_counter() - start)
+        gallery = _gallery(
+            [image for _, image, _ in results], [f"{label} · {s * 1000:.0f} ms" for label, _, s in results]
+        )
+        info = self._info(pipe, f"{len(results)} images", time.perf_counter() - start)
+        return gallery, seed, info + self._size_note(pipe, results[0][1], "the HiPA LoRA")
 
     def any_resolution(
-        self, prompt, negative_prompt, seed, randomize, scale, ratio, compare_base, steps, guidance, lora_scale,
+        self, prompt, negative_prompt, seed, randomize, height, width, compare_base, steps, guidance, lora_scale,
         norm_scale, progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):  # fmt: skip
         from pipelines import tasks
@@ -460,16 +549,18 @@ class DemoApp:
         start = time.perf_counter()
         with self.using("res", progress) as pipe:
             native = tasks.native_resolution(pipe)
-            height, width = tasks.size_from_ratio(native, float(scale), str(ratio), tasks.size_multiple(pipe))
             results = tasks.any_resolution(
-                pipe, prompt, negative_prompt=negative_prompt, height=height, width=width,
+                pipe, prompt, negative_prompt=negative_prompt, height=int(height), width=int(width),
                 num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
                 norm_scale=float(norm_scale), with_base=bool(compare_base), seed=seed,
             )  # fmt: skip
-        with_adapter = results[0][1]
-        base = results[1][1] if len(results) > 1 else None
-        text = f"{width}x{height} (native {native}x{native})"
-        return with_adapter, base, seed, self._info(pipe, text, time.perf_counter() - start)
+        real = results[0][1]
+        text = f"{real.width}x{real.height} px (native {native}x{native})"
+        info = self._info(pipe, text, time.perf_counter() - start) + self._size_note(pipe, real, "the ResAdapter")
+        titles = ["With ResAdapter", "Base only"]
+        shown = [_shown_image(image, title) for title, (_, image) in zip(titles, results)]
+        base = shown[1] if len(shown) > 1 else gr.Image(value=None, label="Base only")
+        return shown[0], base, seed, info
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -484,11 +575,39 @@ def _seed_row() -> tuple[gr.Number, gr.Checkbox]:
     return seed, randomize
 
 
-def _size_sliders(native: int, multiple: int) -> tuple[gr.Slider, gr.Slider]:
-    high = max(native * 4, multiple)
+def _tab_defaults(task: str, model: str, source: ModelSource) -> dict[str, Any]:
+    """The values a tab starts with: the model's stored call defaults (``pipeline_defaults.json``), else fallbacks."""
+    from pipelines.embedded import embedded_call_defaults
+    from pipelines.tasks import task_defaults
+
+    try:
+        stored = embedded_call_defaults(model, base=source.base, adapter=source.adapter)
+    except (ValueError, OSError) as err:  # the model load will report it on the page; the tab still builds
+        logger.error(f"{task} tab: stored defaults ignored: {err}")
+        stored = None
+    return task_defaults(task, stored)
+
+
+def _size_sliders(native: int, multiple: int, defaults: dict[str, Any], prefix: str) -> tuple[gr.Slider, gr.Slider]:
+    """Height / width sliders. A model trained on a range of sizes gets sliders spanning exactly that range; one
+    trained at a single size says so (the page warns when a request leaves it)."""
+    trained = defaults.get("trained_sizes")
+    height0, width0 = defaults.get("height", native), defaults.get("width", native)
+    if trained and trained["min_side"] < trained["max_side"]:
+        low = -(-int(trained["min_side"]) // multiple) * multiple
+        high = int(trained["max_side"]) // multiple * multiple
+        info = f"trained range: {low}-{high} px"
+        if trained.get("max_aspect_ratio"):
+            info += f", aspect ratio up to {float(trained['max_aspect_ratio']):g}:1"
+    else:
+        low, high = multiple, max(native * 4, multiple)
+        info = f"trained at {trained['min_side']} px only" if trained else None
+    height0, width0 = min(max(height0, low), high), min(max(width0, low), high)
     with gr.Row():
-        height = gr.Slider(multiple, high, value=native, step=multiple, label="Height")
-        width = gr.Slider(multiple, high, value=native, step=multiple, label="Width")
+        height = gr.Slider(
+            low, high, value=height0, step=multiple, label="Height", info=info, elem_id=f"{prefix}-height"
+        )
+        width = gr.Slider(low, high, value=width0, step=multiple, label="Width", elem_id=f"{prefix}-width")
     return height, width
 
 
@@ -549,6 +668,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             else:
                 src = config.source("mv")
                 native, multiple = _base_geometry(src)
+                d = _tab_defaults("mv", "mv", src)
                 gr.Markdown(
                     "Consistent views of one object around a ring of cameras, from a text prompt (MV-Adapter). "
                     + _model_note("mv", src)
@@ -559,7 +679,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
                         mv_seed, mv_random = _seed_row()
                         with gr.Accordion("Advanced", open=False, elem_id="mv-advanced"):
-                            mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views", elem_id="mv-views")
+                            mv_views = gr.Slider(
+                                1, MAX_VIEWS, value=d["num_views"], step=1, label="Views", elem_id="mv-views"
+                            )
                             mv_azimuths = gr.Textbox(
                                 elem_id="mv-azimuths",
                                 label="Azimuths (degrees, comma separated; overrides Views)",
@@ -567,10 +689,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                 placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
                             )
                             mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
-                            mv_height, mv_width = _size_sliders(native, multiple)
-                            mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="mv-steps")
-                            mv_guidance = gr.Slider(0, 15, value=7.0, step=0.5, label="Guidance scale")
-                            mv_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Multi-view attention scale")
+                            mv_height, mv_width = _size_sliders(native, multiple, d, "mv")
+                            mv_steps = gr.Slider(
+                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="mv-steps"
+                            )
+                            mv_guidance = gr.Slider(0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale")
+                            mv_scale = gr.Slider(
+                                0, 2, value=d["mv_scale"], step=0.05, label="Multi-view attention scale"
+                            )
                         mv_button = gr.Button("Generate", variant="primary", elem_id="mv-generate")
                     with gr.Column(scale=3):
                         mv_gallery = gr.Gallery(
@@ -601,6 +727,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             else:
                 src = config.source("mv")
                 native, multiple = _base_geometry(src)
+                d = _tab_defaults("i2mv", "mv", src)
                 gr.Markdown(
                     "Views of the object in a reference image (MV-Adapter image mode); add position and normal "
                     "maps to follow a given geometry. " + _model_note("mv", src)
@@ -630,21 +757,32 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                 )
                         i2mv_seed, i2mv_random = _seed_row()
                         with gr.Accordion("Advanced", open=False, elem_id="i2mv-advanced"):
-                            i2mv_views = gr.Slider(1, MAX_VIEWS, value=6, step=1, label="Views", elem_id="i2mv-views")
+                            i2mv_views = gr.Slider(
+                                1, MAX_VIEWS, value=d["num_views"], step=1, label="Views", elem_id="i2mv-views"
+                            )
                             i2mv_azimuths = gr.Textbox(
                                 label="Azimuths (degrees, comma separated; overrides Views)",
                                 value="",
                                 placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
                             )
                             i2mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
-                            i2mv_height, i2mv_width = _size_sliders(native, multiple)
-                            i2mv_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="i2mv-steps")
-                            i2mv_guidance = gr.Slider(0, 15, value=3.0, step=0.5, label="Guidance scale")
-                            i2mv_ref_guidance = gr.Slider(
-                                0, 10, value=0, step=0.5, label="Reference guidance (0 = one joint guidance)"
+                            i2mv_height, i2mv_width = _size_sliders(native, multiple, d, "i2mv")
+                            i2mv_steps = gr.Slider(
+                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="i2mv-steps"
                             )
-                            i2mv_mv_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Multi-view attention scale")
-                            i2mv_ref_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Reference attention scale")
+                            i2mv_guidance = gr.Slider(
+                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
+                            )
+                            i2mv_ref_guidance = gr.Slider(
+                                0, 10, value=d.get("reference_guidance_scale") or 0, step=0.5,
+                                label="Reference guidance (0 = one joint guidance)",
+                            )  # fmt: skip
+                            i2mv_mv_scale = gr.Slider(
+                                0, 2, value=d["mv_scale"], step=0.05, label="Multi-view attention scale"
+                            )
+                            i2mv_ref_scale = gr.Slider(
+                                0, 2, value=d["ref_scale"], step=0.05, label="Reference attention scale"
+                            )
                         i2mv_button = gr.Button("Generate", variant="primary", elem_id="i2mv-generate")
                     with gr.Column(scale=3):
                         i2mv_gallery = gr.Gallery(
@@ -683,6 +821,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             else:
                 src = config.source("i2v")
                 native, multiple = _base_geometry(src)
+                d = _tab_defaults("i2v", "i2v", src)
                 gr.Markdown(
                     "Animate a still image: it stays the first frame while the rest move (I2V-Adapter on "
                     "AnimateDiff). " + _model_note("i2v", src)
@@ -698,18 +837,26 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         i2v_seed, i2v_random = _seed_row()
                         with gr.Accordion("Advanced", open=False, elem_id="i2v-advanced"):
                             i2v_frames = gr.Slider(
-                                2, MAX_FRAMES, value=8, step=1, label="Frames", elem_id="i2v-frames"
+                                2, MAX_FRAMES, value=d["num_frames"], step=1, label="Frames", elem_id="i2v-frames"
                             )
-                            i2v_height, i2v_width = _size_sliders(native, multiple)
-                            i2v_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="i2v-steps")
-                            i2v_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
-                            i2v_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="First-frame attention scale")
+                            i2v_height, i2v_width = _size_sliders(native, multiple, d, "i2v")
+                            i2v_steps = gr.Slider(
+                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="i2v-steps"
+                            )
+                            i2v_guidance = gr.Slider(
+                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
+                            )
+                            i2v_scale = gr.Slider(
+                                0, 2, value=d["adapter_scale"], step=0.05, label="First-frame attention scale"
+                            )
                             i2v_prior = gr.Slider(
-                                0, 1, value=0.0, step=0.05, label="Frame similarity prior: strength (0 = off)"
-                            )
+                                0, 1, value=d["prior_strength"], step=0.05, elem_id="i2v-prior",
+                                label="Frame similarity prior: strength (0 = off)",
+                            )  # fmt: skip
                             i2v_prior_start = gr.Slider(
-                                0, 0.9, value=0.0, step=0.05, label="Frame similarity prior: steps skipped (fraction)"
-                            )
+                                0, 0.9, value=min(d["prior_start"], 0.9), step=0.05, elem_id="i2v-prior-start",
+                                label="Frame similarity prior: steps skipped (fraction)",
+                            )  # fmt: skip
                             i2v_fps = gr.Slider(1, 30, value=8, step=1, label="Frames per second")
                         i2v_button = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
                     with gr.Column(scale=3):
@@ -741,6 +888,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             else:
                 src = config.source("hipa")
                 native, multiple = _base_geometry(src)
+                d = _tab_defaults("hipa", "hipa", src)
                 gr.Markdown(
                     "One UNet evaluation per image with the HiPA LoRA, next to the same seed with plain one-step "
                     "sampling, the multi-step teacher and other few-step samplers. " + _model_note("hipa", src)
@@ -758,14 +906,21 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             label="Compare with (same seed)",
                         )
                         with gr.Accordion("Advanced", open=False, elem_id="hipa-advanced"):
-                            hipa_height, hipa_width = _size_sliders(native, multiple)
-                            hipa_steps = gr.Slider(1, 4, value=1, step=1, label="HiPA steps")
-                            hipa_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance (1 = off)")
-                            hipa_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="HiPA LoRA scale")
-                            hipa_teacher_steps = gr.Slider(
-                                2, 100, value=25, step=1, label="Teacher steps", elem_id="hipa-teacher-steps"
+                            hipa_height, hipa_width = _size_sliders(native, multiple, d, "hipa")
+                            hipa_steps = gr.Slider(
+                                1, 4, value=d["num_inference_steps"], step=1, label="HiPA steps", elem_id="hipa-steps"
                             )
-                            hipa_teacher_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Teacher guidance")
+                            hipa_guidance = gr.Slider(
+                                0, 10, value=d["guidance_scale"], step=0.5, label="Guidance (1 = off)"
+                            )
+                            hipa_scale = gr.Slider(0, 2, value=d["lora_scale"], step=0.05, label="HiPA LoRA scale")
+                            hipa_teacher_steps = gr.Slider(
+                                2, 100, value=d["teacher_steps"], step=1, label="Teacher steps",
+                                elem_id="hipa-teacher-steps",
+                            )  # fmt: skip
+                            hipa_teacher_guidance = gr.Slider(
+                                0, 15, value=d["teacher_guidance_scale"], step=0.5, label="Teacher guidance"
+                            )
                         hipa_button = gr.Button("Generate", variant="primary", elem_id="hipa-generate")
                     with gr.Column(scale=3):
                         hipa_gallery = gr.Gallery(
@@ -795,6 +950,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             else:
                 src = config.source("res")
                 native, multiple = _base_geometry(src)
+                d = _tab_defaults("res", "res", src)
                 gr.Markdown(
                     f"The same prompt and seed at a size the base was not trained for (native {native}x{native}), "
                     "with ResAdapter and without it. " + _model_note("res", src)
@@ -805,20 +961,18 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             label="Prompt", value="a red cube on a table", lines=2, elem_id="res-prompt"
                         )
                         res_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
-                        with gr.Row():
-                            res_scale = gr.Slider(
-                                0.5, 4.0, value=2.0, step=0.25, label="Size (x native side)", elem_id="res-scale"
-                            )
-                            res_ratio = gr.Dropdown(
-                                ["1:1", "4:3", "3:4", "16:9", "9:16", "2:1", "1:2"], value="1:1", label="Aspect ratio"
-                            )
+                        res_height, res_width = _size_sliders(native, multiple, d, "res")
                         res_seed, res_random = _seed_row()
                         with gr.Accordion("Advanced", open=False, elem_id="res-advanced"):
-                            res_compare = gr.Checkbox(value=True, label="Also generate without ResAdapter")
-                            res_steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="res-steps")
-                            res_guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance scale")
-                            res_lora = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter LoRA scale")
-                            res_norm = gr.Slider(0, 1, value=1.0, step=0.05, label="ResAdapter norm scale")
+                            res_compare = gr.Checkbox(value=d["with_base"], label="Also generate without ResAdapter")
+                            res_steps = gr.Slider(
+                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="res-steps"
+                            )
+                            res_guidance = gr.Slider(
+                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
+                            )
+                            res_lora = gr.Slider(0, 1, value=d["lora_scale"], step=0.05, label="ResAdapter LoRA scale")
+                            res_norm = gr.Slider(0, 1, value=d["norm_scale"], step=0.05, label="ResAdapter norm scale")
                         res_button = gr.Button("Generate", variant="primary", elem_id="res-generate")
                     with gr.Column(scale=3):
                         with gr.Row():
@@ -832,7 +986,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             )  # fmt: skip
                         res_info = gr.Markdown(label="Status", elem_id="res-info")
                 res_inputs = [
-                    res_prompt, res_negative, res_seed, res_random, res_scale, res_ratio, res_compare, res_steps,
+                    res_prompt, res_negative, res_seed, res_random, res_height, res_width, res_compare, res_steps,
                     res_guidance, res_lora, res_norm,
                 ]  # fmt: skip
                 res_outputs = [res_with, res_without, res_seed, res_info]
@@ -854,6 +1008,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[res_prompt], label="Examples")
                 _run_examples_on_click(ex, res_fn, res_inputs, res_outputs, [res_with, res_without])
 
+    for block in demo.blocks.values():  # a value outside a control's range: one log line, not a traceback
+        if isinstance(block, (gr.Slider, gr.Number, gr.Dropdown, gr.CheckboxGroup)):
+            _quiet_bounds(block, str(block.label or type(block).__name__))
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)
     demo.app_state = state
     return demo

@@ -6,11 +6,13 @@ Examples::
     python -m pipelines i2mv --image cube.png --out out/i2mv
     python -m pipelines i2v  --image cube.png --prompt "spinning" --frames 8 --out out/i2v   # mp4 + GIF + frames
     python -m pipelines hipa --prompt "a red cube" --compare plain teacher --out out/hipa
-    python -m pipelines res  --prompt "a red cube" --height 128 --width 256 --out out/res  # with and without
+    python -m pipelines res  --prompt "a red cube" --height 32 --width 64 --out out/res    # with and without
 
 By default each task runs the embedded model (``pipelines.embedded``); ``--base``, ``--adapter`` and
-``--motion-adapter`` point it at other checkpoints (local folders or hub ids). The written files are listed on
-stdout, one per line, and in ``<out>/result.json``.
+``--motion-adapter`` point it at other checkpoints (local folders or hub ids). A setting left out uses the model's
+stored defaults (``pipeline_defaults.json`` in its folder, see ``pipelines.call_defaults``), else the pipeline's own.
+The written files are listed on stdout, one per line, and in ``<out>/result.json``. An input error is one line on
+stderr (exit status 2); ``--quiet`` leaves only errors.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
@@ -40,21 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--negative-prompt", default="", help="negative prompt")
         p.add_argument("--out", required=True, type=Path, help="output folder (created)")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=None, help="denoising steps")
-        p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-        p.add_argument("--height", type=int, default=None, help="output height (default: the model's native size)")
-        p.add_argument("--width", type=int, default=None, help="output width (default: the model's native size)")
+        p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+        p.add_argument(
+            "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+        )
+        p.add_argument("--height", type=int, default=None, help="output height (default: the model's)")
+        p.add_argument("--width", type=int, default=None, help="output width (default: the model's)")
         p.add_argument("--base", default=None, help="base model folder or hub id (default: embedded)")
         p.add_argument("--adapter", default=None, help="adapter weights (default: embedded)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
         p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars, no log lines but errors")
 
     def views(p: argparse.ArgumentParser) -> None:
         p.add_argument("--num-views", type=int, default=6, help=f"views, 1-{MAX_VIEWS}")
         p.add_argument("--azimuths", default=None, help="camera azimuths in degrees, e.g. '0,90,180,270'")
         p.add_argument("--elevation", type=float, default=0.0, help="camera elevation in degrees")
-        p.add_argument("--mv-scale", type=float, default=1.0, help="multi-view attention scale")
+        p.add_argument(
+            "--mv-scale", type=float, default=None, help="multi-view attention scale (default: the model's)"
+        )
 
     p = sub.add_parser("mv", help=TASKS["mv"].title)
     common(p)
@@ -66,16 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position-map", default=None, help="position map image (with --normal-map)")
     p.add_argument("--normal-map", default=None, help="normal map image (with --position-map)")
     p.add_argument("--reference-guidance", type=float, default=None, help="separate image guidance scale")
-    p.add_argument("--ref-scale", type=float, default=1.0, help="reference attention scale")
+    p.add_argument("--ref-scale", type=float, default=None, help="reference attention scale (default: the model's)")
 
     p = sub.add_parser("i2v", help=TASKS["i2v"].title)
     common(p, image="first frame", prompt_required=False)
     p.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or hub id (default: embedded)")
-    p.add_argument("--frames", type=int, default=8, help=f"frames, 2-{MAX_FRAMES}")
+    p.add_argument("--frames", type=int, default=None, help=f"frames, 2-{MAX_FRAMES} (default: the model's)")
     p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--adapter-scale", type=float, default=1.0, help="first-frame attention scale")
-    p.add_argument("--prior-strength", type=float, default=0.0, help="frame similarity prior strength (0 = off)")
-    p.add_argument("--prior-start", type=float, default=0.0, help="fraction of steps the prior skips")
+    p.add_argument("--adapter-scale", type=float, default=None, help="first-frame attention scale")
+    p.add_argument("--prior-strength", type=float, default=None, help="frame similarity prior strength (0 = off)")
+    p.add_argument("--prior-start", type=float, default=None, help="fraction of steps the prior skips")
 
     p = sub.add_parser("hipa", help=TASKS["hipa"].title)
     common(p)
@@ -92,19 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("res", help=TASKS["res"].title)
     common(p)
-    p.add_argument("--scale", type=float, default=2.0, help="side relative to native (when no --height/--width)")
-    p.add_argument("--ratio", default="1:1", help="aspect ratio W:H (when no --height/--width)")
+    p.add_argument(
+        "--scale", type=float, default=None, help="side relative to native, e.g. 1.5 (instead of --height/--width)"
+    )
+    p.add_argument("--ratio", default=None, help="aspect ratio W:H, e.g. 2:1 (instead of --height/--width)")
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--norm-scale", type=float, default=1.0)
     p.add_argument("--no-base", action="store_true", help="skip the run without ResAdapter")
     return parser
 
 
-def _size(args: argparse.Namespace, pipe) -> tuple[int, int]:
-    from . import tasks
-
-    native = tasks.native_resolution(pipe)
-    return args.height or native, args.width or native
+def _size(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """``--height`` / ``--width`` (``None``: the model's stored default, else its native size)."""
+    return args.height, args.width
 
 
 def run(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     image = tasks.load_image(args.image, keep_alpha=args.task == "i2mv") if getattr(args, "image", None) else None
     if args.task in ("mv", "i2mv") and not args.azimuths and not 1 <= args.num_views <= MAX_VIEWS:
         raise ValueError(f"`--num-views` must be between 1 and {MAX_VIEWS}, got {args.num_views}.")
-    if args.task == "i2v" and not 2 <= args.frames <= MAX_FRAMES:
+    if args.task == "i2v" and args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
         raise ValueError(f"`--frames` must be between 2 and {MAX_FRAMES}, got {args.frames}.")
     pipe = load_pipeline(
         model,
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             loras[name.strip().lower()] = path.strip()
         tasks.load_few_step_loras(pipe, loras)
     files: list[Path] = []
+    first = None  # the first output image (its size is checked against the trained range)
     start = time.perf_counter()
     common = {"negative_prompt": args.negative_prompt, "seed": args.seed}
     if args.steps is not None:
@@ -147,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         common["guidance_scale"] = args.guidance
 
     if args.task in ("mv", "i2mv"):
-        height, width = _size(args, pipe)
+        height, width = _size(args)
         view_args = {
             "num_views": args.num_views,
             "azimuths": args.azimuths,
@@ -172,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
                 **view_args,
                 **common,
             )
+        first = images[0] if images else None
         for i, view in enumerate(images):
             path = out / f"view_{i:02d}.png"
             view.save(path)
@@ -183,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         files.append(out / "grid.png")
         files.append(tasks.save_views_zip(images, out / "views.zip"))
     elif args.task == "i2v":
-        height, width = _size(args, pipe)
+        height, width = _size(args)
         frames = tasks.image_to_video(
             pipe,
             image,
@@ -196,6 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             prior_start=args.prior_start,
             **common,
         )
+        first = frames[0] if frames else None
         frame_dir = out / "frames"
         frame_dir.mkdir(exist_ok=True)
         for i, frame in enumerate(frames):
@@ -203,9 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         written = tasks.save_video(frames, out / "video.mp4", out / "video.gif", fps=args.fps)
         files.extend([written["mp4"], written["gif"], frame_dir])
     elif args.task == "hipa":
-        height, width = _size(args, pipe)
-        common.setdefault("num_inference_steps", 1)
-        common.setdefault("guidance_scale", 1.0)
+        height, width = _size(args)
         results = tasks.one_step(
             pipe,
             args.prompt,
@@ -216,6 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             teacher_steps=args.teacher_steps,
             **common,
         )
+        first = results[0][1] if results else None
         names = ["hipa", *args.compare]
         for name, (label, image_out, seconds) in zip(names, results):
             path = out / f"{name}.png"
@@ -223,11 +232,13 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             files.append(path)
             logger.info(f"{label}: {seconds * 1000:.0f} ms -> {path}")
     elif args.task == "res":
-        if args.height or args.width:
-            height, width = _size(args, pipe)
-        else:
+        height, width = _size(args)
+        if height is None and width is None and (args.scale is not None or args.ratio is not None):
             height, width = tasks.size_from_ratio(
-                tasks.native_resolution(pipe), args.scale, args.ratio, tasks.size_multiple(pipe)
+                tasks.native_resolution(pipe),
+                1.0 if args.scale is None else args.scale,
+                "1:1" if args.ratio is None else args.ratio,
+                tasks.size_multiple(pipe),
             )
         results = tasks.any_resolution(
             pipe,
@@ -239,10 +250,17 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             with_base=not args.no_base,
             **common,
         )
+        first = results[0][1] if results else None
         for name, (_, image_out) in zip(("res_adapter", "base"), results):
             path = out / f"{name}.png"
             image_out.save(path)
             files.append(path)
+    if first is not None:
+        from .call_defaults import get_call_defaults
+
+        note = tasks.trained_size_note(get_call_defaults(pipe).trained_sizes, first.height, first.width)
+        if note:
+            logger.warning(f"{args.task}: {note}")
     info = getattr(pipe, "embedded_info", None)
     result = {
         "task": args.task,
@@ -254,19 +272,39 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     return result
 
 
+def _quiet_libraries() -> None:
+    """``--quiet``: only errors from the libraries, and none of their progress bars or Python warnings."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    warnings.simplefilter("ignore")  # library deprecation notices: nothing a CLI user can act on
+    logging.getLogger().setLevel(logging.ERROR)
+    logger.setLevel(logging.ERROR)
+
+
+#: Errors caused by the user's input (a bad value, a missing or unreadable file or model): one line, exit status 2.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    logger.setLevel(logging.NOTSET)
     if args.quiet:
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
+        _quiet_libraries()
     try:
         result = run(args)
-    except ValueError as err:
-        logger.error(str(err))
+    except USER_ERRORS as err:
+        logger.error(f"{args.task}: {err}")  # one line: the message names the argument
         return 2
+    except Exception:  # noqa: BLE001 -- a bug: the traceback goes to the log, the exit status says it failed
+        logger.exception(f"{args.task}: unexpected error")
+        return 1
     if result["placeholder_weights"]:
         logger.warning("These outputs come from untrained placeholder weights (see assets/README.md).")
     sys.stdout.write("\n".join(result["files"]) + "\n")

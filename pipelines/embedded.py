@@ -35,6 +35,14 @@ examples run offline from a fresh clone; their images are noise-like, and they a
 placeholder weights" in the log and through :func:`embedded_info`. Set ``$DIFFUSION_ADAPTERS_PLACEHOLDER=1`` to
 use the placeholders even when assets exist (the fast tests do).
 
+Call defaults (steps, guidance, Frame Similarity Prior, noise shift, size ...) are stored with each model, in
+``pipeline_defaults.json`` beside its weights (see :mod:`pipelines.call_defaults`): ``base/`` for ``base``,
+``res_adapter/``, ``mv_adapter/``, ``i2v_adapter/`` and ``hipa/`` for the adapters. :func:`load_pipeline` attaches
+them (``pipe.call_defaults``), so ``load_embedded("i2v")(image=still)`` runs with them, and the CLI and the app use
+them too; an argument passed explicitly always wins. A user adapter folder with its own file brings its defaults;
+placeholders and a user base without one get the pipeline's own defaults. :func:`embedded_call_defaults` reads them
+without loading anything.
+
 Nothing here touches the network.
 """
 
@@ -63,9 +71,11 @@ __all__ = [
     "PLACEHOLDER_ENV",
     "EmbeddedInfo",
     "assets_dir",
+    "call_defaults_path",
     "default_device",
     "default_dtype",
     "dtype_kwargs",
+    "embedded_call_defaults",
     "embedded_info",
     "example_entries",
     "example_images",
@@ -85,6 +95,15 @@ CACHE_ENV = "DIFFUSION_ADAPTERS_CACHE"
 PLACEHOLDER_ENV = "DIFFUSION_ADAPTERS_PLACEHOLDER"
 
 PLACEHOLDER_LABEL = "untrained placeholder weights"
+
+# The folder whose ``pipeline_defaults.json`` holds each model's call defaults.
+_DEFAULTS_PART: dict[str, str] = {
+    "base": "base",
+    "res": "res_adapter",
+    "mv": "mv_adapter",
+    "i2v": "i2v_adapter",
+    "hipa": "hipa",
+}
 
 # Which asset sub-folders each embedded model needs (``base`` first).
 _PARTS: dict[str, tuple[str, ...]] = {
@@ -414,6 +433,89 @@ def embedded_info(name: str) -> EmbeddedInfo:
     return info
 
 
+def _resolved_info(
+    name: str,
+    base: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    motion_adapter: str | os.PathLike | None = None,
+) -> EmbeddedInfo:
+    """:func:`embedded_info` with the user's parts put in."""
+    info = embedded_info(name)
+    if base is not None:
+        info.parts["base"] = str(base)
+        info.placeholders = [p for p in info.placeholders if p != "base"]
+    adapter_part = next((p for p in _PARTS[name] if p not in ("base", "motion_adapter")), None)
+    if adapter is not None and adapter_part is not None:
+        info.parts[adapter_part] = str(adapter)
+        info.placeholders = [p for p in info.placeholders if p != adapter_part]
+    if motion_adapter is not None and name == "i2v":
+        info.parts["motion_adapter"] = str(motion_adapter)
+        info.placeholders = [p for p in info.placeholders if p != "motion_adapter"]
+    return info
+
+
+def call_defaults_path(
+    name: str, *, base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None
+) -> Path | None:
+    """The ``pipeline_defaults.json`` that :func:`load_pipeline` applies for these parts, or ``None``.
+
+    The file lives in the model's folder (``base/`` for ``"base"``, else the adapter's folder). A user adapter folder
+    brings its own file; embedded adapter defaults are not applied on a user base (they were chosen for the embedded
+    one); placeholders have none.
+    """
+    from .call_defaults import DEFAULTS_FILE_NAME
+
+    info = _resolved_info(name, base=base, adapter=adapter)
+    part = _DEFAULTS_PART[name]
+    if part != "base" and base is not None and adapter is None:
+        return None
+    folder = info.parts.get(part)
+    if folder is None or part in info.placeholders:
+        return None
+    path = Path(folder) / DEFAULTS_FILE_NAME
+    return path if Path(folder).is_dir() and path.is_file() else None
+
+
+def embedded_call_defaults(
+    name: str, *, base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None
+):
+    """The stored call defaults :func:`load_pipeline` would attach (a :class:`~pipelines.call_defaults.CallDefaults`,
+    empty when there are none), read without loading a model.
+
+    Raises:
+        ValueError: the file is not valid JSON or holds a bad value (argument names are checked at load time).
+    """
+    from .call_defaults import CallDefaults, read_call_defaults
+
+    path = call_defaults_path(name, base=base, adapter=adapter)
+    return read_call_defaults(path) if path is not None else CallDefaults()
+
+
+def _pipeline_call(name: str, base: str | os.PathLike) -> Callable:
+    """The ``__call__`` that :func:`load_pipeline` will return for ``name`` on ``base`` (its class is imported, no model
+    is loaded), so a stored default is checked against its signature before any weights load."""
+    xl = _is_sdxl(base)
+    if name == "base":
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        return (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).__call__
+    if name == "res":
+        from .pipeline_res_adapter import ResAdapterPipeline, ResAdapterXLPipeline
+
+        return (ResAdapterXLPipeline if xl else ResAdapterPipeline).__call__
+    if name == "mv":
+        from .pipeline_mv_adapter import MVAdapterPipelineMixin
+
+        return MVAdapterPipelineMixin.__call__
+    if name == "i2v":
+        from .pipeline_i2v_adapter import I2VAdapterPipeline
+
+        return I2VAdapterPipeline.__call__
+    from .pipeline_hipa import HiPASDPipeline, HiPAXLPipeline
+
+    return (HiPAXLPipeline if xl else HiPASDPipeline).__call__
+
+
 def _is_sdxl(base: str | os.PathLike) -> bool:
     """Whether a base (local folder or hub id) is an SDXL-family model, from its configs only."""
     folder = Path(base)
@@ -528,20 +630,22 @@ def load_pipeline(
         device, dtype, progress_bar: as in :func:`load_embedded`.
 
     Returns:
-        The pipeline on ``device``, with ``embedded_info`` describing what was loaded.
+        The pipeline on ``device``, with ``embedded_info`` describing what was loaded and ``call_defaults`` the
+        stored defaults its calls use (see :func:`call_defaults_path`).
+
+    Raises:
+        ValueError: a ``pipeline_defaults.json`` with an unknown argument or a bad value.
     """
-    info = embedded_info(name)
+    from .call_defaults import CallDefaults, read_call_defaults, set_call_defaults
+
+    info = _resolved_info(name, base=base, adapter=adapter, motion_adapter=motion_adapter)
     device, dtype = resolve_device_dtype(device, dtype)
-    if base is not None:
-        info.parts["base"] = str(base)
-        info.placeholders = [p for p in info.placeholders if p != "base"]
     adapter_part = next((p for p in _PARTS[name] if p not in ("base", "motion_adapter")), None)
-    if adapter is not None and adapter_part is not None:
-        info.parts[adapter_part] = str(adapter)
-        info.placeholders = [p for p in info.placeholders if p != adapter_part]
-    if motion_adapter is not None and name == "i2v":
-        info.parts["motion_adapter"] = str(motion_adapter)
-        info.placeholders = [p for p in info.placeholders if p != "motion_adapter"]
+    defaults_file = call_defaults_path(name, base=base, adapter=adapter)
+    defaults = CallDefaults()
+    if defaults_file is not None:  # a bad file is refused before any weights load
+        call = _pipeline_call(name, info.parts.get("base") or placeholder_base_path())
+        defaults = read_call_defaults(defaults_file, call)
     if info.is_placeholder:
         logger.warning(f"{info.label}: outputs will be noise-like. See assets/README.md to build the real models.")
     else:
@@ -555,6 +659,7 @@ def load_pipeline(
     pipe = _LOADERS[name](base_path, adapter_path, motion_path, dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress_bar)
+    set_call_defaults(pipe, defaults)
     object.__setattr__(pipe, "embedded_info", info)
     return pipe
 
@@ -576,7 +681,8 @@ def load_embedded(
 
     Returns:
         The pipeline, moved to ``device``. Its attribute ``embedded_info`` is the :class:`EmbeddedInfo` (check
-        ``pipe.embedded_info.is_placeholder``).
+        ``pipe.embedded_info.is_placeholder``); ``pipe.call_defaults`` are the settings stored with the model
+        (``assets/<folder>/pipeline_defaults.json``), used for every argument a call does not pass.
     """
     return load_pipeline(name, device=device, dtype=dtype, progress_bar=progress_bar)
 

@@ -7,6 +7,11 @@ resolution (the same prompt and seed with and without ResAdapter).
 
 Every function checks its inputs first and raises ``ValueError`` with a message naming the argument, the value and
 what is allowed, before any model work.
+
+Defaults: an argument left at ``None`` is not passed to the pipeline, so the pipeline's stored call defaults
+(``pipe.call_defaults``, read from the model's ``pipeline_defaults.json``, see :mod:`pipelines.call_defaults`) or
+its own defaults apply. :func:`task_defaults` gives the values a UI shows for a task; :func:`trained_size_note`
+says when a size leaves the model's trained range.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ __all__ = [
     "save_views_zip",
     "size_from_ratio",
     "size_multiple",
+    "task_defaults",
     "text_to_multiview",
+    "trained_size_note",
 ]
 
 #: Most views one multi-view call may produce.
@@ -95,7 +102,9 @@ def make_generator(seed: int) -> torch.Generator:
 
 def call_pipeline(pipe: Any, **kwargs: Any) -> Any:
     """Call ``pipe`` with the keyword arguments its ``__call__`` accepts (others are dropped with a debug log), so the
-    demo keeps working while pipelines gain or rename optional arguments."""
+    demo keeps working while pipelines gain or rename optional arguments. ``None`` values are not passed: the
+    pipeline's stored or own default applies."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     params = inspect.signature(pipe.__call__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         dropped = sorted(k for k in kwargs if k not in params)
@@ -246,12 +255,69 @@ def _check_common(prompt: Any, num_inference_steps: Any, guidance_scale: Any, *,
         raise ValueError(f"`prompt` must be a string, got {type(prompt).__name__}.")
     if len(prompt) > 2000:
         raise ValueError(f"`prompt` is too long: {len(prompt)} characters, the limit is 2000.")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
-    if not 1 <= num_inference_steps <= max_steps:
-        raise ValueError(f"`num_inference_steps` must be between 1 and {max_steps}, got {num_inference_steps}.")
-    if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and 0 <= guidance_scale <= 30):
+    if num_inference_steps is not None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
+        if not 1 <= num_inference_steps <= max_steps:
+            raise ValueError(f"`num_inference_steps` must be between 1 and {max_steps}, got {num_inference_steps}.")
+    if guidance_scale is not None and not (
+        isinstance(guidance_scale, (int, float))
+        and not isinstance(guidance_scale, bool)
+        and math.isfinite(guidance_scale)
+        and 0 <= guidance_scale <= 30
+    ):
         raise ValueError(f"`guidance_scale` must be between 0 and 30, got {guidance_scale!r}.")
+
+
+def _opt(value: Any, kind: type) -> Any:
+    """``kind(value)``, or ``None`` (= the pipeline's default) for ``None``."""
+    return None if value is None else kind(value)
+
+
+def _check_scale(name: str, value: Any, high: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a number between 0 and {high}, got {value!r}.")
+    if not 0 <= float(value) <= high:
+        raise ValueError(f"`{name}` must be between 0 and {high}, got {value}.")
+
+
+def _resolve_size(pipe: Any, height: int | None, width: int | None, given=frozenset()) -> tuple[int, int]:
+    """``(height, width)``: the given values, else the pipeline's stored defaults, else its native size; checked."""
+    from .call_defaults import stored_default
+
+    native = native_resolution(pipe)
+    if height is None:
+        height = stored_default(pipe, "height", given, fallback=native)
+    if width is None:
+        width = stored_default(pipe, "width", given, fallback=native)
+    return check_size(pipe, height, width)
+
+
+def trained_size_note(
+    trained_sizes: dict[str, Any] | None, height: int, width: int, what: str = "this model"
+) -> str | None:
+    """A sentence when ``height`` x ``width`` lies outside ``trained_sizes`` (``min_side``, ``max_side``, optional
+    ``max_aspect_ratio``, as stored in ``pipeline_defaults.json``), else ``None``."""
+    if not trained_sizes:
+        return None
+    low, high = int(trained_sizes["min_side"]), int(trained_sizes["max_side"])
+    ratio = trained_sizes.get("max_aspect_ratio")
+    trained = f"{low}x{low}" if low == high else f"sides {low}-{high} px"
+    if ratio is not None:
+        trained += f", aspect ratio up to {float(ratio):g}:1"
+    problems = []
+    if min(height, width) < low or max(height, width) > high:
+        problems.append("size")
+    if ratio is not None and max(height, width) / min(height, width) > float(ratio) + 1e-9:
+        problems.append("aspect ratio")
+    if not problems:
+        return None
+    return (
+        f"{width}x{height} is outside the {' and '.join(problems)} {what} was trained for ({trained}): "
+        "expect weaker results."
+    )
 
 
 def _negative(negative_prompt: str | None) -> dict[str, str]:
@@ -283,8 +349,9 @@ def _multiview_kwargs(
     num_views: int,
     azimuths: str | Sequence[float] | None,
     elevation: float,
-    height: int,
-    width: int,
+    height: int | None,
+    width: int | None,
+    given=frozenset(),
 ) -> dict[str, Any]:
     azimuth_list = parse_angles(azimuths, "azimuths")
     if azimuth_list is not None:
@@ -293,7 +360,7 @@ def _multiview_kwargs(
         raise ValueError(f"`num_views` must be between 1 and {MAX_VIEWS}, got {num_views!r}.")
     if not -90 <= float(elevation) <= 90:
         raise ValueError(f"`elevation` must be between -90 and 90 degrees, got {elevation}.")
-    height, width = check_size(pipe, height, width)
+    height, width = _resolve_size(pipe, height, width, given)
     kwargs: dict[str, Any] = {"num_views": int(num_views), "height": height, "width": width}
     if azimuth_list is not None or float(elevation) != 0.0:
         if azimuth_list is None:
@@ -311,16 +378,17 @@ def text_to_multiview(
     num_views: int = 6,
     azimuths: str | Sequence[float] | None = None,
     elevation: float = 0.0,
-    height: int = 64,
-    width: int = 64,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 7.0,
-    mv_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    mv_scale: float | None = None,
     seed: int = 0,
 ) -> list[Image.Image]:
     """Generate ``num_views`` consistent views of ``prompt`` (cameras: the pipeline's default ring, or ``azimuths``
-    in degrees at ``elevation``). Returns the views as PIL images."""
+    in degrees at ``elevation``). ``None``: the pipeline's stored default. Returns the views as PIL images."""
     _check_common(prompt, num_inference_steps, guidance_scale)
+    _check_scale("mv_scale", mv_scale, 2)
     if not prompt.strip():
         raise ValueError("`prompt` is empty: describe the object to generate.")
     kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width)
@@ -329,9 +397,9 @@ def text_to_multiview(
         pipe,
         prompt=prompt,
         **_negative(negative_prompt),
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=float(guidance_scale),
-        mv_scale=float(mv_scale),
+        num_inference_steps=_opt(num_inference_steps, int),
+        guidance_scale=_opt(guidance_scale, float),
+        mv_scale=_opt(mv_scale, float),
         generator=generator,
         output_type="pil",
         **kwargs,
@@ -350,13 +418,13 @@ def image_to_multiview(
     num_views: int = 6,
     azimuths: str | Sequence[float] | None = None,
     elevation: float = 0.0,
-    height: int = 64,
-    width: int = 64,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 3.0,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     reference_guidance_scale: float | None = None,
-    mv_scale: float = 1.0,
-    ref_scale: float = 1.0,
+    mv_scale: float | None = None,
+    ref_scale: float | None = None,
     seed: int = 0,
 ) -> list[Image.Image]:
     """Generate views of the object in ``image`` (the reference; optionally guided by ``position_map`` and
@@ -364,11 +432,12 @@ def image_to_multiview(
     if image is None:
         raise ValueError("`image` is missing: upload a reference image of the object.")
     _check_common(prompt, num_inference_steps, guidance_scale)
-    if reference_guidance_scale is not None and not 0 <= float(reference_guidance_scale) <= 30:
-        raise ValueError(f"`reference_guidance_scale` must be between 0 and 30, got {reference_guidance_scale}.")
+    _check_scale("reference_guidance_scale", reference_guidance_scale, 30)
+    _check_scale("mv_scale", mv_scale, 2)
+    _check_scale("ref_scale", ref_scale, 2)
     if (position_map is None) != (normal_map is None):
         raise ValueError("Geometry guidance needs both `position_map` and `normal_map` (or neither).")
-    kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width)
+    kwargs = _multiview_kwargs(pipe, num_views, azimuths, elevation, height, width, given={"image"})
     reference = _reference_image(image, kwargs["height"], kwargs["width"])
     if position_map is not None:
         kwargs["position_map"] = _split_maps(position_map, kwargs["num_views"], kwargs["height"], kwargs["width"])
@@ -378,11 +447,11 @@ def image_to_multiview(
         prompt=prompt,
         image=reference,
         **_negative(negative_prompt),
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=float(guidance_scale),
-        reference_guidance_scale=None if reference_guidance_scale is None else float(reference_guidance_scale),
-        mv_scale=float(mv_scale),
-        ref_scale=float(ref_scale),
+        num_inference_steps=_opt(num_inference_steps, int),
+        guidance_scale=_opt(guidance_scale, float),
+        reference_guidance_scale=_opt(reference_guidance_scale, float),
+        mv_scale=_opt(mv_scale, float),
+        ref_scale=_opt(ref_scale, float),
         generator=make_generator(seed),
         output_type="pil",
         **kwargs,
@@ -421,51 +490,67 @@ def image_to_video(
     prompt: str = "",
     *,
     negative_prompt: str = "",
-    num_frames: int = 8,
-    height: int = 64,
-    width: int = 64,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
-    adapter_scale: float = 1.0,
-    prior_strength: float = 0.0,
-    prior_start: float = 0.0,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    adapter_scale: float | None = None,
+    prior_strength: float | None = None,
+    prior_start: float | None = None,
     seed: int = 0,
 ) -> list[Image.Image]:
-    """Animate ``image`` (the first frame) for ``num_frames`` frames. Returns the frames."""
+    """Animate ``image`` (the first frame) for ``num_frames`` frames (``None``: the pipeline's stored default; the
+    Frame Similarity Prior's strength and start default to the stored ``similarity_prior``). Returns the frames."""
     if image is None:
         raise ValueError("`image` is missing: upload the image to animate.")
     _check_common(prompt, num_inference_steps, guidance_scale)
-    if (
+    if num_frames is not None and (
         isinstance(num_frames, bool)
         or not isinstance(num_frames, (int, np.integer))
         or not 2 <= num_frames <= MAX_FRAMES
     ):
         raise ValueError(f"`num_frames` must be between 2 and {MAX_FRAMES}, got {num_frames!r}.")
-    if not 0 <= float(prior_strength) <= 1:
-        raise ValueError(f"`prior_strength` must be between 0 and 1, got {prior_strength}.")
-    if not 0 <= float(prior_start) < 1:
-        raise ValueError(f"`prior_start` must be in [0, 1), got {prior_start}.")
-    if not 0 <= float(adapter_scale) <= 2:
-        raise ValueError(f"`adapter_scale` must be between 0 and 2, got {adapter_scale}.")
-    height, width = check_size(pipe, height, width)
+    _check_scale("prior_strength", prior_strength, 1)
+    if prior_start is not None:
+        _check_scale("prior_start", prior_start, 1)
+        if float(prior_start) >= 1:
+            raise ValueError(f"`prior_start` must be in [0, 1), got {prior_start}.")
+    _check_scale("adapter_scale", adapter_scale, 2)
+    height, width = _resolve_size(pipe, height, width, {"image"})
+    similarity_prior = None
+    if prior_strength is not None or prior_start is not None:
+        from adapters.i2v_adapter.prior import SimilarityPrior
+
+        from .call_defaults import stored_default
+
+        stored = SimilarityPrior.coerce(_as_prior(stored_default(pipe, "similarity_prior", {"image"})))
+        strength = stored.strength if prior_strength is None else float(prior_strength)
+        start = stored.start if prior_start is None else float(prior_start)
+        similarity_prior = (strength, start) if strength > 0 else 0.0
     first = _fit(image.convert("RGB"), height, width)
     out = call_pipeline(
         pipe,
         image=first,
         prompt=prompt,
         **_negative(negative_prompt),
-        num_frames=int(num_frames),
+        num_frames=_opt(num_frames, int),
         height=height,
         width=width,
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=float(guidance_scale),
-        adapter_scale=float(adapter_scale),
-        similarity_prior=(float(prior_strength), float(prior_start)) if prior_strength > 0 else None,
+        num_inference_steps=_opt(num_inference_steps, int),
+        guidance_scale=_opt(guidance_scale, float),
+        adapter_scale=_opt(adapter_scale, float),
+        similarity_prior=similarity_prior,
         generator=make_generator(seed),
         output_type="pil",
     )
     frames = out.frames[0] if hasattr(out, "frames") else out[0][0]
     return _flatten_images(frames)
+
+
+def _as_prior(value: Any) -> Any:
+    """A stored ``similarity_prior`` (JSON list -> tuple) for ``SimilarityPrior.coerce``."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 #: Adapter name of the HiPA LoRA in a HiPA pipeline; other few-step LoRAs are loaded under their preset's name.
@@ -487,10 +572,10 @@ def one_step(
     prompt: str,
     *,
     negative_prompt: str = "",
-    height: int = 64,
-    width: int = 64,
-    num_inference_steps: int = 1,
-    guidance_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     lora_scale: float = 1.0,
     teacher_steps: int = 25,
     teacher_guidance_scale: float = 7.5,
@@ -505,7 +590,7 @@ def one_step(
         ``[(label, image, seconds), ...]``, HiPA first.
     """
     _check_common(prompt, num_inference_steps, guidance_scale)
-    if not 1 <= int(num_inference_steps) <= 4:
+    if num_inference_steps is not None and not 1 <= int(num_inference_steps) <= 4:
         raise ValueError(f"`num_inference_steps` must be between 1 and 4 for HiPA, got {num_inference_steps}.")
     if not 1 <= int(teacher_steps) <= 150:
         raise ValueError(f"`teacher_steps` must be between 1 and 150, got {teacher_steps}.")
@@ -514,7 +599,7 @@ def one_step(
     unknown = [c for c in compare if c not in ONE_STEP_COMPARISONS]
     if unknown:
         raise ValueError(f"`compare` entries must be among {list(ONE_STEP_COMPARISONS)}, got {unknown}.")
-    height, width = check_size(pipe, height, width)
+    height, width = _resolve_size(pipe, height, width)
     common = {"prompt": prompt, **_negative(negative_prompt), "height": height, "width": width}
     loaded = list(getattr(pipe.unet, "peft_config", None) or {}) if hasattr(pipe, "set_hipa_scale") else []
     has_hipa = HIPA_ADAPTER_NAME in loaded
@@ -545,10 +630,18 @@ def one_step(
             generator=make_generator(seed),
         ).images[0]
 
-    label = f"HiPA, {int(num_inference_steps)} step{'s' if num_inference_steps > 1 else ''}"
+    if num_inference_steps is None:
+        from adapters.hipa.presets import get_preset
+
+        from .call_defaults import stored_default
+
+        shown = int(stored_default(pipe, "num_inference_steps", fallback=get_preset("hipa").num_inference_steps))
+    else:
+        shown = int(num_inference_steps)
+    label = f"HiPA, {shown} step{'s' if shown > 1 else ''}"
     if not has_hipa:
         label += " (no HiPA LoRA loaded)"
-    run(label, HIPA_ADAPTER_NAME, sample("hipa", int(num_inference_steps), float(guidance_scale)))
+    run(label, HIPA_ADAPTER_NAME, sample("hipa", _opt(num_inference_steps, int), _opt(guidance_scale, float)))
     for key in compare:
         if key == "plain":
             run(ONE_STEP_COMPARISONS[key], None, sample("hipa", 1, 1.0))
@@ -601,16 +694,17 @@ def any_resolution(
     prompt: str,
     *,
     negative_prompt: str = "",
-    height: int = 64,
-    width: int = 64,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     lora_scale: float = 1.0,
     norm_scale: float = 1.0,
     with_base: bool = True,
     seed: int = 0,
 ) -> list[tuple[str, Image.Image]]:
-    """The same prompt and seed at ``height`` x ``width`` with ResAdapter and (``with_base``) without it.
+    """The same prompt and seed at ``height`` x ``width`` (``None``: the stored default size) with ResAdapter and
+    (``with_base``) without it.
 
     Returns:
         ``[("ResAdapter", image), ("Base", image)]`` (the base only when ``with_base``).
@@ -621,15 +715,16 @@ def any_resolution(
     for name, value in (("lora_scale", lora_scale), ("norm_scale", norm_scale)):
         if not 0 <= float(value) <= 1:
             raise ValueError(f"`{name}` must be between 0 and 1, got {value}.")
-    height, width = check_size(pipe, height, width)
+    height, width = _resolve_size(pipe, height, width)
     common = {
         "prompt": prompt,
         **_negative(negative_prompt),
         "height": height,
         "width": width,
-        "num_inference_steps": int(num_inference_steps),
-        "guidance_scale": float(guidance_scale),
+        "num_inference_steps": _opt(num_inference_steps, int),
+        "guidance_scale": _opt(guidance_scale, float),
     }
+    common = {k: v for k, v in common.items() if v is not None}
     results: list[tuple[str, Image.Image]] = []
     pipe.set_res_adapter_scale(lora_scale=float(lora_scale), norm_scale=float(norm_scale))
     results.append((f"ResAdapter, {width}x{height}", pipe(**common, generator=make_generator(seed)).images[0]))
@@ -640,6 +735,72 @@ def any_resolution(
         finally:
             pipe.set_res_adapter_scale(lora_scale=float(lora_scale), norm_scale=float(norm_scale))
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# defaults for UIs
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: What a UI shows where a model has no stored default and its pipeline picks one at call time (placeholders and user
+#: checkpoints only; the embedded models store theirs in ``pipeline_defaults.json``).
+_UI_FALLBACKS: dict[str, dict[str, Any]] = {
+    "mv": {"num_inference_steps": 20, "guidance_scale": 7.0, "mv_scale": 1.0},
+    "i2mv": {"num_inference_steps": 20, "guidance_scale": 3.0, "mv_scale": 1.0, "ref_scale": 1.0},
+    "i2v": {
+        "num_frames": 8,
+        "num_inference_steps": 20,
+        "guidance_scale": 7.5,
+        "adapter_scale": 1.0,
+        "prior_strength": 0.0,
+        "prior_start": 0.0,
+    },
+    "hipa": {},
+    "res": {"num_inference_steps": 20, "guidance_scale": 7.5},
+}
+
+#: The task function behind each task key, and the inputs its calls always pass (for ``when_given`` defaults).
+_TASK_FUNCTIONS = {
+    "mv": ("text_to_multiview", frozenset({"prompt"})),
+    "i2mv": ("image_to_multiview", frozenset({"prompt", "image"})),
+    "i2v": ("image_to_video", frozenset({"prompt", "image"})),
+    "hipa": ("one_step", frozenset({"prompt"})),
+    "res": ("any_resolution", frozenset({"prompt"})),
+}
+
+
+def task_defaults(task: str, stored: Any = None) -> dict[str, Any]:
+    """The values a UI shows for ``task``'s arguments: the model's stored call defaults (``stored``, a
+    :class:`~pipelines.call_defaults.CallDefaults`, e.g. from :func:`pipelines.embedded.embedded_call_defaults`), else
+    the task function's own defaults, else a fallback for models without stored defaults.
+
+    Returns:
+        ``{argument of the task function: value}`` plus ``"trained_sizes"`` (``None`` when not stored). ``height`` /
+        ``width`` appear only when stored (else the model's native size applies).
+    """
+    if task not in _TASK_FUNCTIONS:
+        raise ValueError(f"`task` must be one of {list(_TASK_FUNCTIONS)}, got {task!r}.")
+    name, given = _TASK_FUNCTIONS[task]
+    params = inspect.signature(globals()[name]).parameters
+    out: dict[str, Any] = {
+        k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty and p.default is not None
+    }
+    out.update(_UI_FALLBACKS[task])
+    if task == "hipa":
+        from adapters.hipa.presets import get_preset
+
+        preset = get_preset("hipa")
+        out.update(num_inference_steps=preset.num_inference_steps, guidance_scale=preset.guidance_scale)
+    values = stored.for_call(given) if stored is not None and hasattr(stored, "for_call") else dict(stored or {})
+    for key, value in values.items():
+        if key == "similarity_prior" and "prior_strength" in params:
+            from adapters.i2v_adapter.prior import SimilarityPrior
+
+            prior = SimilarityPrior.coerce(_as_prior(value))
+            out["prior_strength"], out["prior_start"] = prior.strength, prior.start
+        elif key in params:
+            out[key] = value
+    out["trained_sizes"] = getattr(stored, "trained_sizes", None)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

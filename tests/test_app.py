@@ -97,13 +97,15 @@ def test_text_to_multiview(served):
     gallery, zip_path, seed, info = client.predict(*mv_args(views=4), api_name="/text_to_multiview")
     assert len(gallery) == 4
     images = [png(item["image"]) for item in gallery]
-    assert all(im.size == (64, 64) and im.mode == "RGB" for im in images)
-    assert [item["caption"] for item in gallery] == [f"view {i}" for i in range(4)]
+    # shown enlarged 4x (nearest neighbour), the caption states the real size; the zip holds the real images
+    assert all(im.size == (256, 256) and im.mode == "RGB" for im in images)
+    assert [item["caption"] for item in gallery] == [f"view {i} · 64x64 px, shown 4x" for i in range(4)]
     with zipfile.ZipFile(zip_path) as zf:
         names = sorted(zf.namelist())
         assert names == [f"view_{i:02d}.png" for i in range(4)]
-        first = Image.open(io.BytesIO(zf.read(names[0])))
-        assert np.array_equal(np.asarray(first.convert("RGB")), np.asarray(images[0]))
+        first = Image.open(io.BytesIO(zf.read(names[0]))).convert("RGB")
+        assert first.size == (64, 64)
+        assert np.array_equal(np.asarray(first.resize((256, 256), Image.NEAREST)), np.asarray(images[0]))
     assert seed == 0
     assert "4 views" in info and "placeholder" in info
     # custom azimuths set the number of views
@@ -128,7 +130,8 @@ def test_image_to_multiview_with_geometry(served, tmp_path):
     args = [handle_file(example), "", "", handle_file(str(pos)), handle_file(str(nrm)), 3, False, 3, "", 0]
     gallery, zip_path, seed, info = client.predict(*args, 64, 96, 2, 3.0, 0, 1.0, 1.0, api_name="/image_to_multiview")
     assert len(gallery) == 3 and seed == 3
-    assert all(png(item["image"]).size == (96, 64) for item in gallery)
+    assert all(png(item["image"]).size == (96 * 4, 64 * 4) for item in gallery)
+    assert all("96x64 px, shown 4x" in item["caption"] for item in gallery)
     # a position map alone is refused with a message
     args[4] = None
     with pytest.raises(Exception, match="position_map.*normal_map|both"):
@@ -151,7 +154,7 @@ def test_image_to_video(served):
     assert sorted(Path(f).suffix for f in files) == [".gif", ".mp4"]
     gif = next(f for f in files if f.endswith(".gif"))
     assert Image.open(gif).n_frames == 4
-    assert seed == 5 and "4 frames" in info
+    assert seed == 5 and "4 frames of 64x64 px (shown 4x" in info
     assert list((Path(out) / "outputs" / "i2v").glob("*/video.mp4"))
 
 
@@ -161,24 +164,27 @@ def test_one_step_with_comparisons(served):
         *hipa_args(compare=["Base, 1 step, no LoRA", "Teacher (base, multi-step)"]), api_name="/one_step"
     )
     assert len(gallery) == 3
-    assert all(png(item["image"]).size == (64, 64) for item in gallery)
+    assert all(png(item["image"]).size == (256, 256) for item in gallery)
     captions = [item["caption"] for item in gallery]
     assert captions[0].startswith("HiPA, 1 step") and "Teacher (base, 2 steps)" in captions[2]
-    assert all(" ms" in c for c in captions)
+    assert all(" ms · 64x64 px, shown 4x" in c for c in captions)
 
 
 def test_any_resolution_side_by_side(served):
     _, client, _, _ = served
-    # prompt, negative, seed, randomize, scale, ratio, compare base, steps, guidance, lora scale, norm scale
+    # prompt, negative, seed, randomize, height, width, compare base, steps, guidance, lora scale, norm scale
     with_adapter, base, seed, info = client.predict(
-        "a red cube", "", 0, False, 1.5, "2:1", True, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+        "a red cube", "", 0, False, 64, 128, True, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
     )
-    assert png(with_adapter).size == (128, 64) and png(base).size == (128, 64)
-    assert "128x64" in info
+    # shown enlarged 4x (nearest neighbour), the label states the real size
+    assert with_adapter["label"] == "With ResAdapter · 128x64 px, shown 4x"
+    assert base["label"] == "Base only · 128x64 px, shown 4x"
+    assert png(with_adapter["value"]).size == (128 * 4, 64 * 4) and png(base["value"]).size == (128 * 4, 64 * 4)
+    assert "128x64 px" in info
     with_adapter, base, *_ = client.predict(
-        "a red cube", "", 0, False, 1.0, "1:1", False, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+        "a red cube", "", 0, False, 64, 64, False, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
     )
-    assert png(with_adapter).size == (64, 64) and base is None
+    assert png(with_adapter["value"]).size == (256, 256) and base["value"] is None
 
 
 def test_bad_inputs_give_clear_messages(served, tmp_path):
