@@ -327,13 +327,15 @@ def _guard_image_input(component: gr.Image, label: str) -> gr.Image:
 
 def _user_error(where: str, message: str) -> gr.Error:
     """A ``gr.Error`` for a user's mistake, logged as one line (no traceback: nothing is wrong with the server)."""
-    logger.warning(f"{where}: {message}")
+    logger.warning(message if message.startswith(where) else f"{where}: {message}")
     return gr.Error(message, print_exception=False)
 
 
 def _quiet_bounds(component: gr.components.Component, label: str) -> gr.components.Component:
-    """Make a component's own input check (e.g. a slider's bounds) a one-line log entry instead of a traceback."""
+    """Make a component's own input check (e.g. a slider's bounds) a message on the page and one log line (no
+    traceback); for a number outside a slider's range the message says which value the slider keeps instead."""
     original = component.preprocess
+    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
 
     @functools.wraps(original)
     def preprocess(payload):
@@ -342,7 +344,13 @@ def _quiet_bounds(component: gr.components.Component, label: str) -> gr.componen
         except gr.Error as err:
             if not err.print_exception:
                 raise
-            raise _user_error(label, str(err.message)) from err
+            message = str(err.message)
+            if isinstance(component, gr.Slider) and isinstance(payload, (int, float)) and None not in (low, high):
+                kept = low if payload < low else high
+                message = (
+                    f"{label} must be between {low:g} and {high:g}, got {payload:g} (the slider stops at {kept:g})."
+                )
+            raise _user_error(label, message) from err
 
     component.preprocess = preprocess
     return component
@@ -573,6 +581,10 @@ def _seed_row() -> tuple[gr.Number, gr.Checkbox]:
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, scale=3)
         randomize = gr.Checkbox(label="Randomize seed", value=False, scale=1, min_width=120)
     return seed, randomize
+
+
+def _accept(value: Any) -> None:
+    """A slider's release: nothing to do once its value passed the range check."""
 
 
 def _tab_defaults(task: str, model: str, source: ModelSource) -> dict[str, Any]:
@@ -1008,7 +1020,13 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[res_prompt], label="Examples")
                 _run_examples_on_click(ex, res_fn, res_inputs, res_outputs, [res_with, res_without])
 
-    for block in demo.blocks.values():  # a value outside a control's range: one log line, not a traceback
+        # A number typed into a slider's box outside its range is clamped by the browser when the box loses focus; the
+        # slider's release event still carries the typed value, so the server says so on the page (see _quiet_bounds).
+        for block in list(demo.blocks.values()):
+            if isinstance(block, gr.Slider):
+                block.release(_accept, block, None, show_progress="hidden", api_visibility="private")
+
+    for block in demo.blocks.values():  # a value outside a control's range: a message and one log line
         if isinstance(block, (gr.Slider, gr.Number, gr.Dropdown, gr.CheckboxGroup)):
             _quiet_bounds(block, str(block.label or type(block).__name__))
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)

@@ -204,7 +204,7 @@ def test_bad_inputs_give_clear_messages(served, tmp_path):
     with pytest.raises(Exception, match="num_views.*between 1 and 12"):
         client.predict(*mv_args(azimuths=",".join(str(10 * i) for i in range(13))), api_name="/text_to_multiview")
     # size out of range (the slider's bounds are enforced on the server)
-    with pytest.raises(Exception, match="greater than maximum"):
+    with pytest.raises(Exception, match=r"Width must be between 16 and 256, got 4096"):
         client.predict(*mv_args(width=4096), api_name="/text_to_multiview")
     # a size that is not a multiple of the model's factor
     with pytest.raises(Exception, match="multiple of 16"):
@@ -314,3 +314,43 @@ def test_video_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch):
     assert video is None and len(files) == 1 and files[0].endswith(".gif")
     assert Image.open(files[0]).n_frames == 3 and "GIF only" in info
     assert Path(files[0]).is_relative_to(tmp_path)
+
+
+def test_user_errors_are_one_log_line_and_bugs_keep_their_traceback(tmp_path, caplog):
+    import logging
+
+    import app
+
+    demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path, loader=lambda *args: object()))
+    wrapped = app._user_errors(demo_app.one_step)
+    with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
+        with pytest.raises(app.gr.Error) as err:
+            wrapped("a cube", "", -5, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)  # a bad seed
+    assert err.value.print_exception is False  # Gradio prints no traceback for it either
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)]
+    assert caplog.records[0].getMessage().startswith("one_step: Seed must be between 0")
+    caplog.clear()
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
+        with pytest.raises(app.gr.Error, match="Generation failed: KeyError"):
+            app._user_errors(broken)()
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None  # the traceback is logged
+
+
+def test_slider_out_of_range_is_a_message_not_a_traceback(served, caplog):
+    import logging
+
+    demo, *_ = served
+    views = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "mv-views")
+    with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
+        with pytest.raises(
+            Exception, match=r"Views must be between 1 and 12, got 500 \(the slider stops at 12\)"
+        ) as err:
+            views.preprocess(500)
+    assert err.value.print_exception is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "Views must be between 1 and 12, got 500 (the slider stops at 12)."
+    ]

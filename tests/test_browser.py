@@ -193,7 +193,7 @@ def test_video_tab_generates_a_playable_video(page, tmp_path):
     )
     assert ready["err"] is None and ready["ready"] >= 2, ready
     assert_nontrivial(video.evaluate(PIXEL_STATS_JS), 128)
-    expect(page.locator("#i2v-info")).to_contain_text("4 frames in", timeout=TIMEOUT_MS)
+    expect(page.locator("#i2v-info")).to_contain_text("4 frames of 64x64 px (shown 4x", timeout=TIMEOUT_MS)
     links = page.locator("#i2v-files a")
     hrefs = [links.nth(i).get_attribute("href") or "" for i in range(links.count())]
     assert any(h.endswith(".mp4") for h in hrefs) and any(h.endswith(".gif") for h in hrefs), hrefs
@@ -246,8 +246,9 @@ def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
     expect(page.locator("#i2mv-info")).to_contain_text("6 views in", timeout=TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "05_image_to_multiview.png"), full_page=True)
 
-    # Any resolution: the default 2x the native side (64 px placeholder -> 128 px), with and without the adapter.
+    # Any resolution: 64x128 on the 64 px placeholder, with and without the adapter, shown 4x with the real size.
     page.get_by_role("tab", name="Any resolution").click()
+    set_slider(page, "res-width", 128)
     open_advanced(page, "res")
     set_slider(page, "res-steps", 2)
     page.locator("#res-generate").click()
@@ -256,5 +257,21 @@ def test_image_to_multiview_example_and_any_resolution(page, tmp_path):
         page.locator(elem).evaluate(IMAGE_LOADED_JS)
         stats = page.locator(elem).evaluate(PIXEL_STATS_JS)
         assert_nontrivial(stats, 32)
-        assert stats["w"] == stats["h"] == 128, stats
+        assert (stats["w"], stats["h"]) == (512, 256), stats
+    expect(page.locator("#res-with")).to_contain_text("128x64 px, shown 4x", timeout=TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "06_any_resolution.png"), full_page=True)
+
+
+def test_a_number_typed_outside_a_slider_is_said_on_the_page(page, tmp_path):
+    open_advanced(page, "mv")
+    box = page.locator("#mv-views input[type=number]")
+    box.wait_for()
+    page.wait_for_timeout(500)
+    box.fill("500")
+    box.press("Enter")
+    page.locator("#mv-prompt textarea").click()  # the box loses focus: the browser clamps, the page says so
+    page.get_by_text("Views must be between 1 and 12, got 500 (the slider stops at 12).").first.wait_for(
+        timeout=60_000
+    )
+    expect(page.locator("#mv-views input[type=range]")).to_have_value("12")
+    page.screenshot(path=str(tmp_path / "07_clamped.png"), full_page=True)

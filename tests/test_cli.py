@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -94,3 +95,36 @@ def test_module_entry_point_help():
     assert res.returncode == 0
     for task in ("mv", "i2mv", "i2v", "hipa", "res"):
         assert task in res.stdout
+
+
+def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, example_image, monkeypatch):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DIFFUSION_ADAPTERS_PLACEHOLDER": "1"}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pipelines", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+        )
+
+    bad = cli("i2v", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "a"))
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == ["ERROR: i2v: `image`: no such file 'missing.png'."]
+    quiet = cli("hipa", "--prompt", "a cube", "--out", str(tmp_path / "b"), "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""  # no progress bar, no library notice
+    assert quiet.stdout.split() == [str(tmp_path / "b" / "hipa.png")]
+
+    from pipelines import __main__ as cli_main
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli_main, "run", broken)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    cli_main.logger.addHandler(handler)
+    try:
+        assert cli_main.main(["mv", "--prompt", "x", "--out", str(tmp_path / "c")]) == 1
+    finally:
+        cli_main.logger.removeHandler(handler)
+    assert [r.exc_info is not None for r in records] == [True]  # a bug keeps its traceback
