@@ -165,3 +165,19 @@ def test_missing_outputs_and_unknown_names_are_refused(tmp_path):
         rp.resolve_names(["res", "vae"])
     with pytest.raises(SystemExit):
         rp.main(["vae", "--print"])
+
+
+def test_recipe_defaults_are_valid_call_defaults_of_their_pipelines():
+    """The defaults table of each recipe is what `assets/<folder>/pipeline_defaults.json` ships, and each parses as
+    call defaults of the pipeline that loads it."""
+    from pipelines.call_defaults import DEFAULTS_FILE_NAME, parse_call_defaults
+    from pipelines.embedded import load_pipeline
+
+    assert rp.DEFAULTS_NAME == DEFAULTS_FILE_NAME
+    pipelines = {"base": "base", "res": "res", "hipa": "hipa", "mv": "mv", "i2v": "i2v"}
+    with_defaults = [r for r in rp.RECIPES if r.defaults is not None]
+    assert sorted(r.name for r in with_defaults) == sorted(pipelines)
+    for recipe in with_defaults:
+        assert (ASSETS / recipe.folder / DEFAULTS_FILE_NAME).read_text() == rp.format_defaults(recipe.defaults)
+        pipe = load_pipeline(pipelines[recipe.name], progress_bar=False)
+        parse_call_defaults(recipe.defaults, type(pipe).__call__, source=recipe.name)

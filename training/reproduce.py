@@ -18,6 +18,7 @@ atomically); the default ``--out`` is ``runs/assets``, never the shipped ``asset
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import shutil
@@ -26,12 +27,25 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Step", "Recipe", "RECIPES", "resolve_names", "plan", "format_commands", "assemble", "reproduce", "main"]
+__all__ = [
+    "Step",
+    "Recipe",
+    "RECIPES",
+    "resolve_names",
+    "plan",
+    "format_commands",
+    "assemble",
+    "format_defaults",
+    "reproduce",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
 _RESUME = "--resume_from_checkpoint latest"
+DEFAULTS_NAME = "pipeline_defaults.json"
 
 
 @dataclass(frozen=True)
@@ -56,13 +70,15 @@ class Recipe:
     """How one folder of ``assets/`` is made: the steps, then ``files`` copied as ``(source, destination)``.
 
     ``source`` is a template like :attr:`Step.args`; ``destination`` is relative to ``<out>/<folder>``; a source folder
-    is copied whole.
+    is copied whole. ``defaults`` are the call defaults stored with the model (:mod:`pipelines.call_defaults`), chosen
+    on held-out data as ``assets/README.md`` says; this table is their one source.
     """
 
     name: str
     folder: str
     steps: tuple[Step, ...]
     files: tuple[tuple[str, str], ...]
+    defaults: dict[str, Any] | None = None  # written as <folder>/pipeline_defaults.json (the model's call defaults)
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -101,12 +117,22 @@ RECIPES: tuple[Recipe, ...] = (
                 f"{_RESUME}",
                 "{runs}/base/unet/diffusion_pytorch_model.safetensors",
             ),
+            Step(
+                "training.train_base",
+                "--pretrained_model_name_or_path {runs}/base --output_dir {runs}/base-long --resolution 32 "
+                "--train_batch_size 32 --max_train_steps 6000 --learning_rate 3e-4 --lr_scheduler cosine "
+                "--lr_warmup_steps 100 --use_ema --ema_decay 0.999 --snr_gamma 5 --num_samples 32768 --seed 8 "
+                f"--checkpointing_steps 1000 --checkpoints_total_limit 2 {_RESUME}",
+                "{runs}/base-long/unet/diffusion_pytorch_model.safetensors",
+            ),
         ),
         # the UNet and text encoder trained on the first VAE; its decoder-only fine-tunes share the latent space
         tuple(
-            (f"{{runs}}/base/{part}", part) for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer")
+            (f"{{runs}}/base-long/{part}", part)
+            for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet")
         )
-        + (("{runs}/base/unet", "unet"), ("{runs}/base-vae-ms/vae", "vae")),
+        + (("{runs}/base-vae-ms/vae", "vae"),),
+        defaults={"num_inference_steps": 25, "guidance_scale": 7.5, "trained_sizes": {"min_side": 32, "max_side": 32}},
     ),
     Recipe(
         "res",
@@ -125,6 +151,13 @@ RECIPES: tuple[Recipe, ...] = (
             ("{runs}/res/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
             ("{runs}/res/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"),
         ),
+        defaults={
+            "num_inference_steps": 20,
+            "guidance_scale": 7.5,
+            "height": 64,
+            "width": 64,
+            "trained_sizes": {"min_side": 16, "max_side": 64, "max_aspect_ratio": 2},
+        },
     ),
     Recipe(
         "hipa",
@@ -140,6 +173,7 @@ RECIPES: tuple[Recipe, ...] = (
             ),
         ),
         (("{runs}/hipa/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),),
+        defaults={"trained_sizes": {"min_side": 32, "max_side": 32}},
     ),
     Recipe(
         "motion",
@@ -148,8 +182,8 @@ RECIPES: tuple[Recipe, ...] = (
             Step(
                 "training.train_motion",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/motion --resolution 32 --num_frames 8 "
-                "--train_batch_size 4 --max_train_steps 800 --learning_rate 3e-4 --lr_scheduler constant_with_warmup "
-                f"--lr_warmup_steps 20 --num_samples 1024 --seed 0 {_RESUME}",
+                "--train_batch_size 4 --max_train_steps 3000 --learning_rate 3e-4 --lr_scheduler cosine "
+                f"--lr_warmup_steps 50 --num_samples 4096 --seed 9 {_RESUME}",
                 "{runs}/motion/motion_adapter/diffusion_pytorch_model.safetensors",
             ),
         ),
@@ -175,6 +209,15 @@ RECIPES: tuple[Recipe, ...] = (
             ),
         ),
         (("{runs}/mv/adapter_model.safetensors", "mv_adapter.safetensors"),),
+        defaults={
+            "num_inference_steps": 20,
+            "guidance_scale": 7.0,
+            "mv_scale": 1.0,
+            "ref_scale": 1.0,
+            "noise_shift": 1.0,
+            "when_given": {"image": {"guidance_scale": 3.0}},
+            "trained_sizes": {"min_side": 32, "max_side": 32},
+        },
     ),
     Recipe(
         "i2v",
@@ -184,12 +227,21 @@ RECIPES: tuple[Recipe, ...] = (
                 "training.train_i2v_adapter",
                 "--pretrained_model_name_or_path {base} --motion_adapter_path {motion_adapter} --output_dir {runs}/i2v "
                 "--dataset miniworld --num_frames 8 --frame_stride 1 --resolution 32 --train_batch_size 4 "
-                "--max_train_steps 1000 --learning_rate 3e-4 --lr_scheduler constant_with_warmup --lr_warmup_steps 20 "
-                f"--seed 0 {_RESUME}",
+                "--max_train_steps 3000 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 "
+                "--snr_gamma 1 --motion_caption 0.3 --caption_dropout 0.1 --num_samples 8192 --seed 10 "
+                f"{_RESUME}",
                 "{runs}/i2v/adapter_model.safetensors",
             ),
         ),
         (("{runs}/i2v/adapter_model.safetensors", "i2v_adapter.safetensors"),),
+        defaults={
+            "num_inference_steps": 20,
+            "guidance_scale": 7.5,
+            "num_frames": 8,
+            "adapter_scale": 1.0,
+            "similarity_prior": {"strength": 0.0, "start": 0.0},
+            "trained_sizes": {"min_side": 32, "max_side": 32},
+        },
     ),
     Recipe(
         "classifier",
@@ -307,7 +359,14 @@ def assemble(recipe: Recipe, paths: dict[str, str], out: str | Path, overwrite: 
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, target)
+        if recipe.defaults is not None:
+            (tmp / DEFAULTS_NAME).write_text(format_defaults(recipe.defaults), encoding="utf-8")
     return dest
+
+
+def format_defaults(defaults: dict[str, Any]) -> str:
+    """The text of a ``pipeline_defaults.json`` (2-space JSON, trailing newline), as shipped in ``assets/``."""
+    return json.dumps(defaults, indent=2) + "\n"
 
 
 def _run_module(argv: list[str]) -> None:
