@@ -194,8 +194,9 @@ def run(
         base_name = base
     # separate UNets: the adapter goes on a copy so the baseline stays plain
     i2v_unet = copy.deepcopy(plain.unet)
-    i2v = I2VAdapterPipeline.from_pipe(plain, unet=i2v_unet)
-    clean_only = I2VAdapterPipeline.from_pipe(plain)
+    # diffusers' from_pipe casts every component to float32 unless given a dtype (fp16 on a GPU)
+    i2v = I2VAdapterPipeline.from_pipe(plain, unet=i2v_unet, dtype=dtype)
+    clean_only = I2VAdapterPipeline.from_pipe(plain, dtype=dtype)
     for pipe in (plain, i2v, clean_only):
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

@@ -88,8 +88,9 @@ def random_res_adapter(unet, rank: int = 16, alpha: float = 8.0, seed: int = 0) 
         sd[f"{key}.alpha"] = torch.tensor(alpha)
     for path in resnet_norm_paths(unet):
         norm = unet.get_submodule(path)
-        sd[f"{path}.weight"] = norm.weight.detach() * (1 + 0.1 * torch.randn(norm.weight.shape, generator=gen))
-        sd[f"{path}.bias"] = norm.bias.detach() + 0.1 * torch.randn(norm.bias.shape, generator=gen)
+        weight, bias = norm.weight.detach().float().cpu(), norm.bias.detach().float().cpu()  # any device / dtype
+        sd[f"{path}.weight"] = weight * (1 + 0.1 * torch.randn(weight.shape, generator=gen))
+        sd[f"{path}.bias"] = bias + 0.1 * torch.randn(bias.shape, generator=gen)
     return sd
 
 
