@@ -46,7 +46,13 @@ def test_every_documented_step_parses_with_its_script():
         for step in recipe.steps:
             module, *args = step.argv(paths)
             trainer = _trainer_class(module)
-            if trainer is not None:
+            if trainer is not None and args[:1] == ["export"]:  # a trainer's checkpoint export sub-command
+                text = subprocess.run(
+                    [sys.executable, "-m", module, "export", "--help"], capture_output=True, text=True, cwd=ROOT
+                ).stdout
+                flags = [a for a in args if a.startswith("--")]
+                assert flags and all(f in text for f in flags), (module, flags)
+            elif trainer is not None:
                 config = trainer.config_class.from_args(args)
                 assert config.output_dir.startswith("runs/"), (recipe.name, config.output_dir)
                 assert config.resume_from_checkpoint == "latest"

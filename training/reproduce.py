@@ -125,10 +125,16 @@ RECIPES: tuple[Recipe, ...] = (
                 f"--checkpointing_steps 1000 --checkpoints_total_limit 2 {_RESUME}",
                 "{runs}/base-long/unet/diffusion_pytorch_model.safetensors",
             ),
+            # the shipped base is the EMA weights of step 5000 of that 6000-step cosine run
+            Step(
+                "training.train_base",
+                "export --checkpoint {runs}/base-long/checkpoint-5000 --base {runs}/base --output_dir {runs}/base-5000",
+                "{runs}/base-5000/unet/diffusion_pytorch_model.safetensors",
+            ),
         ),
         # the UNet and text encoder trained on the first VAE; its decoder-only fine-tunes share the latent space
         tuple(
-            (f"{{runs}}/base-long/{part}", part)
+            (f"{{runs}}/base-5000/{part}", part)
             for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet")
         )
         + (("{runs}/base-vae-ms/vae", "vae"),),
@@ -142,8 +148,10 @@ RECIPES: tuple[Recipe, ...] = (
                 "training.train_res_adapter",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/res --dataset miniworld --min_side 16 "
                 "--max_side 64 --bucket_step 8 --max_aspect_ratio 2 --resolution 32 --train_batch_size 16 "
-                "--max_train_steps 10000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
-                f"--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 0 {_RESUME}",
+                "--max_train_steps 2000 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
+                "--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 0 "
+                # warm start: the ResAdapter trained on the previous base (10000 steps, 2e-3; training/init/README.md)
+                f"--init_adapter training/init/res_adapter_v1 {_RESUME}",
                 "{runs}/res/pytorch_lora_weights.safetensors",
             ),
         ),
@@ -165,10 +173,10 @@ RECIPES: tuple[Recipe, ...] = (
         (
             Step(
                 "training.train_hipa",
-                "--pretrained_model_name_or_path {base} --output_dir {runs}/hipa --resolution 32 --num_prompts 384 "
+                "--pretrained_model_name_or_path {base} --output_dir {runs}/hipa --resolution 32 --num_prompts 768 "
                 "--seeds_per_prompt 2 --teacher_steps 25 --teacher_guidance_scale 5 --train_batch_size 16 "
                 "--max_train_steps 2400 --learning_rate 5e-4 --lr_scheduler constant_with_warmup --lr_warmup_steps 20 "
-                f"--seed 0 --rank 16 --lora_targets attention_ff {_RESUME}",
+                f"--seed 0 --rank 32 --lora_targets attention_ff {_RESUME}",
                 "{runs}/hipa/pytorch_lora_weights.safetensors",
             ),
         ),
@@ -202,9 +210,9 @@ RECIPES: tuple[Recipe, ...] = (
             Step(
                 "training.train_mv_adapter",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/mv --mode i2mv --dataset miniworld "
-                "--num_views 6 --resolution 32 --train_batch_size 2 --max_train_steps 7000 --learning_rate 3e-4 "
-                "--noise_shift 1 --lr_scheduler constant_with_warmup --lr_warmup_steps 20 --seed 1 "
-                f"{_RESUME}",
+                "--num_views 6 --resolution 32 --train_batch_size 2 --max_train_steps 5000 --learning_rate 3e-4 "
+                "--noise_shift 1 --snr_gamma 1 --drop_text 0.3 --lr_scheduler constant_with_warmup "
+                f"--lr_warmup_steps 20 --seed 1 {_RESUME}",
                 "{runs}/mv/adapter_model.safetensors",
             ),
         ),
