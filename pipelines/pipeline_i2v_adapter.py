@@ -49,8 +49,20 @@ from adapters.i2v_adapter import (
     get_i2v_adapter,
     load_i2v_adapter,
 )
+from adapters.i2v_adapter.recipe import color_match_video
+from adapters.i2v_adapter.release import I2VRelease, ReleaseReport, check_against, read_ip_adapter_file, read_release
 
-from .checks import DEFAULT_MAX_NUM_FRAMES, check_count, check_finite, check_image_input, check_size, check_steps
+from .checks import (
+    DEFAULT_MAX_NUM_FRAMES,
+    NUMBER_RULES,
+    check_count,
+    check_finite,
+    check_image_input,
+    check_number,
+    check_size,
+    check_steps,
+    validate_numbers,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -137,6 +149,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         """
         i2v_adapter = kwargs.pop("i2v_adapter", None)
         i2v_scale = kwargs.pop("i2v_adapter_scale", 1.0)
+        check_number("i2v_adapter_scale", i2v_scale, NUMBER_RULES["i2v_adapter_scale"])  # before loading
         motion = kwargs.get("motion_adapter")
         if isinstance(motion, (str, os.PathLike)):
             dtype_kw = {k: kwargs[k] for k in ("dtype", "torch_dtype") if k in kwargs}  # whichever the caller uses
@@ -150,6 +163,129 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         elif i2v_adapter is not None:
             pipe.load_i2v_adapter(i2v_adapter, scale=i2v_scale)
         return pipe
+
+    @classmethod
+    def from_authors_release(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        release: str | os.PathLike | Mapping[str, torch.Tensor] | I2VRelease,
+        *,
+        ip_adapter: str | os.PathLike | Mapping,
+        allow_pickle: bool = False,
+        use_release_unet: bool = False,
+        first_frame_query: str = "to_q",
+        i2v_adapter_scale: float = 1.0,
+        **kwargs,
+    ) -> I2VAdapterPipeline:
+        """A ready pipeline from the authors' whole-UNet release (``animatediff_v15_v1_ipplus.pth``).
+
+        >>> pipe = I2VAdapterPipeline.from_authors_release(
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        ...     "animatediff_v15_v1_ipplus.pth",  # space-xun/i2v_adapter
+        ...     ip_adapter="IP-Adapter/models/ip-adapter-plus_sd15.bin",  # h94/IP-Adapter
+        ...     image_encoder=CLIPVisionModelWithProjection.from_pretrained("h94/IP-Adapter", subfolder="models/image_encoder"),
+        ...     allow_pickle=True,
+        ... )
+        >>> pipe.scheduler = authors_scheduler()  # adapters.i2v_adapter.recipe
+        >>> frames = pipe(image=image, prompt=prompt, **AUTHORS_RECIPE).frames[0]
+
+        The motion modules become a diffusers ``MotionAdapter`` (the ``UNetMotionModel`` is built on the base), the
+        first-frame projections our I2V-Adapter, the IP-Adapter-Plus branches (with the resampler from
+        ``ip_adapter``) its content adapter; see :mod:`adapters.i2v_adapter.release`. The report of what was found
+        is ``pipe.authors_release_report``.
+
+        Args:
+            pretrained_model_name_or_path: the SD 1.5 base (folder or hub id).
+            release: the ``.pth`` (pickle: needs ``allow_pickle=True``, read with ``weights_only=True``), a
+                safetensors / state dict with the same keys, or an :class:`~adapters.i2v_adapter.release.I2VRelease`.
+            ip_adapter: ``h94/IP-Adapter`` ``ip-adapter-plus_sd15`` file (``.bin`` needs ``allow_pickle``) or its state
+                dict; its ``image_proj`` is the content adapter's resampler.
+            allow_pickle: allow pickle files.
+            use_release_unet: load the release's spatial UNet over the base's (reported either way when they differ).
+            first_frame_query: ``"to_q"`` (the authors' loader: ``W_q'`` = ``to_q``) or ``"file"`` (``to_q_ff``).
+            i2v_adapter_scale: first-frame attention scale.
+            **kwargs: ``from_pretrained`` arguments (``image_encoder``, ``torch_dtype``, ...).
+        """
+        if not isinstance(release, I2VRelease):
+            release = read_release(release, allow_pickle=allow_pickle)
+        kwargs["motion_adapter"] = release.motion_adapter()
+        pipe = cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.authors_release_report = pipe.load_authors_release(
+            release,
+            ip_adapter=ip_adapter,
+            allow_pickle=allow_pickle,
+            use_release_unet=use_release_unet,
+            first_frame_query=first_frame_query,
+            scale=i2v_adapter_scale,
+        )
+        return pipe
+
+    def load_authors_release(
+        self,
+        release: str | os.PathLike | Mapping[str, torch.Tensor] | I2VRelease,
+        *,
+        ip_adapter: str | os.PathLike | Mapping,
+        allow_pickle: bool = False,
+        use_release_unet: bool = False,
+        first_frame_query: str = "to_q",
+        scale: float = 1.0,
+    ) -> ReleaseReport:
+        """Load the authors' release into this pipeline's ``UNetMotionModel`` (see :meth:`from_authors_release`).
+
+        Every part is validated first (spatial UNet, motion modules, first-frame projections, IP branches and the
+        IP-Adapter file: missing, unexpected and wrong-shape keys listed by name in one ``AdapterWeightsError``); on
+        any error the pipeline is unchanged. The motion modules are copied into the UNet; the I2V-Adapter (with its
+        content adapter) replaces any loaded one; the spatial UNet is copied only with ``use_release_unet``.
+
+        Returns:
+            A :class:`~adapters.i2v_adapter.release.ReleaseReport` (spatial differences from the base, ...).
+        """
+        if first_frame_query not in ("to_q", "file"):
+            raise ValueError(f"`first_frame_query` must be 'to_q' or 'file', got {first_frame_query!r}.")
+        if not isinstance(release, I2VRelease):
+            release = read_release(release, allow_pickle=allow_pickle)
+        image_proj, ip_branches = read_ip_adapter_file(ip_adapter, allow_pickle=allow_pickle)
+        if self.image_encoder is None:
+            raise ValueError(
+                "The release's content adapter needs the IP-Adapter-Plus image encoder: pass `image_encoder` "
+                "(CLIPVisionModelWithProjection, h94/IP-Adapter models/image_encoder)."
+            )
+        unet = self.unet
+        differs, max_diff, ip_differs = check_against(release, unet, ip_branches)
+        i2v = release.i2v_state_dict(unet, image_proj, first_frame_query=first_frame_query)
+        load_i2v_adapter(unet, i2v, scale=scale)  # validates everything it needs before touching the UNet
+        if self.feature_extractor is None:  # the authors' inference.py: CLIPImageProcessor() (224 px centre crop)
+            self.register_modules(feature_extractor=CLIPImageProcessor())
+        own = unet.state_dict()
+        with torch.no_grad():
+            for key, value in release.motion.items():
+                own[key].copy_(value)
+            if use_release_unet:
+                for key in differs:
+                    own[key].copy_(release.spatial[key])
+        if differs:
+            logger.warning(
+                "The release's spatial UNet differs from the base in %d of %d tensors (max |diff| %.3g); %s.",
+                len(differs),
+                len(release.spatial),
+                max_diff,
+                "the release's was loaded" if use_release_unet else "pass use_release_unet=True to use it",
+            )
+        query_differs = release.query_differs()
+        if query_differs:
+            logger.info(
+                "%d attn1.to_q_ff in the release differ from attn1.to_q; using %s (first_frame_query=%r).",
+                len(query_differs),
+                "to_q as the authors' loader does" if first_frame_query == "to_q" else "the file's to_q_ff",
+                first_frame_query,
+            )
+        if ip_differs:
+            logger.info(
+                "%d to_{k,v}_ip of the IP-Adapter file differ from the release's; the release's are used (as the "
+                "authors' code does).",
+                len(ip_differs),
+            )
+        return ReleaseReport(differs, max_diff, use_release_unet, first_frame_query, query_differs, ip_differs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """diffusers' ``save_pretrained`` of the plain components (the UNet is saved without the adapter), plus the
@@ -166,6 +302,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         """The attached :class:`~adapters.i2v_adapter.I2VAdapter` (``None`` when none is loaded)."""
         return get_i2v_adapter(self.unet)
 
+    @validate_numbers
     def load_i2v_adapter(
         self,
         weights: str | os.PathLike | Mapping[str, torch.Tensor],
@@ -188,6 +325,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             )
         return adapter
 
+    @validate_numbers
     def init_i2v_adapter(
         self, *, scale: float = 1.0, content: bool = False, content_num_tokens: int = 4
     ) -> I2VAdapter:
@@ -205,6 +343,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             self.unet, scale=scale, content_image_embed_dim=embed_dim, content_num_tokens=content_num_tokens
         )
 
+    @validate_numbers
     def set_i2v_adapter_scale(self, scale: float) -> None:
         """Scale of the first-frame attention (0 = plain AnimateDiff UNet)."""
         if self.i2v_adapter is None:
@@ -412,6 +551,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         return cond.repeat(reps, 1, 1, 1, 1), mask.repeat(reps, 1, 1, 1, 1)
 
     # ------------------------------------------------------------------------------------------------ call
+    @validate_numbers
     @torch.no_grad()
     def __call__(
         self,
@@ -444,6 +584,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers convention)
         decode_chunk_size: int = 16,
+        color_match: bool = False,
     ) -> AnimateDiffPipelineOutput | tuple:
         r"""Animate ``image``.
 
@@ -478,6 +619,8 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each step.
             callback_on_step_end_tensor_inputs: tensors given to the callback (from ``_callback_tensor_inputs``).
             decode_chunk_size: frames decoded per VAE call.
+            color_match: match the a/b LAB histograms of frames 1.. to frame 0 after decoding (the authors'
+                post-process, :func:`adapters.i2v_adapter.recipe.color_match_video`); not with ``output_type="latent"``.
 
         Returns:
             ``AnimateDiffPipelineOutput`` with ``frames``: a list (per video) of PIL lists, or an array/tensor
@@ -526,6 +669,10 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             latents=latents,
         )
         prior = SimilarityPrior.coerce(similarity_prior)
+        if color_match and output_type == "latent":
+            raise ValueError(
+                "`color_match=True` works on decoded frames; it cannot be used with output_type='latent'."
+            )
         if self.free_noise_enabled:
             raise ValueError("FreeNoise is not supported by I2VAdapterPipeline; call `disable_free_noise()`.")
 
@@ -741,6 +888,8 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
             video = latents
         else:
             video_tensor = self.decode_latents(latents, decode_chunk_size)
+            if color_match:
+                video_tensor = _color_match(video_tensor)
             video = self.video_processor.postprocess_video(video=video_tensor, output_type=output_type)
 
         # 10. Offload all models
@@ -749,6 +898,15 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         if not return_dict:
             return (video,)
         return AnimateDiffPipelineOutput(frames=video)
+
+
+def _color_match(video: torch.Tensor) -> torch.Tensor:
+    """:func:`~adapters.i2v_adapter.recipe.color_match_video` on decoded videos ``(B, 3, F, H, W)`` in ``[-1, 1]``;
+    same shape, dtype and device out (frame 0 only clamped)."""
+    frames = (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, F, H, W, 3)
+    matched = np.stack([color_match_video(v) for v in frames])
+    out = torch.from_numpy(matched).to(device=video.device, dtype=torch.float32).permute(0, 4, 1, 2, 3)
+    return (out * 2 - 1).to(video.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

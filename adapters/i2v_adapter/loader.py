@@ -7,7 +7,10 @@ File layout (safetensors, ``diffusion_adapters.kind = "i2v_adapter"``):
   ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q_i2v.weight``;
 * optionally the content adapter, ``content.image_proj.*`` and ``content.ip_adapter.<id>.to_{k,v}_ip.weight``
   (official IP-Adapter layout, see :mod:`adapters.i2v_adapter.content`), flagged by the metadata
-  ``diffusion_adapters.content_image_embed_dim``.
+  ``diffusion_adapters.content_image_embed_dim``; an IP-Adapter-Plus resampler (``content.image_proj.latents``,
+  ``proj_in``, ``layers.*`` ...) is recognised by its ``latents`` key.
+
+The authors' whole-UNet release (``animatediff_v15_v1_ipplus.pth``) is read by :mod:`.release`.
 
 The authors' checkpoints name the same projections ``to_q_ff`` / ``to_out_ff`` inside ``attn1``; that layout is
 registered as the ``"official"`` format and converted on load.
@@ -56,6 +59,7 @@ __all__ = [
 KIND = "i2v_adapter"
 CONTENT_DIM_KEY = "diffusion_adapters.content_image_embed_dim"
 CONTENT_TOKENS_KEY = "diffusion_adapters.content_num_tokens"
+CONTENT_PLUS_KEY = "diffusion_adapters.content_plus_hidden_dims"
 _HANDLE_ATTR = "_diffusion_adapters_i2v"
 
 
@@ -259,7 +263,12 @@ class I2VAdapter:
     def expected_shapes(self) -> dict[str, torch.Size]:
         shapes = i2v_expected_shapes(self.unet)
         if self.content is not None:
-            shapes.update(content_expected_shapes(self.unet, self.content.image_embed_dim, self.content.num_tokens))
+            content = self.content
+            shapes.update(
+                content_expected_shapes(
+                    self.unet, content.image_embed_dim, content.num_tokens, plus_hidden_dims=content.plus_hidden_dims
+                )
+            )
         return shapes
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -277,6 +286,8 @@ class I2VAdapter:
         extra = {}
         if self.content is not None:
             extra = {CONTENT_DIM_KEY: self.content.image_embed_dim, CONTENT_TOKENS_KEY: self.content.num_tokens}
+            if self.content.plus_hidden_dims is not None:
+                extra[CONTENT_PLUS_KEY] = self.content.plus_hidden_dims
         return adapter_metadata(KIND, base_family(self.unet), **extra)
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, source: str | None = None) -> None:
@@ -347,8 +358,29 @@ def load_i2v_adapter(
         )
     has_content = any(k.startswith(CONTENT_PREFIX) for k in state_dict)
     expected = i2v_expected_shapes(unet)
-    content_dim = content_tokens = None
-    if has_content:
+    content_dim = content_tokens = plus_hidden = None
+    plus_latents = state_dict.get(f"{CONTENT_PREFIX}image_proj.latents")
+    if has_content and plus_latents is not None and plus_latents.ndim == 3:
+        # IP-Adapter-Plus resampler: (1, tokens, hidden) learned queries; CLIP hidden size from proj_in
+        proj_in = state_dict.get(f"{CONTENT_PREFIX}image_proj.proj_in.weight")
+        if proj_in is None or proj_in.ndim != 2:
+            raise AdapterWeightsError(
+                f"The IP-Adapter-Plus content adapter in {source or 'the state dict'} lacks a 2-D "
+                f"{CONTENT_PREFIX}image_proj.proj_in.weight; nothing was changed.",
+                missing=[f"{CONTENT_PREFIX}image_proj.proj_in.weight"],
+            )
+        content_dim, content_tokens, plus_hidden = (
+            int(proj_in.shape[1]),
+            int(plus_latents.shape[1]),
+            int(plus_latents.shape[2]),
+        )
+        if getattr(unet, "encoder_hid_proj", None) is not None and get_i2v_adapter(unet) is None:
+            raise AdapterWeightsError(
+                "The file holds a content adapter but the UNet already has an IP-Adapter; unload it first. "
+                "Nothing was changed."
+            )
+        expected.update(content_expected_shapes(unet, content_dim, content_tokens, plus_hidden_dims=plus_hidden))
+    elif has_content:
         if CONTENT_DIM_KEY in meta:
             content_dim = int(meta[CONTENT_DIM_KEY])
             content_tokens = int(meta.get(CONTENT_TOKENS_KEY, 4))
