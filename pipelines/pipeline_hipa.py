@@ -33,7 +33,7 @@ from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_
 from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
-from .checks import check_finite, check_negative_prompt, check_size, check_steps
+from .checks import check_finite, check_negative_prompt, check_size, check_steps, validate_numbers
 
 logger = logging.get_logger(__name__)
 
@@ -63,6 +63,7 @@ class HiPAPipelineMixin:
         self._hipa_preset = preset
         return preset
 
+    @validate_numbers
     def load_hipa_lora(
         self,
         pretrained: str | os.PathLike | dict[str, torch.Tensor],
@@ -78,6 +79,7 @@ class HiPAPipelineMixin:
         """
         return load_hipa_lora(self, pretrained, adapter_name=adapter_name, scale=scale, weight_name=weight_name)
 
+    @validate_numbers
     def set_hipa_scale(self, scale: float, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
         """Set the weight of a loaded LoRA (``0`` = off)."""
         set_hipa_scale(self, scale, adapter_name=adapter_name)
@@ -244,6 +246,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
 
+    @validate_numbers
     @torch.no_grad()
     def __call__(
         self,
@@ -296,8 +299,9 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
         eta = preset.eta if eta is None else float(eta)
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height = native if height is None else height  # 0 is refused (validate_numbers), never replaced
+        width = native if width is None else width
 
         # 1. Check inputs
         self.check_inputs(
@@ -473,6 +477,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             callback_on_step_end_tensor_inputs,
         )
 
+    @validate_numbers
     @torch.no_grad()
     def __call__(
         self,
@@ -521,8 +526,9 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
         eta = preset.eta if eta is None else float(eta)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        native = self.default_sample_size * self.vae_scale_factor
+        height = native if height is None else height  # 0 is refused (validate_numbers), never replaced
+        width = native if width is None else width
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
 
@@ -721,6 +727,7 @@ class HiPAPipeline:
         return pipe
 
     @classmethod
+    @validate_numbers
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
@@ -737,6 +744,7 @@ class HiPAPipeline:
         return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
 
     @classmethod
+    @validate_numbers
     def from_pipe(
         cls,
         pipeline,

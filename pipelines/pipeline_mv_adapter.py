@@ -52,6 +52,7 @@ from .checks import (
     check_negative_prompt,
     check_size,
     check_steps,
+    validate_numbers,
 )
 
 logger = logging.get_logger(__name__)
@@ -217,6 +218,7 @@ class MVAdapterPipelineMixin:
             self.mv_adapter.unload()
             self.mv_adapter = None
 
+    @validate_numbers
     def set_adapter_scale(self, mv: float | None = None, ref: float | None = None) -> None:
         """Default scales of the multi-view and reference branches (per call: ``mv_scale``/``ref_scale``)."""
         self._require_adapter().set_adapter_scale(mv=mv, ref=ref)
@@ -510,6 +512,7 @@ class MVAdapterPipelineMixin:
     def interrupt(self) -> bool:
         return self._interrupt
 
+    @validate_numbers
     @torch.no_grad()
     def __call__(
         self,
@@ -595,8 +598,8 @@ class MVAdapterPipelineMixin:
                 num_views = len(position_map)
             else:
                 num_views = adapter.config.num_views
-        height = height or self._default_size()
-        width = width or self._default_size()
+        height = self._default_size() if height is None else height  # 0 is refused, never replaced
+        width = self._default_size() if width is None else width
         if guidance_scale is None:
             guidance_scale = 3.0 if image is not None else 7.0
 

@@ -35,7 +35,15 @@ from adapters.res_adapter import loader as _loader
 from adapters.res_adapter.config import unet_downsample_factor
 from adapters.res_adapter.loader import ResAdapterState
 
-from .checks import bind_call_arguments, check_finite, check_size, check_steps
+from .checks import (
+    bind_call_arguments,
+    call_number_rules,
+    check_finite,
+    check_numbers,
+    check_size,
+    check_steps,
+    validate_numbers,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -56,8 +64,9 @@ __all__ = [
 ]
 
 # Function forms (work on any pipeline with a `unet`, or on a UNet).
-load_res_adapter = _loader.load_res_adapter
-set_res_adapter_scale = _loader.set_res_adapter_scale
+# the loader functions with the shared number checks (scales: finite, >= 0) in front
+load_res_adapter = validate_numbers(_loader.load_res_adapter)
+set_res_adapter_scale = validate_numbers(_loader.set_res_adapter_scale)
 fuse_res_adapter = _loader.fuse_res_adapter
 unfuse_res_adapter = _loader.unfuse_res_adapter
 unload_res_adapter = _loader.unload_res_adapter
@@ -101,13 +110,17 @@ def check_res_adapter_resolution(pipe: object, height: int | None, width: int | 
         )
 
 
-def check_res_adapter_call(pipe: object, arguments: dict) -> None:
-    """Checks of ``__call__`` arguments that diffusers' ``check_inputs`` never sees: ``num_inference_steps`` (an int
-    >= 1 unless ``timesteps`` / ``sigmas`` are given) and finite ``latents``.
+def check_res_adapter_call(pipe: object, arguments: dict, call=None) -> None:
+    """Checks of ``__call__`` arguments that diffusers' ``check_inputs`` never sees: every numeric argument of
+    ``call`` (the parent's ``__call__``: :func:`pipelines.checks.call_number_rules`; sizes before diffusers replaces
+    a 0 by its default), ``num_inference_steps`` (an int >= 1 unless ``timesteps`` / ``sigmas`` are given) and finite
+    ``latents``.
 
     Raises:
         TypeError / ValueError: naming the argument, its value and what is allowed.
     """
+    if call is not None:
+        check_numbers(arguments, call_number_rules(call))
     if arguments.get("timesteps") is None and arguments.get("sigmas") is None:
         check_steps(arguments.get("num_inference_steps"))
     latents = arguments.get("latents")
@@ -127,6 +140,7 @@ class ResAdapterLoaderMixin:
         """The loaded ResAdapter (config, scales, trained resolution range), or ``None``."""
         return get_res_adapter(self)
 
+    @validate_numbers
     def load_res_adapter(
         self,
         pretrained_model_name_or_path: str | os.PathLike | Mapping[str, torch.Tensor],
@@ -141,6 +155,7 @@ class ResAdapterLoaderMixin:
             self, pretrained_model_name_or_path, lora_scale, norm_scale, allow_pickle=allow_pickle, **kwargs
         )
 
+    @validate_numbers
     def set_res_adapter_scale(self, lora_scale: float | None = None, norm_scale: float | None = None) -> None:
         """Set the sampler-LoRA multiplier (0 = off) and/or the GroupNorm blend (0 = base, 1 = ResAdapter)."""
         set_res_adapter_scale(self, lora_scale=lora_scale, norm_scale=norm_scale)
@@ -183,7 +198,8 @@ class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
     @functools.wraps(StableDiffusionPipeline.__call__)
     def __call__(self, *args, **kwargs):
         # diffusers' __call__ unchanged; the arguments its check_inputs never sees are checked first
-        check_res_adapter_call(self, bind_call_arguments(StableDiffusionPipeline.__call__, (self, *args), kwargs))
+        arguments = bind_call_arguments(StableDiffusionPipeline.__call__, (self, *args), kwargs)
+        check_res_adapter_call(self, arguments, StableDiffusionPipeline.__call__)
         return super().__call__(*args, **kwargs)
 
 
@@ -202,5 +218,6 @@ class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
 
     @functools.wraps(StableDiffusionXLPipeline.__call__)
     def __call__(self, *args, **kwargs):
-        check_res_adapter_call(self, bind_call_arguments(StableDiffusionXLPipeline.__call__, (self, *args), kwargs))
+        arguments = bind_call_arguments(StableDiffusionXLPipeline.__call__, (self, *args), kwargs)
+        check_res_adapter_call(self, arguments, StableDiffusionXLPipeline.__call__)
         return super().__call__(*args, **kwargs)
