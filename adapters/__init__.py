@@ -4,6 +4,7 @@ Public names only; each adapter lives in its own subpackage (``adapters.res_adap
 ``adapters.i2v_adapter``, ``adapters.hipa``).
 """
 
+from . import log_filters  # noqa: F401 -- first: filters unactionable library warnings before diffusers is imported
 from .lora import LowRankAdapter, LowRankDelta
 from .processors import restore_attn_processors, swap_attn_processors
 from .weights import (

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+import adapters.log_filters  # noqa: F401 -- unactionable library warnings filtered before diffusers is imported
+
 _LAZY = {
     "ResAdapterLoaderMixin": "pipeline_res_adapter",
     "ResAdapterPipeline": "pipeline_res_adapter",
