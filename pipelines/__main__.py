@@ -25,9 +25,14 @@ import time
 import warnings
 from pathlib import Path
 
+from .checks import MAX_IMAGE_SIDE, NumberRule, argparse_number
 from .tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
 
 logger = logging.getLogger("pipelines.cli")
+
+#: Ranges of the numeric flags (refused at parse time, before any model loads; see pipelines.checks).
+_SCALE = NumberRule(minimum=0)
+_SIDE = NumberRule(integer=True, minimum=1, maximum=MAX_IMAGE_SIDE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prompt", required=prompt_required, default="", help="text prompt")
         p.add_argument("--negative-prompt", default="", help="negative prompt")
         p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+        p.add_argument("--seed", type=argparse_number("--seed", NumberRule(integer=True, minimum=0)), default=0)
         p.add_argument(
-            "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+            "--steps",
+            type=argparse_number("--steps", NumberRule(integer=True, minimum=1)),
+            default=None,
+            help="denoising steps (default: the model's)",
         )
-        p.add_argument("--height", type=int, default=None, help="output height (default: the model's)")
-        p.add_argument("--width", type=int, default=None, help="output width (default: the model's)")
+        p.add_argument(
+            "--guidance",
+            type=argparse_number("--guidance", _SCALE),
+            default=None,
+            help="classifier-free guidance scale (default: the model's)",
+        )
+        p.add_argument(
+            "--height",
+            type=argparse_number("--height", _SIDE),
+            default=None,
+            help="output height (default: the model's)",
+        )
+        p.add_argument(
+            "--width", type=argparse_number("--width", _SIDE), default=None, help="output width (default: the model's)"
+        )
         p.add_argument("--base", default=None, help="base model folder or hub id (default: embedded)")
         p.add_argument("--adapter", default=None, help="adapter weights (default: embedded)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
@@ -56,11 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars, no log lines but errors")
 
     def views(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--num-views", type=int, default=6, help=f"views, 1-{MAX_VIEWS}")
-        p.add_argument("--azimuths", default=None, help="camera azimuths in degrees, e.g. '0,90,180,270'")
-        p.add_argument("--elevation", type=float, default=0.0, help="camera elevation in degrees")
         p.add_argument(
-            "--mv-scale", type=float, default=None, help="multi-view attention scale (default: the model's)"
+            "--num-views",
+            type=argparse_number("--num-views", NumberRule(integer=True, minimum=1, maximum=MAX_VIEWS)),
+            default=6,
+            help=f"views, 1-{MAX_VIEWS}",
+        )
+        p.add_argument("--azimuths", default=None, help="camera azimuths in degrees, e.g. '0,90,180,270'")
+        p.add_argument(
+            "--elevation",
+            type=argparse_number("--elevation", NumberRule(minimum=-90, maximum=90)),
+            default=0.0,
+            help="camera elevation in degrees",
+        )
+        p.add_argument(
+            "--mv-scale",
+            type=argparse_number("--mv-scale", _SCALE),
+            default=None,
+            help="multi-view attention scale (default: the model's)",
         )
 
     p = sub.add_parser("mv", help=TASKS["mv"].title)
@@ -72,23 +105,55 @@ def build_parser() -> argparse.ArgumentParser:
     views(p)
     p.add_argument("--position-map", default=None, help="position map image (with --normal-map)")
     p.add_argument("--normal-map", default=None, help="normal map image (with --position-map)")
-    p.add_argument("--reference-guidance", type=float, default=None, help="separate image guidance scale")
-    p.add_argument("--ref-scale", type=float, default=None, help="reference attention scale (default: the model's)")
+    p.add_argument(
+        "--reference-guidance",
+        type=argparse_number("--reference-guidance", _SCALE),
+        default=None,
+        help="separate image guidance scale",
+    )
+    p.add_argument(
+        "--ref-scale",
+        type=argparse_number("--ref-scale", _SCALE),
+        default=None,
+        help="reference attention scale (default: the model's)",
+    )
 
     p = sub.add_parser("i2v", help=TASKS["i2v"].title)
     common(p, image="first frame", prompt_required=False)
     p.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or hub id (default: embedded)")
-    p.add_argument("--frames", type=int, default=None, help=f"frames, 2-{MAX_FRAMES} (default: the model's)")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--adapter-scale", type=float, default=None, help="first-frame attention scale")
-    p.add_argument("--prior-strength", type=float, default=None, help="frame similarity prior strength (0 = off)")
-    p.add_argument("--prior-start", type=float, default=None, help="fraction of steps the prior skips")
+    p.add_argument(
+        "--frames",
+        type=argparse_number("--frames", NumberRule(integer=True, minimum=2, maximum=MAX_FRAMES)),
+        default=None,
+        help=f"frames, 2-{MAX_FRAMES} (default: the model's)",
+    )
+    p.add_argument("--fps", type=argparse_number("--fps", NumberRule(integer=True, minimum=1, maximum=240)), default=8)
+    p.add_argument(
+        "--adapter-scale",
+        type=argparse_number("--adapter-scale", _SCALE),
+        default=None,
+        help="first-frame attention scale",
+    )
+    p.add_argument(
+        "--prior-strength",
+        type=argparse_number("--prior-strength", NumberRule(minimum=0, maximum=1)),
+        default=None,
+        help="frame similarity prior strength (0 = off)",
+    )
+    p.add_argument(
+        "--prior-start",
+        type=argparse_number("--prior-start", NumberRule(minimum=0, maximum=1, open_max=True)),
+        default=None,
+        help="fraction of steps the prior skips",
+    )
 
     p = sub.add_parser("hipa", help=TASKS["hipa"].title)
     common(p)
-    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--lora-scale", type=argparse_number("--lora-scale", _SCALE), default=1.0)
     p.add_argument("--compare", nargs="*", default=[], choices=list(ONE_STEP_COMPARISONS), help="also run these")
-    p.add_argument("--teacher-steps", type=int, default=25)
+    p.add_argument(
+        "--teacher-steps", type=argparse_number("--teacher-steps", NumberRule(integer=True, minimum=1)), default=25
+    )
     p.add_argument(
         "--few-step-lora",
         action="append",
@@ -100,11 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("res", help=TASKS["res"].title)
     common(p)
     p.add_argument(
-        "--scale", type=float, default=None, help="side relative to native, e.g. 1.5 (instead of --height/--width)"
+        "--scale",
+        type=argparse_number("--scale", NumberRule(minimum=0, open_min=True)),
+        default=None,
+        help="side relative to native, e.g. 1.5 (instead of --height/--width)",
     )
     p.add_argument("--ratio", default=None, help="aspect ratio W:H, e.g. 2:1 (instead of --height/--width)")
-    p.add_argument("--lora-scale", type=float, default=1.0)
-    p.add_argument("--norm-scale", type=float, default=1.0)
+    p.add_argument("--lora-scale", type=argparse_number("--lora-scale", _SCALE), default=1.0)
+    p.add_argument("--norm-scale", type=argparse_number("--norm-scale", _SCALE), default=1.0)
     p.add_argument("--no-base", action="store_true", help="skip the run without ResAdapter")
     return parser
 
