@@ -116,6 +116,8 @@ class HiPATrainConfig(TrainConfig):
 def load_prompts(prompts_file: str | None, num_prompts: int, seed: int = 0) -> list[str]:
     """Prompts from a text file (one per line, blank lines and ``#`` comments skipped) or mini-world captions."""
     if prompts_file is not None:
+        if not Path(prompts_file).is_file():
+            raise FileNotFoundError(f"`--prompts_file` {prompts_file!r} does not exist.")
         lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
         prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not prompts:
@@ -282,6 +284,11 @@ class HiPATrainer(AdapterTrainer):
         ]
         out: dict[str, list[torch.Tensor]] = {}
         self.unet.disable_adapters()  # the teacher is the frozen base, whatever the LoRA holds
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(pairs), desc="Building the teacher cache", unit="sample", disable=not self.is_main_process
+        )
         try:
             for start in range(0, len(pairs), cfg.teacher_batch_size):
                 chunk = pairs[start : start + cfg.teacher_batch_size]
@@ -317,8 +324,9 @@ class HiPATrainer(AdapterTrainer):
                 out.setdefault("noise", []).append(noise)
                 out.setdefault("target", []).append(target.float().cpu())
                 out.setdefault("prompt_embeds", []).append(embeds.float().cpu())
-                logger.info(f"Teacher cache: {min(start + len(chunk), len(pairs))}/{len(pairs)} samples.")
+                bar.update(len(chunk))
         finally:
+            bar.close()
             self.unet.enable_adapters()
         return {k: torch.cat(v) for k, v in out.items()}
 

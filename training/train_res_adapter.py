@@ -291,7 +291,10 @@ class ImageCaptionDataset(Dataset):
         self.paths: list[Path] = []
         self.captions: list[str] = []
         self.sizes: list[tuple[int, int]] = []
-        for path, caption in entries:
+        from tqdm.auto import tqdm
+
+        scan = tqdm(entries, desc="Scanning training images", unit="img", disable=len(entries) < 2)
+        for path, caption in scan:  # the data scan: reads each image's size (long on large folders)
             try:
                 with Image.open(path) as image:
                     image = ImageOps.exif_transpose(image)

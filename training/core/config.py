@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -23,7 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config_file", "option_help", "LR_SCHEDULERS"]
+__all__ = [
+    "INPUT_PATHS",
+    "LR_SCHEDULERS",
+    "OPTION_RANGES",
+    "TrainConfig",
+    "check_option_values",
+    "load_config_file",
+    "native_resolution",
+    "option_help",
+]
 
 LR_SCHEDULERS = (
     "linear",
@@ -65,8 +76,12 @@ class TrainConfig:
         default=None,
         metadata=option_help("Training data: an image folder with metadata.jsonl or sidecar .txt captions."),
     )
-    resolution: int = field(
-        default=512, metadata=option_help("Training resolution in pixels (images are resized to it).")
+    resolution: int | None = field(
+        default=None,
+        metadata=option_help(
+            "Training resolution in pixels (images are resized to it); default: the base's native size (its UNet's "
+            "sample_size x the VAE factor, read from their config.json)."
+        ),
     )
     center_crop: bool = field(default=True, metadata=option_help("Center crop (else random crop) after resizing."))
     random_flip: bool = field(default=False, metadata=option_help("Randomly flip training images horizontally."))
@@ -162,13 +177,15 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the option when a value is out of range."""
+        """Raise ``TypeError`` / ``ValueError`` naming the option when a value has the wrong type, is not finite or is
+        out of range (:data:`OPTION_RANGES`). ``None`` is only accepted by options that default to "unset"."""
+        check_option_values(self)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"`{f.name}` must be one of {list(choices)}, got {value!r}.")
-        positive = ("resolution", "train_batch_size", "num_train_epochs", "gradient_accumulation_steps")
+        positive = ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps")
         positive += ("checkpointing_steps", "num_validation_images", "lr_num_cycles")
         for name in positive:
             if getattr(self, name) < 1:
@@ -190,6 +207,46 @@ class TrainConfig:
             raise ValueError(f"`noise_offset` must be >= 0, got {self.noise_offset!r}.")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
             raise ValueError(f"`max_grad_norm` must be >= 0 (or unset), got {self.max_grad_norm!r}.")
+
+    def check_paths(self) -> None:
+        """Check every input path option before any model loads (:data:`INPUT_PATHS`).
+
+        Raises:
+            ValueError: no base (``--pretrained_model_name_or_path``) was given.
+            FileNotFoundError: a given input path does not exist (or is not the kind of path the option needs); the
+                message names the option.
+        """
+        if self.pretrained_model_name_or_path is None:
+            raise ValueError("`--pretrained_model_name_or_path` is required (a diffusers folder such as assets/base).")
+        for name, kind in INPUT_PATHS.items():
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            path = Path(os.path.expanduser(str(value)))
+            if kind == "model" and not path.exists() and _looks_like_hub_id(str(value)):
+                continue  # a hub id: resolved (or refused) by huggingface_hub when the model loads
+            if not path.exists():
+                raise FileNotFoundError(f"`--{name}` {str(value)!r} does not exist.")
+            if kind == "dir" and not path.is_dir():
+                raise FileNotFoundError(f"`--{name}` {str(value)!r} is not a folder.")
+            if kind == "file" and not path.is_file():
+                raise FileNotFoundError(f"`--{name}` {str(value)!r} is not a file.")
+        base = Path(str(self.pretrained_model_name_or_path))
+        if base.is_dir() and not any((base / name).exists() for name in ("model_index.json", "unet", "config.json")):
+            raise FileNotFoundError(
+                f"`--pretrained_model_name_or_path` {str(base)!r} is not a diffusers model folder (no model_index.json "
+                "or unet/)."
+            )
+        resume = self.resume_from_checkpoint
+        if resume is not None and resume != "latest" and not Path(resume).is_dir():
+            raise FileNotFoundError(f"`--resume_from_checkpoint` {resume!r} is not a checkpoint folder (or 'latest').")
+
+    def resolve_resolution(self) -> int:
+        """Fill ``resolution`` when unset: the base's native size, ``unet.sample_size x 2 ** (VAE levels - 1)``, read
+        from ``<base>/unet/config.json`` and ``<base>/vae/config.json`` (nothing is loaded)."""
+        if self.resolution is None:
+            self.resolution = native_resolution(self.pretrained_model_name_or_path)
+        return self.resolution
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{field: value}`` (lists copied), e.g. to save next to the outputs."""
@@ -268,6 +325,192 @@ class TrainConfig:
         return values
 
 
+#: Input path options (any config class that has them) -> what they must be: ``"model"`` a local folder or a hub
+#: id, ``"dir"`` a folder, ``"file"`` a file, ``"any"`` a file or a folder. Output folders (``output_dir``,
+#: ``logging_dir``, ``teacher_cache_dir``) are created, so they are not checked.
+INPUT_PATHS: dict[str, str] = {
+    "pretrained_model_name_or_path": "model",
+    "train_data_dir": "dir",
+    "manifest": "file",
+    "prompts_file": "file",
+    "motion_adapter_path": "model",
+    "image_encoder_path": "model",
+    "init_adapter": "any",
+    "validation_image": "file",
+}
+
+_GE1 = (1, None, False, False)
+_GE0 = (0, None, False, False)
+_GT0 = (0, None, True, False)
+_UNIT = (0, 1, False, False)
+_UNIT_OPEN = (0, 1, False, True)
+#: The accepted range of every numeric option, by name: ``(minimum, maximum, minimum excluded, maximum excluded)``
+#: (``None``: unbounded). Every int and float option of every training script has an entry (tested); scripts may
+#: narrow a range further in their own ``validate`` (e.g. ``num_frames >= 2``).
+OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    # ints >= 1
+    **dict.fromkeys(
+        (
+            "resolution",
+            "train_batch_size",
+            "num_train_epochs",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "checkpoints_total_limit",
+            "validation_steps",
+            "num_validation_images",
+            "lr_num_cycles",
+            "num_samples",
+            "max_objects",
+            "rank",
+            "num_prompts",
+            "seeds_per_prompt",
+            "teacher_steps",
+            "teacher_batch_size",
+            "num_validation_samples",
+            "num_frames",
+            "frame_stride",
+            "height",
+            "width",
+            "content_num_tokens",
+            "validation_num_frames",
+            "validation_inference_steps",
+            "motion_num_attention_heads",
+            "motion_max_seq_length",
+            "num_views",
+            "min_side",
+            "max_side",
+            "bucket_step",
+            "scaling_samples",
+        ),
+        _GE1,
+    ),  # fmt: skip
+    # ints >= 0
+    **dict.fromkeys(("lr_warmup_steps", "dataloader_num_workers", "seed"), _GE0),
+    # floats
+    "learning_rate": _GT0,
+    "adam_beta1": _UNIT_OPEN,
+    "adam_beta2": _UNIT_OPEN,
+    "adam_weight_decay": _GE0,
+    "adam_epsilon": _GT0,
+    "max_grad_norm": _GE0,
+    "lr_power": _GT0,
+    "snr_gamma": _GT0,
+    "noise_offset": _GE0,
+    "ema_decay": _UNIT_OPEN,
+    **dict.fromkeys(
+        ("caption_dropout", "motion_caption", "image_dropout", "drop_text", "drop_reference", "drop_both"), _UNIT
+    ),
+    "noise_shift": _GT0,
+    "kl_weight": _GE0,
+    "object_weight": _GE0,
+    "lora_alpha": _GT0,
+    "alpha": _GT0,
+    "lambda_hf": _GE0,
+    "lambda_edge": _GE0,
+    "hf_cutoff": (0, 0.7071, True, True),
+    "teacher_guidance_scale": _GE0,
+    "validation_guidance_scale": _GE0,
+    "max_aspect_ratio": (1, None, False, False),
+}
+
+
+def describe_range(base: type, bounds: tuple[float | None, float | None, bool, bool] | None) -> str:
+    """``"an int >= 1"``, ``"a finite number in [0, 1)"`` ... for an option's messages."""
+    kind = "an int" if base is int else "a finite number"
+    if bounds is None:
+        return kind
+    lo, hi, lo_open, hi_open = bounds
+    if lo is not None and hi is not None:
+        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{kind} {'<' if hi_open else '<='} {hi:g}"
+    return kind
+
+
+def check_option_value(name: str, base: type, value: Any, *, optional: bool) -> None:
+    """One option's value: its type (a bool is not a number, a float is not an int), finite, in its range."""
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"`{name}` needs a value (it has no 'unset' default), got None.")
+    bounds = OPTION_RANGES.get(name)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} ({value!r}).")
+        return
+    if base is str:
+        if not isinstance(value, str):
+            raise TypeError(f"`{name}` must be a string, got {type(value).__name__} ({value!r}).")
+        return
+    allowed = describe_range(base, bounds)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or (base is int and not isinstance(value, int)):
+        raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__} ({value!r}).")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    if bounds is not None:
+        lo, hi, lo_open, hi_open = bounds
+        if (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and (value > hi or (hi_open and value == hi))
+        ):
+            raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
+def check_option_values(config: Any) -> None:
+    """Type, finiteness and range of every option of a config dataclass (see :func:`check_option_value`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        base, is_list = _field_type(hints[f.name])
+        optional = _is_optional(hints[f.name]) or f.default is None
+        value = getattr(config, f.name)
+        if is_list:
+            if value is None and optional:
+                continue
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"`{f.name}` must be a list, got {type(value).__name__} ({value!r}).")
+            for item in value:
+                check_option_value(f.name, base, item, optional=False)
+        else:
+            check_option_value(f.name, base, value, optional=optional)
+
+
+def native_resolution(base: str | os.PathLike | None) -> int:
+    """The base's native image side: ``unet.config.sample_size x 2 ** (len(vae.config.block_out_channels) - 1)``
+    read from the base's config files (a local folder, or a hub id through ``load_config``)."""
+    if base is None:
+        raise ValueError("`--pretrained_model_name_or_path` is required to find the native `resolution`.")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(str(base), subfolder="unet")
+        vae = AutoencoderKL.load_config(str(base), subfolder="vae")
+    except OSError as err:
+        raise FileNotFoundError(
+            f"Cannot read the native size of `--pretrained_model_name_or_path` {str(base)!r} (unet/ and vae/ "
+            f"config.json): {err}; pass `--resolution`."
+        ) from None
+    sample_size = unet.get("sample_size")
+    if isinstance(sample_size, (list, tuple)):
+        sample_size = sample_size[0]
+    if not isinstance(sample_size, int):
+        raise ValueError("The base's unet/config.json has no int `sample_size`; pass `--resolution`.")
+    return int(sample_size) * 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not text.startswith((".", "/", "~"))
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``.yaml``/``.yml`` or ``.toml`` options file into a flat dict."""
     path = Path(path)
@@ -339,7 +582,7 @@ def _convert(base: type, value: Any, name: str, source: str = "command line") ->
             return _parse_bool(value, name)
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        if base is int and isinstance(value, bool):
+        if base in (int, float) and isinstance(value, bool):
             raise ValueError
         return base(value)
     except (TypeError, ValueError):

@@ -137,6 +137,9 @@ class AdapterTrainer:
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}."
             )
         self.config = config
+        base = config.pretrained_model_name_or_path
+        if config.resolution is None and base is not None and Path(str(base)).is_dir():
+            config.resolve_resolution()  # the base's native size (read from its config files, nothing loaded)
         self.accelerator = None
         self.weight_dtype = torch.float32
         self.global_step = 0
@@ -300,6 +303,9 @@ class AdapterTrainer:
     # ==================================================================================================================
     def train(self) -> None:
         """Run the whole training; see the module docstring."""
+        # Before any model loads: every input path exists, and `--resolution` defaults to the base's native size.
+        self.config.check_paths()
+        self.config.resolve_resolution()
         try:
             self._setup_accelerator()
             self._setup_models()
@@ -875,7 +881,28 @@ def main(trainer_cls: type[AdapterTrainer], argv: Sequence[str] | None = None) -
     import logging as std_logging
 
     std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.INFO)
-    config = trainer_cls.config_class.from_args(argv, description=(trainer_cls.__doc__ or "").strip() or None)
+    silence_unactionable_warnings()
+    try:  # a bad option, config file or input path: one line naming the option, before any model loads
+        config = trainer_cls.config_class.from_args(argv, description=(trainer_cls.__doc__ or "").strip() or None)
+        config.check_paths()
+        config.resolve_resolution()
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        logger.error(f"{trainer_cls.__name__}: {err}")
+        raise SystemExit(2) from None
     trainer = trainer_cls(config)
     trainer.train()
     return trainer
+
+
+def silence_unactionable_warnings() -> None:
+    """Filter, at their source, the start-up notices a training user can do nothing about; every other warning stays.
+
+    - transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ..." notice (the
+      image processors are not used in training; it is logged by transformers' image-processing auto module).
+    - accelerate's notice that values "were not passed to `accelerate launch` and had defaults used instead"
+      (the defaults -- one process, no mixed precision unless `--mixed_precision` -- are what a single-device run
+      wants; `accelerate config` or the flags change them).
+    """
+    from adapters.log_filters import filter_unactionable_warnings
+
+    filter_unactionable_warnings()
