@@ -360,7 +360,10 @@ USER_ERRORS = (ValueError, TypeError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # a bad flag value (checked by its type, before any model loads): argparse's one error line, status 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     logger.setLevel(logging.NOTSET)
     if args.quiet:
