@@ -238,7 +238,10 @@ class TrainConfig:
                 "or unet/)."
             )
         resume = self.resume_from_checkpoint
-        if resume is not None and resume != "latest" and not Path(resume).is_dir():
+        found = (
+            resume is None or resume == "latest" or Path(resume).is_dir() or (Path(self.output_dir) / resume).is_dir()
+        )
+        if not found:  # a folder, or a checkpoint name inside output_dir
             raise FileNotFoundError(f"`--resume_from_checkpoint` {resume!r} is not a checkpoint folder (or 'latest').")
 
     def resolve_resolution(self) -> int:
