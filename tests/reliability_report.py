@@ -18,7 +18,12 @@ from pathlib import Path
 
 REGISTRY: dict[str, list[str]] = {"bad_input": [], "fault": []}
 
-FILES = ["tests/test_reliability.py", "tests/test_weights.py", "tests/test_training_core.py"]
+FILES = [
+    "tests/test_reliability.py",
+    "tests/test_weights.py",
+    "tests/test_training_core.py",
+    "tests/test_readme_training.py",
+]
 SLOW_FILES = ["tests/test_training_ddp.py"]
 
 # Test-name patterns (matched against node ids) -> category. Faults are injected errors (corrupt or foreign files,
@@ -75,19 +80,30 @@ def categorise(node_ids: list[str]) -> tuple[int, Counter]:
     return bad_inputs, faults
 
 
-def bad_input_breakdown(node_ids: list[str]) -> Counter:
-    """Cases per pipeline, from ids like ``test_bad_input[mv-num_views_zero]``."""
+#: Bad-input tests by entry-point kind (the test name after ``test_bad_input``).
+PIPELINE_TESTS = ("test_bad_input[", "test_bad_input_number[", "test_bad_input_zero_size_not_replaced[")
+SCALE_TEST = "test_bad_input_scale["
+TRAINING_TEST = "test_bad_input_training_option["
+
+
+def bad_input_breakdown(node_ids: list[str], tests: tuple[str, ...] = PIPELINE_TESTS) -> Counter:
+    """Cases per pipeline (or training script), from ids like ``test_bad_input[mv-num_views_zero]``."""
     per: Counter = Counter()
     for n in node_ids:
-        m = re.search(r"test_bad_input\[(\w+)-", n)
-        if m:
-            per[m.group(1)] += 1
+        for test in tests:
+            if test in n:
+                m = re.search(r"\[([a-z0-9_]+?)-", n[n.index(test) :])
+                if m:
+                    per[m.group(1)] += 1
     return per
 
 
 def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> str:
     bad_inputs, faults = categorise(node_ids)
     per = bad_input_breakdown(node_ids)
+    train_per = bad_input_breakdown(node_ids, (TRAINING_TEST,))
+    scales = sum(1 for n in node_ids if SCALE_TEST in n)
+    training = sum(train_per.values())
     names = {"res": "ResAdapter", "mv": "MV-Adapter", "mvxl": "MV-Adapter SDXL", "i2v": "I2V-Adapter", "hipa": "HiPA"}
     half = sum(1 for n in node_ids if re.search(HALF_PRECISION_PATTERN, n))
     messages = sum(1 for n in node_ids if re.search(MESSAGE_PATTERN, n))
@@ -97,15 +113,23 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
         "",
         f"Counted from the test suite itself (`python -m tests.reliability_report{' --slow' if slow else ''}`).",
         "",
-        f"- **{bad_inputs} bad inputs** tried against the pipelines ("
+        f"- **{bad_inputs} bad inputs** tried: {sum(per.values())} against the pipelines' `__call__` ("
         + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(per.items()))
-        + "): wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), sizes above the documented "
+        + f"), {scales} against the loaders and `set_*_scale`, {training} against the training scripts' options "
+        "("
+        + ", ".join(f"{k} {v}" for k, v in sorted(train_per.items()))
+        + "). Every numeric argument is read from its entry point's signature (`pipelines.checks.call_number_rules`;"
+        " the training options from their config dataclasses) and gets each value its range refuses: NaN, +/-inf, "
+        "a bool, a string, a float for an int, zero / negative / below the minimum, above the maximum, wrong-length "
+        "lists (`height=0` / `width=0` are refused, never replaced by the default). Hand-written cases add "
+        "wrong types, zero / negative / non-divisible sizes (one of them 2**20 + 1), sizes above the documented "
         "maximum (4096 px; 2**20, a multiple of every size factor), `num_views` / `num_frames` 0, above their "
         "documented maxima (32 views; the motion modules' 32 frames) or huge, `num_inference_steps` 0, camera lists "
         "of disagreeing lengths, prompt / negative prompt / generator list mismatches, an `image` given as a path, "
         "L / RGBA / CMYK / 16-bit images, NaN / inf latents, condition / position / normal maps and image tensors. "
         "Each passing case is converted and succeeds, or is refused with a `ValueError` / `TypeError` naming the "
-        "argument before the UNet runs once"
+        "argument before the UNet runs once (a counter on the UNet), leaving the pipeline as it was (scheduler, "
+        "adapter scales, output); training options are refused before any model loads"
         + (" (the xfailed ones are the known gaps listed below)." if xfailed else "."),
         f"- **{sum(faults.values())} faults injected**:",
     ]

@@ -11,6 +11,7 @@ them (from ``pytest --collect-only``) for the README's "Reliability" section.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -526,3 +527,212 @@ def test_checks_accept_good_values():
     checks.check_image_input("image", [_image(), np.zeros((8, 8, 3), np.uint8), torch.zeros(1, 3, 8, 8)])
     checks.check_negative_prompt(["a", "b"], "x")
     checks.check_negative_prompt("a", ["x"])
+
+
+# ------------------------------------------------------------------------------ numbers, generated from signatures
+# Issue 18: every numeric argument of every entry point (read from its signature with checks.call_number_rules) gets
+# the bad values its rule refuses -- NaN, +/-inf, a bool, a string, a float for an int, zero / negative / below the
+# minimum, above the maximum, wrong-length lists -- each refused before the UNet runs, naming the argument, with the
+# pipeline left as it was (scheduler, UNet output).
+
+from diffusers import StableDiffusionPipeline  # noqa: E402
+
+from pipelines.checks import NumberRule, call_number_rules  # noqa: E402
+from pipelines.pipeline_hipa import HiPASDPipeline  # noqa: E402
+from pipelines.pipeline_mv_adapter import MVAdapterPipelineMixin  # noqa: E402
+
+CALLS: dict[str, Callable[..., Any]] = {
+    "res": StableDiffusionPipeline.__call__,  # ResAdapterPipeline.__call__ checks the parent's arguments
+    "mv": MVAdapterPipelineMixin.__call__,
+    "i2v": I2VAdapterPipeline.__call__,
+    "hipa": HiPASDPipeline.__call__,
+}
+#: Numeric arguments left to their own validation: ``timesteps`` / ``sigmas`` are checked by the scheduler.
+NUMBER_SKIP = {"timesteps", "sigmas"}
+
+
+def bad_numbers(rule: NumberRule) -> dict[str, Any]:
+    """Bad values for ``rule``, by label (each must be refused)."""
+    out: dict[str, Any] = {"nan": math.nan, "inf": math.inf, "neg_inf": -math.inf, "bool": True, "str": "1"}
+    if rule.integer:
+        out["float"] = 1.5
+    lo, hi = rule.minimum, rule.maximum
+    if lo is not None:
+        if not rule.in_range(0):
+            out["zero"] = 0
+        if not rule.in_range(-1):
+            out["negative"] = -1
+        below = lo if rule.open_min else (lo - 1 if rule.integer else lo - 0.5)
+        out["below_min"] = int(below) if rule.integer else float(below)
+    if hi is not None:
+        above = hi if rule.open_max else (hi + 1 if rule.integer else hi + 0.5)
+        out["above_max"] = int(above) if rule.integer else float(above)
+    if rule.sequence == "yes":
+        out = {k: [v] * (rule.length or 1) for k, v in out.items()}
+        out["empty_list"] = []
+        if rule.length:
+            out["wrong_length"] = [lo or 1] * (rule.length + 1)
+    return out
+
+
+NUMBER_PARAMS = [
+    pytest.param(name, arg, label, value, id=f"{name}-{arg}-{label}")
+    for name, call in CALLS.items()
+    for arg, rule in call_number_rules(call).items()
+    if arg not in NUMBER_SKIP
+    for label, value in bad_numbers(rule).items()
+]
+
+
+def _state(pipe) -> tuple:
+    """What a refused call must leave as it was: the scheduler and one UNet forward's output."""
+    return type(pipe.scheduler).__name__, json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize(("name", "arg", "label", "value"), NUMBER_PARAMS)
+def test_bad_input_number(rigs, name, arg, label, value):
+    rig = rigs[name]
+    before_state, before_calls = _state(rig.pipe), rig.counter.calls
+    with pytest.raises((ValueError, TypeError)) as info:
+        rig.call(**{arg: value})
+    assert f"`{arg}`" in str(info.value), f"message does not name `{arg}`: {info.value}"
+    assert rig.counter.calls == before_calls, "the UNet ran before the input was refused"
+    assert _state(rig.pipe) == before_state, "a refused call changed the pipeline"
+
+
+@pytest.mark.parametrize(
+    ("name", "arg"),
+    [(name, arg) for name, call in CALLS.items() for arg in ("height", "width")],
+    ids=lambda v: str(v),
+)
+def test_bad_input_zero_size_not_replaced(rigs, name, arg):
+    """issue 18: ``height=0`` / ``width=0`` used to be replaced by the default size; now refused."""
+    rig = rigs[name]
+    with pytest.raises(ValueError, match=f"`{arg}`"):
+        rig.call(**{arg: 0})
+
+
+# set_*_scale and loaders: (rig, label, call(pipe, value), argument)
+SETTERS: list[tuple[str, str, Callable[[Any, Any], Any], str]] = [
+    ("res", "set_lora_scale", lambda p, v: p.set_res_adapter_scale(lora_scale=v), "lora_scale"),
+    ("res", "set_norm_scale", lambda p, v: p.set_res_adapter_scale(norm_scale=v), "norm_scale"),
+    ("res", "load_lora_scale", lambda p, v: load_res_adapter(p, "unused", lora_scale=v), "lora_scale"),
+    ("res", "load_norm_scale", lambda p, v: p.load_res_adapter("unused", norm_scale=v), "norm_scale"),
+    ("mv", "set_mv", lambda p, v: p.set_adapter_scale(mv=v), "mv"),
+    ("mv", "set_ref", lambda p, v: p.set_adapter_scale(mv=0.5, ref=v), "ref"),
+    ("i2v", "set_scale", lambda p, v: p.set_i2v_adapter_scale(v), "scale"),
+    ("i2v", "load_scale", lambda p, v: p.load_i2v_adapter("unused", scale=v), "scale"),
+    ("i2v", "load_content_scale", lambda p, v: p.load_i2v_adapter("unused", content_scale=v), "content_scale"),
+    ("i2v", "init_scale", lambda p, v: p.init_i2v_adapter(scale=v), "scale"),
+    ("hipa", "set_scale", lambda p, v: p.set_hipa_scale(v), "scale"),
+    ("hipa", "load_scale", lambda p, v: p.load_hipa_lora("unused", scale=v), "scale"),
+]
+SETTER_VALUES = {"nan": math.nan, "inf": math.inf, "negative": -1.0, "bool": True, "str": "0.5", "list": [1.0]}
+
+
+@pytest.mark.parametrize("label", list(SETTER_VALUES))
+@pytest.mark.parametrize(("name", "what", "call", "arg"), SETTERS, ids=[f"{s[0]}-{s[1]}" for s in SETTERS])
+def test_bad_input_scale(rigs, name, what, call, arg, label):
+    """Loaders and set_*_scale refuse a bad scale before anything changes (one UNet forward is bit-identical)."""
+    rig = rigs[name]
+    before = _scale_state(rig)
+    with pytest.raises((ValueError, TypeError)) as info:
+        call(rig.pipe, SETTER_VALUES[label])
+    assert f"`{arg}`" in str(info.value), info.value
+    assert _scale_state(rig) == before, "a refused call changed the pipeline"
+
+
+def _scale_state(rig: Rig) -> tuple:
+    """The adapter scales and weights a refused loader / setter must leave as they were (the pipeline's output for
+    fixed inputs and seed; MV: its branch scales)."""
+    if getattr(rig.pipe, "mv_adapter", None) is not None:
+        state = rig.pipe.mv_adapter.state
+        return state.mv_scale, state.ref_scale, _state(rig.pipe)
+    return _pipe_out(rig).tobytes(), _state(rig.pipe)
+
+
+# ------------------------------------------------------------------ training options, generated from the configs
+# Every int / float option of every training script, given in a config file (as the flags are converted the same
+# way), with the bad values its range refuses: refused with an error naming the option, before any model loads
+# (building a config loads nothing).
+
+import dataclasses  # noqa: E402
+import importlib  # noqa: E402
+import typing  # noqa: E402
+
+from training.core.config import OPTION_RANGES, _field_type  # noqa: E402
+
+TRAIN_SCRIPTS = {
+    "base": ("training.train_base", "BaseConfig", {}),
+    "base_vae": ("training.train_base_vae", "BaseVAEConfig", {}),
+    "hipa": ("training.train_hipa", "HiPATrainConfig", {}),
+    "i2v": ("training.train_i2v_adapter", "I2VAdapterTrainConfig", {"dataset": "miniworld"}),
+    "motion": ("training.train_motion", "MotionConfig", {}),
+    "mv": ("training.train_mv_adapter", "MVAdapterTrainConfig", {"dataset": "miniworld"}),
+    "res": ("training.train_res_adapter", "ResAdapterTrainConfig", {"dataset": "miniworld"}),
+}
+
+
+def _config_class(module: str, name: str):
+    mod = importlib.import_module(module)
+    if hasattr(mod, name):
+        return getattr(mod, name)
+    trainer = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "__module__", "") == module
+                   and hasattr(v, "config_class"))  # fmt: skip
+    return trainer.config_class
+
+
+def _numeric_options(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        base, is_list = _field_type(hints[f.name])
+        if base in (int, float) and not is_list:
+            out[f.name] = base
+    return out
+
+
+def bad_option_values(name: str, base: type) -> dict[str, Any]:
+    out: dict[str, Any] = {"nan": math.nan, "inf": math.inf, "neg_inf": -math.inf, "bool": True, "str": "abc"}
+    if base is int:
+        out["float"] = 1.5
+    lo, hi, lo_open, hi_open = OPTION_RANGES[name]
+    rule = NumberRule(integer=base is int, minimum=lo, maximum=hi, open_min=lo_open, open_max=hi_open)
+    if lo is not None:
+        if not rule.in_range(0):
+            out["zero"] = 0
+        if not rule.in_range(-1):
+            out["negative"] = -1
+    if hi is not None:
+        out["above_max"] = hi if hi_open else (hi + 1 if base is int else hi + 0.5)
+    return out
+
+
+TRAIN_PARAMS = [
+    pytest.param(script, option, label, value, id=f"{script}-{option}-{label}")
+    for script, (module, cls_name, _) in TRAIN_SCRIPTS.items()
+    for option, base in _numeric_options(_config_class(module, cls_name)).items()
+    for label, value in bad_option_values(option, base).items()
+]
+
+
+def test_every_training_option_has_a_range():
+    for module, cls_name, _ in TRAIN_SCRIPTS.values():
+        missing = set(_numeric_options(_config_class(module, cls_name))) - set(OPTION_RANGES)
+        assert not missing, f"{module}: numeric options without a range in OPTION_RANGES: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(("script", "option", "label", "value"), TRAIN_PARAMS)
+def test_bad_input_training_option(script, option, label, value, tmp_path):
+    import yaml
+
+    module, cls_name, extra = TRAIN_SCRIPTS[script]
+    cls = _config_class(module, cls_name)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**extra, "pretrained_model_name_or_path": "assets/base", option: value}))
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls.from_file(path)
+    assert f"`{option}`" in str(info.value), info.value
+    with pytest.raises((ValueError, TypeError)) as info:  # and built directly (e.g. from Python)
+        cls(**{**extra, option: value})
+    assert f"`{option}`" in str(info.value), info.value
