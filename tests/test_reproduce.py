@@ -137,10 +137,11 @@ def test_single_adapter_trains_on_the_shipped_base_and_resumes(tmp_path):
         Path(step.produces.format(**paths)).touch()
     calls.clear()
     rp.reproduce(["base"], runs, out, run=_fake_runner(recipes, paths, calls))
-    assert [c[0] for c in calls] == ["training.train_base_vae", "training.train_base_vae", "training.train_base"]
+    assert [c[0] for c in calls] == ["training.train_base_vae"] * 2 + ["training.train_base"] * 3
     assert [c[c.index("--output_dir") + 1] for c in calls] == [
-        str(runs / n) for n in ("base-vae-dec", "base-vae-ms", "base")
+        str(runs / n) for n in ("base-vae-dec", "base-vae-ms", "base", "base-long", "base-5000")
     ]
+    assert calls[-1][1] == "export"  # the shipped step of the continuation
 
 
 def test_existing_output_is_never_replaced_without_overwrite(tmp_path):
