@@ -600,6 +600,13 @@ def _tab_defaults(task: str, model: str, source: ModelSource) -> dict[str, Any]:
     return task_defaults(task, stored)
 
 
+def _steps_guidance_sliders(defaults: dict[str, Any], prefix: str) -> tuple[gr.Slider, gr.Slider]:
+    """Steps (``elem_id`` ``<prefix>-steps``) and guidance-scale sliders at the model's stored defaults."""
+    steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="Steps", elem_id=f"{prefix}-steps")
+    guidance = gr.Slider(0, 15, value=defaults["guidance_scale"], step=0.5, label="Guidance scale")
+    return steps, guidance
+
+
 def _size_sliders(native: int, multiple: int, defaults: dict[str, Any], prefix: str) -> tuple[gr.Slider, gr.Slider]:
     """Height / width sliders. A model trained on a range of sizes gets sliders spanning exactly that range; one
     trained at a single size says so (the page warns when a request leaves it)."""
@@ -702,10 +709,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             )
                             mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
                             mv_height, mv_width = _size_sliders(native, multiple, d, "mv")
-                            mv_steps = gr.Slider(
-                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="mv-steps"
-                            )
-                            mv_guidance = gr.Slider(0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale")
+                            mv_steps, mv_guidance = _steps_guidance_sliders(d, "mv")
                             mv_scale = gr.Slider(
                                 0, 2, value=d["mv_scale"], step=0.05, label="Multi-view attention scale"
                             )
@@ -779,12 +783,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                             )
                             i2mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
                             i2mv_height, i2mv_width = _size_sliders(native, multiple, d, "i2mv")
-                            i2mv_steps = gr.Slider(
-                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="i2mv-steps"
-                            )
-                            i2mv_guidance = gr.Slider(
-                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
-                            )
+                            i2mv_steps, i2mv_guidance = _steps_guidance_sliders(d, "i2mv")
                             i2mv_ref_guidance = gr.Slider(
                                 0, 10, value=d.get("reference_guidance_scale") or 0, step=0.5,
                                 label="Reference guidance (0 = one joint guidance)",
@@ -852,12 +851,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                 2, MAX_FRAMES, value=d["num_frames"], step=1, label="Frames", elem_id="i2v-frames"
                             )
                             i2v_height, i2v_width = _size_sliders(native, multiple, d, "i2v")
-                            i2v_steps = gr.Slider(
-                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="i2v-steps"
-                            )
-                            i2v_guidance = gr.Slider(
-                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
-                            )
+                            i2v_steps, i2v_guidance = _steps_guidance_sliders(d, "i2v")
                             i2v_scale = gr.Slider(
                                 0, 2, value=d["adapter_scale"], step=0.05, label="First-frame attention scale"
                             )
@@ -977,12 +971,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         res_seed, res_random = _seed_row()
                         with gr.Accordion("Advanced", open=False, elem_id="res-advanced"):
                             res_compare = gr.Checkbox(value=d["with_base"], label="Also generate without ResAdapter")
-                            res_steps = gr.Slider(
-                                1, 100, value=d["num_inference_steps"], step=1, label="Steps", elem_id="res-steps"
-                            )
-                            res_guidance = gr.Slider(
-                                0, 15, value=d["guidance_scale"], step=0.5, label="Guidance scale"
-                            )
+                            res_steps, res_guidance = _steps_guidance_sliders(d, "res")
                             res_lora = gr.Slider(0, 1, value=d["lora_scale"], step=0.05, label="ResAdapter LoRA scale")
                             res_norm = gr.Slider(0, 1, value=d["norm_scale"], step=0.05, label="ResAdapter norm scale")
                         res_button = gr.Button("Generate", variant="primary", elem_id="res-generate")
