@@ -48,7 +48,13 @@ def clip_scores(clf, clip: np.ndarray, image: np.ndarray) -> dict[str, float]:
 def within_bands(ratios: dict[str, float]) -> bool:
     """The quality targets' bands on ratios to the ground truth: background change and coherence no worse than 10%
     off the ground truth's, motion between 1/3x and 3x."""
-    return ratios["background_change"] <= 1.1 and ratios["ssim"] >= 0.9 and 1 / 3 <= ratios["motion"] <= 3.0
+    from benchmarks.quality_targets import I2V_WITHIN, MOTION_BAND
+
+    return (
+        ratios["background_change"] <= 1.0 + I2V_WITHIN
+        and ratios["ssim"] >= 1.0 - I2V_WITHIN
+        and MOTION_BAND[0] <= ratios["motion"] <= MOTION_BAND[1]
+    )
 
 
 def choose(rows: Sequence[dict]) -> dict:
@@ -57,9 +63,15 @@ def choose(rows: Sequence[dict]) -> dict:
     if inside:
         return max(inside, key=lambda r: r["identity"])
 
+    from benchmarks.quality_targets import I2V_WITHIN
+
     def distance(r: dict) -> float:
         q = r["ratio"]
-        return max(q["background_change"] - 1.1, 0) + max(0.9 - q["ssim"], 0) + abs(np.log(max(q["motion"], 1e-6) / 1))
+        return (
+            max(q["background_change"] - (1.0 + I2V_WITHIN), 0)
+            + max((1.0 - I2V_WITHIN) - q["ssim"], 0)
+            + abs(np.log(max(q["motion"], 1e-6)))
+        )
 
     return min(rows, key=distance)
 

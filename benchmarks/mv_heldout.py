@@ -72,17 +72,13 @@ def object_losses(
         x0 = latents[i].to(device, dtype)  # (V, C, h, w)
         embeds = pipe.encode_prompt([texts[i]], device, 1, False)[0]
         ref_states = None
-        if reference != "none" and adapter.config.use_ref:
-            src = i if reference == "own" else (i + 1) % n
+        if adapter.config.use_ref:
+            src = (i + 1) % n if reference == "swapped" else i
             cache: dict[str, torch.Tensor] = {}
             with state.override(caching=True, cache=cache, num_views=1):
                 pipe.unet(latents[src, :1].to(device, dtype), torch.zeros((), dtype=torch.long), embeds)
-            ref_states = cache
-        elif adapter.config.use_ref:
-            cache = {}
-            with state.override(caching=True, cache=cache, num_views=1):
-                pipe.unet(latents[i, :1].to(device, dtype), torch.zeros((), dtype=torch.long), embeds)
-            ref_states = {k: torch.zeros_like(v) for k, v in cache.items()}
+            # "none": zero states, the unconditional reference of training and of the pipeline's CFG
+            ref_states = {k: torch.zeros_like(v) for k, v in cache.items()} if reference == "none" else cache
         features = encode_condition(adapter.cond_encoder, conditions[i].to(device, dtype))
         for t in timesteps:
             gen = torch.Generator().manual_seed(int(t) * 100003 + i)
