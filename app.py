@@ -449,30 +449,71 @@ class DemoApp:
         return f"{text} in {seconds:.1f} s.{note}"
 
     # -------------------------------------------------------------- handlers
+    # Each handler takes the tab's inputs as keyword arguments named like the tab's controls (``inputs_kwargs`` in
+    # :func:`_connect`); those names are also the parameters of the tab's API endpoint.
     def text_to_multiview(
-        self, prompt, negative_prompt, seed, randomize, num_views, azimuths, elevation, height, width, steps,
-        guidance, mv_scale, progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: Any,
+        randomize: bool,
+        num_views: int,
+        azimuths: str,
+        elevation: float,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        mv_scale: float,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
         from pipelines import tasks
 
         seed = _pick_seed(seed, randomize)
         start = time.perf_counter()
         with self.using("mv", progress) as pipe:
             views = tasks.text_to_multiview(
-                pipe, prompt, negative_prompt=negative_prompt, num_views=int(num_views), azimuths=azimuths,
-                elevation=float(elevation), height=int(height), width=int(width), num_inference_steps=int(steps),
-                guidance_scale=float(guidance), mv_scale=float(mv_scale), seed=seed,
-            )  # fmt: skip
+                pipe,
+                prompt,
+                negative_prompt=negative_prompt,
+                num_views=int(num_views),
+                azimuths=azimuths,
+                elevation=float(elevation),
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
+                mv_scale=float(mv_scale),
+                seed=seed,
+            )
         zip_path = tasks.save_views_zip(views, self.run_dir("mv") / "views.zip")
         info = self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
         info += self._size_note(pipe, views[0], "the MV-Adapter")
         return _gallery(views, "view"), str(zip_path), seed, info
 
     def image_to_multiview(
-        self, image, prompt, negative_prompt, position_map, normal_map, seed, randomize, num_views, azimuths,
-        elevation, height, width, steps, guidance, reference_guidance, mv_scale, ref_scale,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
+        self,
+        *,
+        image: str | None,
+        prompt: str,
+        negative_prompt: str,
+        position_map: str | None,
+        normal_map: str | None,
+        seed: Any,
+        randomize: bool,
+        num_views: int,
+        azimuths: str,
+        elevation: float,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        reference_guidance: float,
+        mv_scale: float,
+        ref_scale: float,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
         from pipelines import tasks
 
         reference = self.read_image(image, "Reference image", keep_alpha=True)
@@ -482,21 +523,48 @@ class DemoApp:
         start = time.perf_counter()
         with self.using("mv", progress) as pipe:
             views = tasks.image_to_multiview(
-                pipe, reference, prompt or "", negative_prompt=negative_prompt, position_map=position,
-                normal_map=normal, num_views=int(num_views), azimuths=azimuths, elevation=float(elevation),
-                height=int(height), width=int(width), num_inference_steps=int(steps), guidance_scale=float(guidance),
+                pipe,
+                reference,
+                prompt or "",
+                negative_prompt=negative_prompt,
+                position_map=position,
+                normal_map=normal,
+                num_views=int(num_views),
+                azimuths=azimuths,
+                elevation=float(elevation),
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
                 reference_guidance_scale=float(reference_guidance) if reference_guidance else None,
-                mv_scale=float(mv_scale), ref_scale=float(ref_scale), seed=seed,
-            )  # fmt: skip
+                mv_scale=float(mv_scale),
+                ref_scale=float(ref_scale),
+                seed=seed,
+            )
         zip_path = tasks.save_views_zip(views, self.run_dir("i2mv") / "views.zip")
         info = self._info(pipe, f"{len(views)} views", time.perf_counter() - start)
         info += self._size_note(pipe, views[0], "the MV-Adapter")
         return _gallery(views, "view"), str(zip_path), seed, info
 
     def image_to_video(
-        self, image, prompt, negative_prompt, seed, randomize, num_frames, height, width, steps, guidance,
-        adapter_scale, prior_strength, prior_start, fps, progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
+        self,
+        *,
+        image: str | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: Any,
+        randomize: bool,
+        num_frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        adapter_scale: float,
+        prior_strength: float,
+        prior_start: float,
+        fps: int,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
         from pipelines import tasks
 
         first = self.read_image(image, "Input image")
@@ -504,11 +572,20 @@ class DemoApp:
         start = time.perf_counter()
         with self.using("i2v", progress) as pipe:
             frames = tasks.image_to_video(
-                pipe, first, prompt or "", negative_prompt=negative_prompt, num_frames=int(num_frames),
-                height=int(height), width=int(width), num_inference_steps=int(steps), guidance_scale=float(guidance),
-                adapter_scale=float(adapter_scale), prior_strength=float(prior_strength),
-                prior_start=float(prior_start), seed=seed,
-            )  # fmt: skip
+                pipe,
+                first,
+                prompt or "",
+                negative_prompt=negative_prompt,
+                num_frames=int(num_frames),
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
+                adapter_scale=float(adapter_scale),
+                prior_strength=float(prior_strength),
+                prior_start=float(prior_start),
+                seed=seed,
+            )
         folder = self.run_dir("i2v")
         w, h = frames[0].size
         shown = tasks.upscale_for_display(frames[:1])[0].width // w
@@ -525,9 +602,22 @@ class DemoApp:
         return str(files["mp4"]), [str(files["mp4"]), str(files["gif"])], seed, info
 
     def one_step(
-        self, prompt, negative_prompt, seed, randomize, compare, height, width, steps, guidance, lora_scale,
-        teacher_steps, teacher_guidance, progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: Any,
+        randomize: bool,
+        compare: list[str] | None,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        lora_scale: float,
+        teacher_steps: int,
+        teacher_guidance: float,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
         from pipelines import tasks
 
         seed = _pick_seed(seed, randomize)
@@ -536,11 +626,19 @@ class DemoApp:
         start = time.perf_counter()
         with self.using("hipa", progress) as pipe:
             results = tasks.one_step(
-                pipe, prompt, negative_prompt=negative_prompt, height=int(height), width=int(width),
-                num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
-                teacher_steps=int(teacher_steps), teacher_guidance_scale=float(teacher_guidance), compare=keys,
+                pipe,
+                prompt,
+                negative_prompt=negative_prompt,
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
+                lora_scale=float(lora_scale),
+                teacher_steps=int(teacher_steps),
+                teacher_guidance_scale=float(teacher_guidance),
+                compare=keys,
                 seed=seed,
-            )  # fmt: skip
+            )
         gallery = _gallery(
             [image for _, image, _ in results], [f"{label} · {s * 1000:.0f} ms" for label, _, s in results]
         )
@@ -548,9 +646,21 @@ class DemoApp:
         return gallery, seed, info + self._size_note(pipe, results[0][1], "the HiPA LoRA")
 
     def any_resolution(
-        self, prompt, negative_prompt, seed, randomize, height, width, compare_base, steps, guidance, lora_scale,
-        norm_scale, progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: Any,
+        randomize: bool,
+        height: int,
+        width: int,
+        compare_base: bool,
+        steps: int,
+        guidance: float,
+        lora_scale: float,
+        norm_scale: float,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
         from pipelines import tasks
 
         seed = _pick_seed(seed, randomize)
@@ -558,10 +668,18 @@ class DemoApp:
         with self.using("res", progress) as pipe:
             native = tasks.native_resolution(pipe)
             results = tasks.any_resolution(
-                pipe, prompt, negative_prompt=negative_prompt, height=int(height), width=int(width),
-                num_inference_steps=int(steps), guidance_scale=float(guidance), lora_scale=float(lora_scale),
-                norm_scale=float(norm_scale), with_base=bool(compare_base), seed=seed,
-            )  # fmt: skip
+                pipe,
+                prompt,
+                negative_prompt=negative_prompt,
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
+                lora_scale=float(lora_scale),
+                norm_scale=float(norm_scale),
+                with_base=bool(compare_base),
+                seed=seed,
+            )
         real = results[0][1]
         text = f"{real.width}x{real.height} px (native {native}x{native})"
         info = self._info(pipe, text, time.perf_counter() - start) + self._size_note(pipe, real, "the ResAdapter")
@@ -638,13 +756,342 @@ def _unavailable(title: str, module: str, reason: str) -> None:
     )
 
 
-def _run_examples_on_click(
-    examples: gr.Examples, fn: Callable, inputs: list, outputs: list, progress_on: list
+def _connect(
+    fn: Callable,
+    button: gr.Button,
+    inputs: dict[str, gr.components.Component],
+    results: list[gr.components.Component],
+    info: gr.Markdown,
+    api_name: str,
+    *,
+    submit: gr.Textbox | None = None,
+    examples: gr.Examples | None = None,
 ) -> None:
-    """Clicking an example fills its inputs, then runs the tab's action with the tab's current settings."""
-    event = getattr(examples, "load_input_event", None)
-    if event is not None:
-        event.then(fn, inputs=inputs, outputs=outputs, show_progress_on=progress_on, api_visibility="undocumented")
+    """Wire one tab's action: ``button`` runs ``fn`` (the API endpoint ``api_name``), and so do Enter in ``submit``
+    and a click on one of ``examples`` (which first fills its inputs).
+
+    ``fn`` gets ``inputs`` (``{parameter name: component}``, in the endpoint's parameter order) as keyword arguments
+    and returns ``(*results, seed used, status text)``; the seed goes back to ``inputs["seed"]`` and progress shows
+    on ``results``.
+    """
+    event = {
+        "inputs_kwargs": inputs,
+        "outputs": [*results, inputs["seed"], info],
+        "show_progress_on": results,
+    }
+    button.click(_user_errors(fn), api_name=api_name, **event)
+    if submit is not None:
+        submit.submit(_user_errors(fn), api_visibility="undocumented", **event)
+    loaded = getattr(examples, "load_input_event", None)
+    if loaded is not None:
+        loaded.then(_user_errors(fn), api_visibility="undocumented", **event)
+
+
+def _gallery_output(prefix: str, label: str) -> gr.Gallery:
+    return gr.Gallery(
+        label=label,
+        columns=3,
+        height="auto",
+        format="png",
+        elem_id=f"{prefix}-gallery",
+        elem_classes=["pixelated"],
+        object_fit="contain",
+    )
+
+
+def _image_output(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(
+        label=label, format="png", height=360, elem_id=elem_id, elem_classes=["pixelated"], interactive=False
+    )
+
+
+def _image_input(label: str, message_label: str, **kwargs: Any) -> gr.Image:
+    """A file-path image upload that refuses non-images with a message naming ``message_label``."""
+    return _guard_image_input(gr.Image(label=label, type="filepath", **kwargs), message_label)
+
+
+def _scale_slider(value: float, label: str, high: float = 2) -> gr.Slider:
+    return gr.Slider(0, high, value=value, step=0.05, label=label)
+
+
+def _status(prefix: str) -> gr.Markdown:
+    return gr.Markdown(label="Status", elem_id=f"{prefix}-info")
+
+
+def _generate_button(prefix: str) -> gr.Button:
+    return gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate")
+
+
+@dataclass
+class _Tab:
+    """What a tab's builder needs: the handlers, its model's weights, geometry and stored defaults, the examples."""
+
+    state: DemoApp
+    model: str
+    source: ModelSource
+    native: int  # the base's native side (pixels)
+    multiple: int  # sizes must be multiples of this
+    defaults: dict[str, Any]  # the model's stored call defaults (pipelines.tasks.task_defaults)
+    examples: list[dict[str, Any]]  # pipelines.embedded.example_entries()
+
+    def intro(self, text: str) -> None:
+        gr.Markdown(f"{text} {_model_note(self.model, self.source)}")
+
+
+def _view_controls(tab: _Tab, prefix: str) -> dict[str, gr.components.Component]:
+    """Views, azimuths, elevation, size, steps and guidance of the two multi-view tabs."""
+    from pipelines.tasks import MAX_VIEWS
+
+    d = tab.defaults
+    controls: dict[str, gr.components.Component] = {
+        "num_views": gr.Slider(1, MAX_VIEWS, value=d["num_views"], step=1, label="Views", elem_id=f"{prefix}-views"),
+        "azimuths": gr.Textbox(
+            elem_id=f"{prefix}-azimuths",
+            label="Azimuths (degrees, comma separated; overrides Views)",
+            value="",
+            placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
+        ),
+        "elevation": gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)"),
+    }
+    controls["height"], controls["width"] = _size_sliders(tab.native, tab.multiple, d, prefix)
+    controls["steps"], controls["guidance"] = _steps_guidance_sliders(d, prefix)
+    return controls
+
+
+def _multiview_tab(tab: _Tab) -> None:
+    """Text to multi-view (MV-Adapter, text mode)."""
+    tab.intro("Consistent views of one object around a ring of cameras, from a text prompt (MV-Adapter).")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", value="a red cube", lines=2, elem_id="mv-prompt")
+            inputs = {"prompt": prompt, "negative_prompt": gr.Textbox(label="Negative prompt", value="", lines=1)}
+            inputs["seed"], inputs["randomize"] = _seed_row()
+            with gr.Accordion("Advanced", open=False, elem_id="mv-advanced"):
+                inputs |= _view_controls(tab, "mv")
+                inputs["mv_scale"] = _scale_slider(tab.defaults["mv_scale"], "Multi-view attention scale")
+            button = _generate_button("mv")
+        with gr.Column(scale=3):
+            gallery = _gallery_output("mv", "Views")
+            archive = gr.File(label="Download views (zip)", height=90, elem_id="mv-zip")
+            info = _status("mv")
+    examples = gr.Examples([[p] for p in EXAMPLE_PROMPTS["mv"]], inputs=[prompt], label="Examples")
+    results = [gallery, archive]
+    _connect(
+        tab.state.text_to_multiview,
+        button,
+        inputs,
+        results,
+        info,
+        "text_to_multiview",
+        submit=prompt,
+        examples=examples,
+    )
+
+
+def _image_multiview_tab(tab: _Tab) -> None:
+    """Image to multi-view (MV-Adapter, image mode, optional geometry maps)."""
+    d = tab.defaults
+    tab.intro(
+        "Views of the object in a reference image (MV-Adapter image mode); add position and normal maps to follow a "
+        "given geometry."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            inputs = {
+                "image": _image_input(
+                    "Reference image", "Reference image", image_mode=None, height=240, elem_id="i2mv-image"
+                ),
+                "prompt": gr.Textbox(label="Prompt (optional)", value="", lines=1, elem_id="i2mv-prompt"),
+                "negative_prompt": gr.Textbox(label="Negative prompt", value="", lines=1),
+            }
+            with gr.Accordion("Geometry (optional: position + normal maps)", open=False):
+                gr.Markdown("One map per view side by side, or one map used for every view.")
+                with gr.Row():
+                    inputs["position_map"] = _image_input("Position map", "Position map", height=160)
+                    inputs["normal_map"] = _image_input("Normal map", "Normal map", height=160)
+            inputs["seed"], inputs["randomize"] = _seed_row()
+            with gr.Accordion("Advanced", open=False, elem_id="i2mv-advanced"):
+                inputs |= _view_controls(tab, "i2mv")
+                inputs["reference_guidance"] = gr.Slider(
+                    0,
+                    10,
+                    value=d.get("reference_guidance_scale") or 0,
+                    step=0.5,
+                    label="Reference guidance (0 = one joint guidance)",
+                )
+                inputs["mv_scale"] = _scale_slider(d["mv_scale"], "Multi-view attention scale")
+                inputs["ref_scale"] = _scale_slider(d["ref_scale"], "Reference attention scale")
+            button = _generate_button("i2mv")
+        with gr.Column(scale=3):
+            gallery = _gallery_output("i2mv", "Views")
+            archive = gr.File(label="Download views (zip)", height=90, elem_id="i2mv-zip")
+            info = _status("i2mv")
+    examples = None
+    if tab.examples:
+        samples = [
+            [
+                str(e.get("front_view", e["image"])),
+                e["prompt"],
+                str(e["position_map"]) if "position_map" in e else None,
+                str(e["normal_map"]) if "normal_map" in e else None,
+            ]
+            for e in tab.examples
+        ]
+        filled = [inputs[name] for name in ("image", "prompt", "position_map", "normal_map")]
+        examples = gr.Examples(samples, inputs=filled, label="Examples", elem_id="i2mv-examples")
+    _connect(
+        tab.state.image_to_multiview, button, inputs, [gallery, archive], info, "image_to_multiview", examples=examples
+    )
+
+
+def _video_tab(tab: _Tab) -> None:
+    """Image to video (I2V-Adapter on AnimateDiff)."""
+    from pipelines.tasks import MAX_FRAMES
+
+    d = tab.defaults
+    tab.intro("Animate a still image: it stays the first frame while the rest move (I2V-Adapter on AnimateDiff).")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            inputs = {
+                "image": _image_input("Input image (first frame)", "Input image", height=240, elem_id="i2v-image"),
+                "prompt": gr.Textbox(label="Prompt", value="", lines=1, elem_id="i2v-prompt"),
+                "negative_prompt": gr.Textbox(label="Negative prompt", value="", lines=1),
+            }
+            inputs["seed"], inputs["randomize"] = _seed_row()
+            with gr.Accordion("Advanced", open=False, elem_id="i2v-advanced"):
+                inputs["num_frames"] = gr.Slider(
+                    2, MAX_FRAMES, value=d["num_frames"], step=1, label="Frames", elem_id="i2v-frames"
+                )
+                inputs["height"], inputs["width"] = _size_sliders(tab.native, tab.multiple, d, "i2v")
+                inputs["steps"], inputs["guidance"] = _steps_guidance_sliders(d, "i2v")
+                inputs["adapter_scale"] = _scale_slider(d["adapter_scale"], "First-frame attention scale")
+                inputs["prior_strength"] = gr.Slider(
+                    0,
+                    1,
+                    value=d["prior_strength"],
+                    step=0.05,
+                    elem_id="i2v-prior",
+                    label="Frame similarity prior: strength (0 = off)",
+                )
+                inputs["prior_start"] = gr.Slider(
+                    0,
+                    0.9,
+                    value=min(d["prior_start"], 0.9),
+                    step=0.05,
+                    elem_id="i2v-prior-start",
+                    label="Frame similarity prior: steps skipped (fraction)",
+                )
+                inputs["fps"] = gr.Slider(1, 30, value=8, step=1, label="Frames per second")
+            button = _generate_button("i2v")
+        with gr.Column(scale=3):
+            video = gr.Video(
+                label="Video",
+                autoplay=True,
+                loop=True,
+                height=400,
+                elem_id="i2v-video",
+                elem_classes=["pixelated"],
+                interactive=False,
+            )
+            files = gr.File(label="Download (mp4, GIF)", file_count="multiple", height=130, elem_id="i2v-files")
+            info = _status("i2v")
+    examples = None
+    if tab.examples:
+        samples = [[str(e["image"]), e["prompt"]] for e in tab.examples]
+        examples = gr.Examples(samples, inputs=[inputs["image"], inputs["prompt"]], label="Examples")
+    _connect(tab.state.image_to_video, button, inputs, [video, files], info, "image_to_video", examples=examples)
+
+
+def _one_step_tab(tab: _Tab) -> None:
+    """One-step text-to-image (HiPA), next to plain one-step sampling, the teacher and other few-step samplers."""
+    from pipelines.tasks import ONE_STEP_COMPARISONS
+
+    d = tab.defaults
+    tab.intro(
+        "One UNet evaluation per image with the HiPA LoRA, next to the same seed with plain one-step sampling, the "
+        "multi-step teacher and other few-step samplers."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", value="a red cube on a table", lines=2, elem_id="hipa-prompt")
+            inputs = {
+                "prompt": prompt,
+                "negative_prompt": gr.Textbox(label="Negative prompt (used with guidance > 1)", value="", lines=1),
+            }
+            inputs["seed"], inputs["randomize"] = _seed_row()
+            inputs["compare"] = gr.CheckboxGroup(
+                list(ONE_STEP_COMPARISONS.values()),
+                value=[ONE_STEP_COMPARISONS["plain"], ONE_STEP_COMPARISONS["teacher"]],
+                label="Compare with (same seed)",
+            )
+            with gr.Accordion("Advanced", open=False, elem_id="hipa-advanced"):
+                inputs["height"], inputs["width"] = _size_sliders(tab.native, tab.multiple, d, "hipa")
+                inputs["steps"] = gr.Slider(
+                    1, 4, value=d["num_inference_steps"], step=1, label="HiPA steps", elem_id="hipa-steps"
+                )
+                inputs["guidance"] = gr.Slider(0, 10, value=d["guidance_scale"], step=0.5, label="Guidance (1 = off)")
+                inputs["lora_scale"] = _scale_slider(d["lora_scale"], "HiPA LoRA scale")
+                inputs["teacher_steps"] = gr.Slider(
+                    2, 100, value=d["teacher_steps"], step=1, label="Teacher steps", elem_id="hipa-teacher-steps"
+                )
+                inputs["teacher_guidance"] = gr.Slider(
+                    0, 15, value=d["teacher_guidance_scale"], step=0.5, label="Teacher guidance"
+                )
+            button = _generate_button("hipa")
+        with gr.Column(scale=3):
+            gallery = _gallery_output("hipa", "Results")
+            info = _status("hipa")
+    examples = gr.Examples([[p] for p in EXAMPLE_PROMPTS["hipa"]], inputs=[prompt], label="Examples")
+    _connect(tab.state.one_step, button, inputs, [gallery], info, "one_step", submit=prompt, examples=examples)
+
+
+def _any_resolution_tab(tab: _Tab) -> None:
+    """Any resolution (ResAdapter), with and without the adapter side by side."""
+    d = tab.defaults
+    tab.intro(
+        f"The same prompt and seed at a size the base was not trained for (native {tab.native}x{tab.native}), with "
+        "ResAdapter and without it."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", value="a red cube on a table", lines=2, elem_id="res-prompt")
+            negative = gr.Textbox(label="Negative prompt", value="", lines=1)
+            height, width = _size_sliders(tab.native, tab.multiple, d, "res")
+            seed, randomize = _seed_row()
+            inputs = {"prompt": prompt, "negative_prompt": negative, "seed": seed, "randomize": randomize}
+            inputs |= {"height": height, "width": width}
+            with gr.Accordion("Advanced", open=False, elem_id="res-advanced"):
+                inputs["compare_base"] = gr.Checkbox(value=d["with_base"], label="Also generate without ResAdapter")
+                inputs["steps"], inputs["guidance"] = _steps_guidance_sliders(d, "res")
+                inputs["lora_scale"] = _scale_slider(d["lora_scale"], "ResAdapter LoRA scale", high=1)
+                inputs["norm_scale"] = _scale_slider(d["norm_scale"], "ResAdapter norm scale", high=1)
+            button = _generate_button("res")
+        with gr.Column(scale=3):
+            with gr.Row():
+                with_adapter = _image_output("With ResAdapter", "res-with")
+                without = _image_output("Base only", "res-without")
+            info = _status("res")
+    examples = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[prompt], label="Examples")
+    _connect(
+        tab.state.any_resolution,
+        button,
+        inputs,
+        [with_adapter, without],
+        info,
+        "any_resolution",
+        submit=prompt,
+        examples=examples,
+    )
+
+
+#: One builder per tab, in page order (keys are ``pipelines.tasks.TASKS`` keys and the tabs' ids).
+TAB_BUILDERS: dict[str, Callable[[_Tab], None]] = {
+    "mv": _multiview_tab,
+    "i2mv": _image_multiview_tab,
+    "i2v": _video_tab,
+    "hipa": _one_step_tab,
+    "res": _any_resolution_tab,
+}
 
 
 def build_demo(config: AppConfig | None = None) -> gr.Blocks:
@@ -653,7 +1100,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     The app's own files go under ``config.output_dir``; Gradio's upload/cache folder is ``$GRADIO_TEMP_DIR``
     (:func:`use_output_dir` points it below ``output_dir``; ``main`` does so before building).
     """
-    from pipelines.tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
+    from pipelines.tasks import TASKS
 
     config = config or AppConfig()
     state = DemoApp(config)
@@ -665,349 +1112,20 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     except (ImportError, OSError, ValueError) as err:
         logger.warning(f"No example images: {err}")
         entries = []
-    video_examples = [[str(e["image"]), e["prompt"]] for e in entries]
-    mv_examples = [
-        [
-            str(e.get("front_view", e["image"])),
-            e["prompt"],
-            str(e["position_map"]) if "position_map" in e else None,
-            str(e["normal_map"]) if "normal_map" in e else None,
-        ]
-        for e in entries
-    ]
 
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         with gr.Column(elem_id="da-header"):
             gr.Markdown(f"# {TITLE}\n{INTRO}")
-
-        # ---------------------------------------------------------------- Text to multi-view
-        with gr.Tab(TASKS["mv"].title, id="mv"):
-            if errors["mv"]:
-                _unavailable(TASKS["mv"].title, TASKS["mv"].module, errors["mv"])
-            else:
-                src = config.source("mv")
-                native, multiple = _base_geometry(src)
-                d = _tab_defaults("mv", "mv", src)
-                gr.Markdown(
-                    "Consistent views of one object around a ring of cameras, from a text prompt (MV-Adapter). "
-                    + _model_note("mv", src)
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2):
-                        mv_prompt = gr.Textbox(label="Prompt", value="a red cube", lines=2, elem_id="mv-prompt")
-                        mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
-                        mv_seed, mv_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False, elem_id="mv-advanced"):
-                            mv_views = gr.Slider(
-                                1, MAX_VIEWS, value=d["num_views"], step=1, label="Views", elem_id="mv-views"
-                            )
-                            mv_azimuths = gr.Textbox(
-                                elem_id="mv-azimuths",
-                                label="Azimuths (degrees, comma separated; overrides Views)",
-                                value="",
-                                placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
-                            )
-                            mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
-                            mv_height, mv_width = _size_sliders(native, multiple, d, "mv")
-                            mv_steps, mv_guidance = _steps_guidance_sliders(d, "mv")
-                            mv_scale = gr.Slider(
-                                0, 2, value=d["mv_scale"], step=0.05, label="Multi-view attention scale"
-                            )
-                        mv_button = gr.Button("Generate", variant="primary", elem_id="mv-generate")
-                    with gr.Column(scale=3):
-                        mv_gallery = gr.Gallery(
-                            label="Views", columns=3, height="auto", format="png", elem_id="mv-gallery",
-                            elem_classes=["pixelated"], object_fit="contain",
-                        )  # fmt: skip
-                        mv_zip = gr.File(label="Download views (zip)", height=90, elem_id="mv-zip")
-                        mv_info = gr.Markdown(label="Status", elem_id="mv-info")
-                mv_inputs = [
-                    mv_prompt, mv_negative, mv_seed, mv_random, mv_views, mv_azimuths, mv_elevation, mv_height,
-                    mv_width, mv_steps, mv_guidance, mv_scale,
-                ]  # fmt: skip
-                mv_outputs = [mv_gallery, mv_zip, mv_seed, mv_info]
-                mv_fn = _user_errors(state.text_to_multiview)
-                mv_button.click(
-                    mv_fn, mv_inputs, mv_outputs, show_progress_on=[mv_gallery, mv_zip], api_name="text_to_multiview"
-                )
-                mv_prompt.submit(
-                    mv_fn, mv_inputs, mv_outputs, show_progress_on=[mv_gallery, mv_zip], api_visibility="undocumented"
-                )
-                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["mv"]], inputs=[mv_prompt], label="Examples")
-                _run_examples_on_click(ex, mv_fn, mv_inputs, mv_outputs, [mv_gallery, mv_zip])
-
-        # ---------------------------------------------------------------- Image to multi-view
-        with gr.Tab(TASKS["i2mv"].title, id="i2mv"):
-            if errors["i2mv"]:
-                _unavailable(TASKS["i2mv"].title, TASKS["i2mv"].module, errors["i2mv"])
-            else:
-                src = config.source("mv")
-                native, multiple = _base_geometry(src)
-                d = _tab_defaults("i2mv", "mv", src)
-                gr.Markdown(
-                    "Views of the object in a reference image (MV-Adapter image mode); add position and normal "
-                    "maps to follow a given geometry. " + _model_note("mv", src)
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2):
-                        i2mv_image = _guard_image_input(
-                            gr.Image(
-                                label="Reference image",
-                                type="filepath",
-                                image_mode=None,
-                                height=240,
-                                elem_id="i2mv-image",
-                            ),
-                            "Reference image",
-                        )
-                        i2mv_prompt = gr.Textbox(label="Prompt (optional)", value="", lines=1, elem_id="i2mv-prompt")
-                        i2mv_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
-                        with gr.Accordion("Geometry (optional: position + normal maps)", open=False):
-                            gr.Markdown("One map per view side by side, or one map used for every view.")
-                            with gr.Row():
-                                i2mv_position = _guard_image_input(
-                                    gr.Image(label="Position map", type="filepath", height=160), "Position map"
-                                )
-                                i2mv_normal = _guard_image_input(
-                                    gr.Image(label="Normal map", type="filepath", height=160), "Normal map"
-                                )
-                        i2mv_seed, i2mv_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False, elem_id="i2mv-advanced"):
-                            i2mv_views = gr.Slider(
-                                1, MAX_VIEWS, value=d["num_views"], step=1, label="Views", elem_id="i2mv-views"
-                            )
-                            i2mv_azimuths = gr.Textbox(
-                                label="Azimuths (degrees, comma separated; overrides Views)",
-                                value="",
-                                placeholder="default ring, e.g. 0, 60, 120, 180, 240, 300",
-                            )
-                            i2mv_elevation = gr.Slider(-45, 60, value=0, step=5, label="Elevation (degrees)")
-                            i2mv_height, i2mv_width = _size_sliders(native, multiple, d, "i2mv")
-                            i2mv_steps, i2mv_guidance = _steps_guidance_sliders(d, "i2mv")
-                            i2mv_ref_guidance = gr.Slider(
-                                0, 10, value=d.get("reference_guidance_scale") or 0, step=0.5,
-                                label="Reference guidance (0 = one joint guidance)",
-                            )  # fmt: skip
-                            i2mv_mv_scale = gr.Slider(
-                                0, 2, value=d["mv_scale"], step=0.05, label="Multi-view attention scale"
-                            )
-                            i2mv_ref_scale = gr.Slider(
-                                0, 2, value=d["ref_scale"], step=0.05, label="Reference attention scale"
-                            )
-                        i2mv_button = gr.Button("Generate", variant="primary", elem_id="i2mv-generate")
-                    with gr.Column(scale=3):
-                        i2mv_gallery = gr.Gallery(
-                            label="Views", columns=3, height="auto", format="png", elem_id="i2mv-gallery",
-                            elem_classes=["pixelated"], object_fit="contain",
-                        )  # fmt: skip
-                        i2mv_zip = gr.File(label="Download views (zip)", height=90, elem_id="i2mv-zip")
-                        i2mv_info = gr.Markdown(label="Status", elem_id="i2mv-info")
-                i2mv_inputs = [
-                    i2mv_image, i2mv_prompt, i2mv_negative, i2mv_position, i2mv_normal, i2mv_seed, i2mv_random,
-                    i2mv_views, i2mv_azimuths, i2mv_elevation, i2mv_height, i2mv_width, i2mv_steps, i2mv_guidance,
-                    i2mv_ref_guidance, i2mv_mv_scale, i2mv_ref_scale,
-                ]  # fmt: skip
-                i2mv_outputs = [i2mv_gallery, i2mv_zip, i2mv_seed, i2mv_info]
-                i2mv_fn = _user_errors(state.image_to_multiview)
-                i2mv_button.click(
-                    i2mv_fn,
-                    i2mv_inputs,
-                    i2mv_outputs,
-                    show_progress_on=[i2mv_gallery, i2mv_zip],
-                    api_name="image_to_multiview",
-                )
-                if mv_examples:
-                    ex = gr.Examples(
-                        mv_examples,
-                        inputs=[i2mv_image, i2mv_prompt, i2mv_position, i2mv_normal],
-                        label="Examples",
-                        elem_id="i2mv-examples",
-                    )
-                    _run_examples_on_click(ex, i2mv_fn, i2mv_inputs, i2mv_outputs, [i2mv_gallery, i2mv_zip])
-
-        # ---------------------------------------------------------------- Image to video
-        with gr.Tab(TASKS["i2v"].title, id="i2v"):
-            if errors["i2v"]:
-                _unavailable(TASKS["i2v"].title, TASKS["i2v"].module, errors["i2v"])
-            else:
-                src = config.source("i2v")
-                native, multiple = _base_geometry(src)
-                d = _tab_defaults("i2v", "i2v", src)
-                gr.Markdown(
-                    "Animate a still image: it stays the first frame while the rest move (I2V-Adapter on "
-                    "AnimateDiff). " + _model_note("i2v", src)
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2):
-                        i2v_image = _guard_image_input(
-                            gr.Image(label="Input image (first frame)", type="filepath", height=240, elem_id="i2v-image"),
-                            "Input image",
-                        )  # fmt: skip
-                        i2v_prompt = gr.Textbox(label="Prompt", value="", lines=1, elem_id="i2v-prompt")
-                        i2v_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
-                        i2v_seed, i2v_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False, elem_id="i2v-advanced"):
-                            i2v_frames = gr.Slider(
-                                2, MAX_FRAMES, value=d["num_frames"], step=1, label="Frames", elem_id="i2v-frames"
-                            )
-                            i2v_height, i2v_width = _size_sliders(native, multiple, d, "i2v")
-                            i2v_steps, i2v_guidance = _steps_guidance_sliders(d, "i2v")
-                            i2v_scale = gr.Slider(
-                                0, 2, value=d["adapter_scale"], step=0.05, label="First-frame attention scale"
-                            )
-                            i2v_prior = gr.Slider(
-                                0, 1, value=d["prior_strength"], step=0.05, elem_id="i2v-prior",
-                                label="Frame similarity prior: strength (0 = off)",
-                            )  # fmt: skip
-                            i2v_prior_start = gr.Slider(
-                                0, 0.9, value=min(d["prior_start"], 0.9), step=0.05, elem_id="i2v-prior-start",
-                                label="Frame similarity prior: steps skipped (fraction)",
-                            )  # fmt: skip
-                            i2v_fps = gr.Slider(1, 30, value=8, step=1, label="Frames per second")
-                        i2v_button = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
-                    with gr.Column(scale=3):
-                        i2v_video = gr.Video(
-                            label="Video", autoplay=True, loop=True, height=400, elem_id="i2v-video", elem_classes=["pixelated"],
-                            interactive=False,
-                        )  # fmt: skip
-                        i2v_files = gr.File(
-                            label="Download (mp4, GIF)", file_count="multiple", height=130, elem_id="i2v-files"
-                        )
-                        i2v_info = gr.Markdown(label="Status", elem_id="i2v-info")
-                i2v_inputs = [
-                    i2v_image, i2v_prompt, i2v_negative, i2v_seed, i2v_random, i2v_frames, i2v_height, i2v_width,
-                    i2v_steps, i2v_guidance, i2v_scale, i2v_prior, i2v_prior_start, i2v_fps,
-                ]  # fmt: skip
-                i2v_outputs = [i2v_video, i2v_files, i2v_seed, i2v_info]
-                i2v_fn = _user_errors(state.image_to_video)
-                i2v_button.click(
-                    i2v_fn, i2v_inputs, i2v_outputs, show_progress_on=[i2v_video, i2v_files], api_name="image_to_video"
-                )
-                if video_examples:
-                    ex = gr.Examples(video_examples, inputs=[i2v_image, i2v_prompt], label="Examples")
-                    _run_examples_on_click(ex, i2v_fn, i2v_inputs, i2v_outputs, [i2v_video, i2v_files])
-
-        # ---------------------------------------------------------------- One step
-        with gr.Tab(TASKS["hipa"].title, id="hipa"):
-            if errors["hipa"]:
-                _unavailable(TASKS["hipa"].title, TASKS["hipa"].module, errors["hipa"])
-            else:
-                src = config.source("hipa")
-                native, multiple = _base_geometry(src)
-                d = _tab_defaults("hipa", "hipa", src)
-                gr.Markdown(
-                    "One UNet evaluation per image with the HiPA LoRA, next to the same seed with plain one-step "
-                    "sampling, the multi-step teacher and other few-step samplers. " + _model_note("hipa", src)
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2):
-                        hipa_prompt = gr.Textbox(
-                            label="Prompt", value="a red cube on a table", lines=2, elem_id="hipa-prompt"
-                        )
-                        hipa_negative = gr.Textbox(label="Negative prompt (used with guidance > 1)", value="", lines=1)
-                        hipa_seed, hipa_random = _seed_row()
-                        hipa_compare = gr.CheckboxGroup(
-                            list(ONE_STEP_COMPARISONS.values()),
-                            value=[ONE_STEP_COMPARISONS["plain"], ONE_STEP_COMPARISONS["teacher"]],
-                            label="Compare with (same seed)",
-                        )
-                        with gr.Accordion("Advanced", open=False, elem_id="hipa-advanced"):
-                            hipa_height, hipa_width = _size_sliders(native, multiple, d, "hipa")
-                            hipa_steps = gr.Slider(
-                                1, 4, value=d["num_inference_steps"], step=1, label="HiPA steps", elem_id="hipa-steps"
-                            )
-                            hipa_guidance = gr.Slider(
-                                0, 10, value=d["guidance_scale"], step=0.5, label="Guidance (1 = off)"
-                            )
-                            hipa_scale = gr.Slider(0, 2, value=d["lora_scale"], step=0.05, label="HiPA LoRA scale")
-                            hipa_teacher_steps = gr.Slider(
-                                2, 100, value=d["teacher_steps"], step=1, label="Teacher steps",
-                                elem_id="hipa-teacher-steps",
-                            )  # fmt: skip
-                            hipa_teacher_guidance = gr.Slider(
-                                0, 15, value=d["teacher_guidance_scale"], step=0.5, label="Teacher guidance"
-                            )
-                        hipa_button = gr.Button("Generate", variant="primary", elem_id="hipa-generate")
-                    with gr.Column(scale=3):
-                        hipa_gallery = gr.Gallery(
-                            label="Results", columns=3, height="auto", format="png", elem_id="hipa-gallery",
-                            elem_classes=["pixelated"], object_fit="contain",
-                        )  # fmt: skip
-                        hipa_info = gr.Markdown(label="Status", elem_id="hipa-info")
-                hipa_inputs = [
-                    hipa_prompt, hipa_negative, hipa_seed, hipa_random, hipa_compare, hipa_height, hipa_width,
-                    hipa_steps, hipa_guidance, hipa_scale, hipa_teacher_steps, hipa_teacher_guidance,
-                ]  # fmt: skip
-                hipa_outputs = [hipa_gallery, hipa_seed, hipa_info]
-                hipa_fn = _user_errors(state.one_step)
-                hipa_button.click(
-                    hipa_fn, hipa_inputs, hipa_outputs, show_progress_on=[hipa_gallery], api_name="one_step"
-                )
-                hipa_prompt.submit(
-                    hipa_fn, hipa_inputs, hipa_outputs, show_progress_on=[hipa_gallery], api_visibility="undocumented"
-                )
-                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["hipa"]], inputs=[hipa_prompt], label="Examples")
-                _run_examples_on_click(ex, hipa_fn, hipa_inputs, hipa_outputs, [hipa_gallery])
-
-        # ---------------------------------------------------------------- Any resolution
-        with gr.Tab(TASKS["res"].title, id="res"):
-            if errors["res"]:
-                _unavailable(TASKS["res"].title, TASKS["res"].module, errors["res"])
-            else:
-                src = config.source("res")
-                native, multiple = _base_geometry(src)
-                d = _tab_defaults("res", "res", src)
-                gr.Markdown(
-                    f"The same prompt and seed at a size the base was not trained for (native {native}x{native}), "
-                    "with ResAdapter and without it. " + _model_note("res", src)
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2):
-                        res_prompt = gr.Textbox(
-                            label="Prompt", value="a red cube on a table", lines=2, elem_id="res-prompt"
-                        )
-                        res_negative = gr.Textbox(label="Negative prompt", value="", lines=1)
-                        res_height, res_width = _size_sliders(native, multiple, d, "res")
-                        res_seed, res_random = _seed_row()
-                        with gr.Accordion("Advanced", open=False, elem_id="res-advanced"):
-                            res_compare = gr.Checkbox(value=d["with_base"], label="Also generate without ResAdapter")
-                            res_steps, res_guidance = _steps_guidance_sliders(d, "res")
-                            res_lora = gr.Slider(0, 1, value=d["lora_scale"], step=0.05, label="ResAdapter LoRA scale")
-                            res_norm = gr.Slider(0, 1, value=d["norm_scale"], step=0.05, label="ResAdapter norm scale")
-                        res_button = gr.Button("Generate", variant="primary", elem_id="res-generate")
-                    with gr.Column(scale=3):
-                        with gr.Row():
-                            res_with = gr.Image(
-                                label="With ResAdapter", format="png", height=360, elem_id="res-with", elem_classes=["pixelated"],
-                                interactive=False,
-                            )  # fmt: skip
-                            res_without = gr.Image(
-                                label="Base only", format="png", height=360, elem_id="res-without", elem_classes=["pixelated"],
-                                interactive=False,
-                            )  # fmt: skip
-                        res_info = gr.Markdown(label="Status", elem_id="res-info")
-                res_inputs = [
-                    res_prompt, res_negative, res_seed, res_random, res_height, res_width, res_compare, res_steps,
-                    res_guidance, res_lora, res_norm,
-                ]  # fmt: skip
-                res_outputs = [res_with, res_without, res_seed, res_info]
-                res_fn = _user_errors(state.any_resolution)
-                res_button.click(
-                    res_fn,
-                    res_inputs,
-                    res_outputs,
-                    show_progress_on=[res_with, res_without],
-                    api_name="any_resolution",
-                )
-                res_prompt.submit(
-                    res_fn,
-                    res_inputs,
-                    res_outputs,
-                    show_progress_on=[res_with, res_without],
-                    api_visibility="undocumented",
-                )
-                ex = gr.Examples([[p] for p in EXAMPLE_PROMPTS["res"]], inputs=[res_prompt], label="Examples")
-                _run_examples_on_click(ex, res_fn, res_inputs, res_outputs, [res_with, res_without])
+        for key, build in TAB_BUILDERS.items():
+            spec = TASKS[key]
+            with gr.Tab(spec.title, id=key):
+                if errors[key]:
+                    _unavailable(spec.title, spec.module, errors[key])
+                    continue
+                source = config.source(spec.model)
+                native, multiple = _base_geometry(source)
+                defaults = _tab_defaults(key, spec.model, source)
+                build(_Tab(state, spec.model, source, native, multiple, defaults, entries))
 
         # A number typed into a slider's box outside its range is clamped by the browser when the box loses focus; the
         # slider's release event still carries the typed value, so the server says so on the page (see _quiet_bounds).

@@ -56,14 +56,81 @@ def served(tmp_path_factory):
             os.environ["GRADIO_TEMP_DIR"] = previous_cache
 
 
-def mv_args(prompt="a red cube", views=4, azimuths="", height=64, width=64, seed=0):
-    # prompt, negative, seed, randomize, views, azimuths, elevation, height, width, steps, guidance, mv_scale
-    return [prompt, "", seed, False, views, azimuths, 0, height, width, 2, 7.0, 1.0]
+def mv_args(prompt="a red cube", views=4, azimuths="", height=64, width=64, seed=0) -> dict:
+    """Keyword arguments of ``/text_to_multiview`` (the handler's parameters)."""
+    return dict(
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        randomize=False,
+        num_views=views,
+        azimuths=azimuths,
+        elevation=0,
+        height=height,
+        width=width,
+        steps=2,
+        guidance=7.0,
+        mv_scale=1.0,
+    )
 
 
-def hipa_args(seed=0, compare=(), prompt="a red cube"):
-    # prompt, negative, seed, randomize, compare, height, width, steps, guidance, lora_scale, teacher steps/guidance
-    return [prompt, "", seed, False, list(compare), 64, 64, 1, 1.0, 1.0, 2, 7.5]
+def hipa_args(seed=0, compare=(), prompt="a red cube") -> dict:
+    """Keyword arguments of ``/one_step``."""
+    return dict(
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        randomize=False,
+        compare=list(compare),
+        height=64,
+        width=64,
+        steps=1,
+        guidance=1.0,
+        lora_scale=1.0,
+        teacher_steps=2,
+        teacher_guidance=7.5,
+    )
+
+
+def i2v_args(image, prompt="spin", seed=0, prior_strength=0.0, prior_start=0.0, steps=1) -> dict:
+    """Keyword arguments of ``/image_to_video``."""
+    return dict(
+        image=image,
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        randomize=False,
+        num_frames=4,
+        height=64,
+        width=64,
+        steps=steps,
+        guidance=7.5,
+        adapter_scale=1.0,
+        prior_strength=prior_strength,
+        prior_start=prior_start,
+        fps=8,
+    )
+
+
+def test_endpoint_parameters_are_the_handlers_keywords(served):
+    """Each endpoint's parameters are its handler's keyword arguments, named and in the same order: the API, the
+    tab's controls and the handler cannot drift apart."""
+    import inspect
+
+    demo, client, _, _ = served
+    api = client.view_api(return_format="dict")["named_endpoints"]
+    handlers = {
+        "/text_to_multiview": demo.app_state.text_to_multiview,
+        "/image_to_multiview": demo.app_state.image_to_multiview,
+        "/image_to_video": demo.app_state.image_to_video,
+        "/one_step": demo.app_state.one_step,
+        "/any_resolution": demo.app_state.any_resolution,
+    }
+    for endpoint, handler in handlers.items():
+        names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
+        expected = [name for name in inspect.signature(handler).parameters if name != "progress"]
+        assert names == expected, endpoint
+    assert list(mv_args()) == [p["parameter_name"] for p in api["/text_to_multiview"]["parameters"]]
 
 
 def png(path) -> Image.Image:
@@ -94,7 +161,7 @@ def test_build_demo_has_five_tabs_and_loads_no_model(served):
 
 def test_text_to_multiview(served):
     _, client, out, _ = served
-    gallery, zip_path, seed, info = client.predict(*mv_args(views=4), api_name="/text_to_multiview")
+    gallery, zip_path, seed, info = client.predict(**mv_args(views=4), api_name="/text_to_multiview")
     assert len(gallery) == 4
     images = [png(item["image"]) for item in gallery]
     # shown enlarged 4x (nearest neighbour), the caption states the real size; the zip holds the real images
@@ -109,7 +176,7 @@ def test_text_to_multiview(served):
     assert seed == 0
     assert "4 views" in info and "placeholder" in info
     # custom azimuths set the number of views
-    gallery, *_ = client.predict(*mv_args(azimuths="0, 120, 240"), api_name="/text_to_multiview")
+    gallery, *_ = client.predict(**mv_args(azimuths="0, 120, 240"), api_name="/text_to_multiview")
     assert len(gallery) == 3
     # everything the request wrote is under the app's own output folder (outputs and Gradio's cache)
     assert list((Path(out) / "outputs" / "mv").glob("*/views.zip"))
@@ -125,17 +192,32 @@ def test_image_to_multiview_with_geometry(served, tmp_path):
     nrm = tmp_path / "nrm.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(pos)
     Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(nrm)
-    # image, prompt, negative, position, normal, seed, randomize, views, azimuths, elevation, h, w, steps,
-    # guidance, reference guidance, mv scale, ref scale
-    args = [handle_file(example), "", "", handle_file(str(pos)), handle_file(str(nrm)), 3, False, 3, "", 0]
-    gallery, zip_path, seed, info = client.predict(*args, 64, 96, 2, 3.0, 0, 1.0, 1.0, api_name="/image_to_multiview")
+    kwargs = dict(
+        image=handle_file(example),
+        prompt="",
+        negative_prompt="",
+        position_map=handle_file(str(pos)),
+        normal_map=handle_file(str(nrm)),
+        seed=3,
+        randomize=False,
+        num_views=3,
+        azimuths="",
+        elevation=0,
+        height=64,
+        width=96,
+        steps=2,
+        guidance=3.0,
+        reference_guidance=0,
+        mv_scale=1.0,
+        ref_scale=1.0,
+    )
+    gallery, zip_path, seed, info = client.predict(**kwargs, api_name="/image_to_multiview")
     assert len(gallery) == 3 and seed == 3
     assert all(png(item["image"]).size == (96 * 4, 64 * 4) for item in gallery)
     assert all("96x64 px, shown 4x" in item["caption"] for item in gallery)
     # a position map alone is refused with a message
-    args[4] = None
     with pytest.raises(Exception, match="position_map.*normal_map|both"):
-        client.predict(*args, 64, 64, 2, 3.0, 0, 1.0, 1.0, api_name="/image_to_multiview")
+        client.predict(**(kwargs | dict(normal_map=None, width=64)), api_name="/image_to_multiview")
 
 
 def test_image_to_video(served):
@@ -143,11 +225,10 @@ def test_image_to_video(served):
     import imageio.v3 as iio
     from gradio_client import handle_file
 
-    # image, prompt, negative, seed, randomize, frames, h, w, steps, guidance, adapter scale, prior, prior start, fps
     video, files, seed, info = client.predict(
-        handle_file(example), "spinning", "", 5, False, 4, 64, 64, 2, 7.5, 1.0, 0.3, 0.2, 8,
+        **i2v_args(handle_file(example), "spinning", seed=5, prior_strength=0.3, prior_start=0.2, steps=2),
         api_name="/image_to_video",
-    )  # fmt: skip
+    )
     video_path = video["video"] if isinstance(video, dict) else video
     frames = iio.imread(video_path)
     assert frames.shape[0] == 4 and frames.shape[1:] == (256, 256, 3)  # 64 px frames shown at 4x
@@ -161,7 +242,7 @@ def test_image_to_video(served):
 def test_one_step_with_comparisons(served):
     _, client, _, _ = served
     gallery, seed, info = client.predict(
-        *hipa_args(compare=["Base, 1 step, no LoRA", "Teacher (base, multi-step)"]), api_name="/one_step"
+        **hipa_args(compare=["Base, 1 step, no LoRA", "Teacher (base, multi-step)"]), api_name="/one_step"
     )
     assert len(gallery) == 3
     assert all(png(item["image"]).size == (256, 256) for item in gallery)
@@ -172,17 +253,27 @@ def test_one_step_with_comparisons(served):
 
 def test_any_resolution_side_by_side(served):
     _, client, _, _ = served
-    # prompt, negative, seed, randomize, height, width, compare base, steps, guidance, lora scale, norm scale
-    with_adapter, base, seed, info = client.predict(
-        "a red cube", "", 0, False, 64, 128, True, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+    kwargs = dict(
+        prompt="a red cube",
+        negative_prompt="",
+        seed=0,
+        randomize=False,
+        height=64,
+        width=128,
+        compare_base=True,
+        steps=2,
+        guidance=7.5,
+        lora_scale=1.0,
+        norm_scale=1.0,
     )
+    with_adapter, base, seed, info = client.predict(**kwargs, api_name="/any_resolution")
     # shown enlarged 4x (nearest neighbour), the label states the real size
     assert with_adapter["label"] == "With ResAdapter · 128x64 px, shown 4x"
     assert base["label"] == "Base only · 128x64 px, shown 4x"
     assert png(with_adapter["value"]).size == (128 * 4, 64 * 4) and png(base["value"]).size == (128 * 4, 64 * 4)
     assert "128x64 px" in info
     with_adapter, base, *_ = client.predict(
-        "a red cube", "", 0, False, 64, 64, False, 2, 7.5, 1.0, 1.0, api_name="/any_resolution"
+        **(kwargs | dict(width=64, compare_base=False)), api_name="/any_resolution"
     )
     assert png(with_adapter["value"]).size == (256, 256) and base["value"] is None
 
@@ -191,48 +282,47 @@ def test_bad_inputs_give_clear_messages(served, tmp_path):
     _, client, _, example = served
     from gradio_client import handle_file
 
-    i2v_rest = ["spin", "", 0, False, 4, 64, 64, 1, 7.5, 1.0, 0.0, 0.0, 8]
     # no image
     with pytest.raises(Exception, match="Input image is missing"):
-        client.predict(None, *i2v_rest, api_name="/image_to_video")
+        client.predict(**i2v_args(None), api_name="/image_to_video")
     # a non-image upload
     fake = tmp_path / "notes.png"
     fake.write_text("this is not an image")
     with pytest.raises(Exception, match="not an image"):
-        client.predict(handle_file(str(fake)), *i2v_rest, api_name="/image_to_video")
+        client.predict(**i2v_args(handle_file(str(fake))), api_name="/image_to_video")
     # too many views
     with pytest.raises(Exception, match="num_views.*between 1 and 12"):
-        client.predict(*mv_args(azimuths=",".join(str(10 * i) for i in range(13))), api_name="/text_to_multiview")
+        client.predict(**mv_args(azimuths=",".join(str(10 * i) for i in range(13))), api_name="/text_to_multiview")
     # size out of range (the slider's bounds are enforced on the server)
     with pytest.raises(Exception, match=r"Width must be between 16 and 256, got 4096"):
-        client.predict(*mv_args(width=4096), api_name="/text_to_multiview")
+        client.predict(**mv_args(width=4096), api_name="/text_to_multiview")
     # a size that is not a multiple of the model's factor
     with pytest.raises(Exception, match="multiple of 16"):
-        client.predict(*mv_args(width=72), api_name="/text_to_multiview")
+        client.predict(**mv_args(width=72), api_name="/text_to_multiview")
     # an oversized upload (limit 1 MB)
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(big)
     assert big.stat().st_size > 2**20
     with pytest.raises(Exception, match="(?i)size|large|exceed"):
-        client.predict(handle_file(str(big)), *i2v_rest, api_name="/image_to_video")
+        client.predict(**i2v_args(handle_file(str(big))), api_name="/image_to_video")
     # the server keeps serving: a good request right after the failures works
-    video, *_ = client.predict(handle_file(example), *i2v_rest, api_name="/image_to_video")
+    video, *_ = client.predict(**i2v_args(handle_file(example)), api_name="/image_to_video")
     assert video
 
 
 def test_failing_request_does_not_affect_the_next(served):
     _, client, _, _ = served
-    reference, *_ = client.predict(*hipa_args(seed=7), api_name="/one_step")
+    reference, *_ = client.predict(**hipa_args(seed=7), api_name="/one_step")
     with pytest.raises(Exception, match="prompt"):
-        client.predict(*hipa_args(prompt="x" * 3000), api_name="/one_step")
-    again, *_ = client.predict(*hipa_args(seed=7), api_name="/one_step")
+        client.predict(**hipa_args(prompt="x" * 3000), api_name="/one_step")
+    again, *_ = client.predict(**hipa_args(seed=7), api_name="/one_step")
     assert np.array_equal(np.asarray(png(reference[0]["image"])), np.asarray(png(again[0]["image"])))
 
 
 def test_eight_concurrent_requests_are_queued_and_correct(served):
     _, client, _, _ = served
     seeds = [0, 1, 2, 3, 0, 1, 2, 3]
-    jobs = [client.submit(*hipa_args(seed=s), api_name="/one_step") for s in seeds]
+    jobs = [client.submit(**hipa_args(seed=s), api_name="/one_step") for s in seeds]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda job: job.result(timeout=600), jobs))
     assert len(results) == 8
@@ -294,7 +384,7 @@ def test_model_load_failure_is_a_message_and_is_retried(tmp_path):
     wrapped = app._user_errors(demo_app.one_step)
     for _ in range(2):
         with pytest.raises(app.gr.Error, match="Could not load the embedded model for 'hipa': OSError: no such model"):
-            wrapped("a cube", "", 0, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)
+            wrapped(**hipa_args(prompt="a cube"))
     assert calls == ["hipa", "hipa"]
 
 
@@ -308,9 +398,8 @@ def test_video_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch):
     image = tmp_path / "in.png"
     Image.new("RGB", (32, 32), "white").save(image)
     demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path, loader=lambda *args: object()))
-    video, files, seed, info = demo_app.image_to_video(
-        str(image), "", "", 1, False, 3, 32, 32, 1, 7.5, 1.0, 0.0, 0.0, 8, progress=None
-    )
+    kwargs = i2v_args(str(image), prompt="", seed=1) | dict(num_frames=3, height=32, width=32)
+    video, files, seed, info = demo_app.image_to_video(**kwargs, progress=None)
     assert video is None and len(files) == 1 and files[0].endswith(".gif")
     assert Image.open(files[0]).n_frames == 3 and "GIF only" in info
     assert Path(files[0]).is_relative_to(tmp_path)
@@ -325,7 +414,7 @@ def test_user_errors_are_one_log_line_and_bugs_keep_their_traceback(tmp_path, ca
     wrapped = app._user_errors(demo_app.one_step)
     with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
         with pytest.raises(app.gr.Error) as err:
-            wrapped("a cube", "", -5, False, [], 64, 64, 1, 1.0, 1.0, 2, 7.5)  # a bad seed
+            wrapped(**hipa_args(seed=-5, prompt="a cube"))  # a bad seed
     assert err.value.print_exception is False  # Gradio prints no traceback for it either
     assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)]
     assert caplog.records[0].getMessage().startswith("one_step: Seed must be between 0")

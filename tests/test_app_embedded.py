@@ -168,7 +168,21 @@ def test_one_step_tab_with_hipa_and_few_step_loras(empty_assets, tmp_path):
     compare = ["Base, 1 step, no LoRA", "LCM sampler, 4 steps", "TCD sampler, 4 steps"]
 
     def run():
-        gallery, _, _ = demo_app.one_step("a cube", "", 3, False, compare, 64, 64, 1, 1.0, 1.0, 2, 7.5, progress=None)
+        gallery, _, _ = demo_app.one_step(
+            prompt="a cube",
+            negative_prompt="",
+            seed=3,
+            randomize=False,
+            compare=compare,
+            height=64,
+            width=64,
+            steps=1,
+            guidance=1.0,
+            lora_scale=1.0,
+            teacher_steps=2,
+            teacher_guidance=7.5,
+            progress=None,
+        )
         return [(caption, np.asarray(image)) for image, caption in gallery]
 
     first = run()
