@@ -56,9 +56,10 @@ def score(
     """Per-prompt 0/1 outcomes ``{"match", "colors_ok", "shapes_ok", "count_ok"}`` (each ``(N,)``) of one image per
     prompt at the base's native size, noise seed ``i`` for prompt ``i``."""
     from benchmarks import metrics
-    from benchmarks.quality import _batched, _generators, _native, _np_images
+    from benchmarks.quality import _batched, _generators, _np_images
+    from pipelines.utils import native_resolution
 
-    size = _native(pipe)
+    size = native_resolution(pipe)
 
     def gen(ps: list[str], seeds: list[int]) -> np.ndarray:
         out = pipe(ps, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
@@ -84,11 +85,13 @@ def evaluate(
     candidate (normal 95% CI over prompts).
 
     Returns:
-        ``{"candidates": [{"base", "guidance", <key>: mean_ci, "diff": {<key>: paired CI}}], "num_items", ...}``.
+        ``{"candidates": [{"base", "guidance", <key>: mean_ci, "diff": {<key>: paired CI}, "per_prompt"}],
+        "prompts", "num_items", ...}`` (``per_prompt``: the 0/1 outcomes, one per prompt, for breakdowns).
     """
     from benchmarks import verdicts
     from benchmarks.i2v_heldout import paired
-    from benchmarks.quality import _classifier, _native
+    from benchmarks.quality import _classifier
+    from pipelines.utils import native_resolution
 
     clf = _classifier(str(classifier) if classifier else None)
     rows: list[dict[str, Any]] = []
@@ -97,7 +100,7 @@ def evaluate(
     for base in bases:
         pipe = load_base(base, vae)
         if prompts is None:
-            prompts = heldout_prompts(num_items, _native(pipe), data_seed)
+            prompts = heldout_prompts(num_items, native_resolution(pipe), data_seed)
         for g in guidances:
             outcome = score(pipe, clf, prompts, guidance=float(g), steps=steps)
             row: dict[str, Any] = {"base": str(base), "guidance": float(g)}
@@ -105,12 +108,13 @@ def evaluate(
             if first is None:
                 first = outcome
             row["diff"] = {k: paired(torch.from_numpy(outcome[k] - first[k])) for k in KEYS}
+            row["per_prompt"] = {k: outcome[k].astype(int).tolist() for k in KEYS}
             rows.append(row)
             logger.info(
                 "%s g=%s: exact %.3f colour %.3f shape %.3f count %.3f",
                 base, g, *(row[k]["mean"] for k in KEYS),
             )  # fmt: skip
-    return {"candidates": rows, "num_items": num_items, "data_seed": data_seed, "steps": steps}
+    return {"candidates": rows, "prompts": prompts, "num_items": num_items, "data_seed": data_seed, "steps": steps}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

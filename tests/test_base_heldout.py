@@ -37,6 +37,7 @@ def test_same_base_twice_gives_zero_difference_and_guidance_changes_images(tiny_
     np.testing.assert_array_equal(seen[0], seen[2])
     assert rows[2]["diff"]["match"]["mean"] == 0.0
     assert rows[0]["match"]["interval"] == "wilson" and rows[0]["match"]["n"] == 3
+    assert len(out["prompts"]) == 3 and len(rows[1]["per_prompt"]["colors_ok"]) == 3
     # another guidance scale is another candidate: different images
     assert np.abs(seen[0] - seen[1]).max() > 1e-4
 
