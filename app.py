@@ -237,16 +237,15 @@ def _base_geometry(source: ModelSource) -> tuple[int, int]:
         if source.base is None:
             return 64, 16  # the placeholder base (see pipelines.embedded)
         return 512, 64
+    from pipelines.utils import native_resolution, size_multiple
+
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 512, 64
-    vae_factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    unet_factor = 2 ** (len(unet.get("block_out_channels", [0] * 4)) - 1)
-    sample = unet.get("sample_size", 64)
-    sample = sample[0] if isinstance(sample, list) else sample
-    return int(sample) * vae_factor, vae_factor * unet_factor
+    configs = {"vae_config": vae, "unet_config": unet}
+    return native_resolution(**configs), size_multiple(**configs)
 
 
 def _module_error(module: str) -> str | None:
@@ -1205,15 +1204,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _few_step_loras(values: list[str]) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(
-                f"--few-step-lora must look like PRESET=PATH (e.g. lcm=latent-consistency/lcm-lora-sdv1-5), got {value!r}"
-            )
-        out[name.strip().lower()] = path.strip()
-    return out
+    from pipelines.utils import parse_preset_paths
+
+    try:
+        return parse_preset_paths(values, "--few-step-lora")
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from benchmarks import metrics, quality_targets, verdicts
+from pipelines.utils import native_resolution, size_multiple
 
 logger = _pylogging.getLogger("benchmarks.quality")
 
@@ -184,16 +185,6 @@ def _classifier(path: str | None = None) -> Any:
         raise NotAvailable(f"the attribute classifier cannot be loaded ({str(err).splitlines()[0]})") from err
     clf.requires_grad_(False)
     return clf
-
-
-def _native(pipe: Any) -> int:
-    sample = pipe.unet.config.sample_size
-    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-    return int(sample) * int(pipe.vae_scale_factor)
-
-
-def _multiple(pipe: Any) -> int:
-    return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
 def call_setting(pipe: Any, name: str, given: Any, fallback: Any, when: Sequence[str] = ()) -> Any:
@@ -335,7 +326,7 @@ def res_adapter_verdict(
 def eval_res_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     """Base vs base + ResAdapter at off-native sizes."""
     pipe = _load("res", cfg)
-    native, mult = _native(pipe), _multiple(pipe)
+    native, mult = native_resolution(pipe), size_multiple(pipe)
 
     def snap(v: float) -> int:
         return max(mult, int(round(v / mult)) * mult)
@@ -487,7 +478,7 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     adapter = pipe.mv_adapter
     if adapter is None:
         raise NotAvailable("the MV pipeline has no adapter loaded")
-    native = _native(pipe)
+    native = native_resolution(pipe)
     views = int(adapter.config.num_views)
     camera_mode = cfg.mv_camera_mode or (
         "mvadapter" if (adapter.config.condition == "geometry" and views == 6) else "ortho_ring"
@@ -526,15 +517,21 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             "num_views": views, "height": h, "width": w, "condition_maps": cond, "num_inference_steps": steps,
             "output_type": "np",
         }  # fmt: skip
-        runs: list[tuple[str, float, Any]] = [("mv", 1.0, None), ("independent", 0.0, None)]
+        runs: list[tuple[str, float, Any, str]] = [("mv", 1.0, None, prompt), ("independent", 0.0, None, prompt)]
         if use_ref:
             kwargs["image"] = Image.fromarray((gt[0] * 255).round().astype(np.uint8))
-            runs.append(("swapped", 1.0, front_view(quality_targets.swapped_index(i, cfg.seeds))))
+            other = front_view(quality_targets.swapped_index(i, cfg.seeds))
+            # with no prompt only the reference names the object: the reference branch is tested alone
+            runs += [
+                ("swapped", 1.0, other, prompt),
+                ("mv_image_only", 1.0, None, ""),
+                ("swapped_image_only", 1.0, other, ""),
+            ]
         outs = {}
-        for arm, mv_scale, reference in runs:
+        for arm, mv_scale, reference, arm_prompt in runs:
             call = dict(kwargs, image=reference) if reference is not None else kwargs
             out = pipe(
-                prompt,
+                arm_prompt,
                 generator=torch.Generator("cpu").manual_seed(i),
                 mv_scale=mv_scale,
                 noise_shift=noise_shift,
@@ -563,7 +560,11 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
             add(arm, "accuracy", acc["match"].mean())
             add(arm, "background_disagreement", metrics.background_agreement(v))
     logger.info("mv: %d objects in %.1fs", cfg.seeds, time.perf_counter() - t0)
-    arms = ["mv"] + (["swapped"] if use_ref else []) + ["independent", "base_t2i", "ground_truth"]
+    arms = (
+        ["mv"]
+        + (["swapped", "mv_image_only", "swapped_image_only"] if use_ref else [])
+        + ["independent", "base_t2i", "ground_truth"]
+    )
     keys = [
         "psnr", "ssim", "consistency_features", "consistency_attributes", "colour_agreement", "shape_agreement",
         "accuracy", "background_disagreement",
@@ -575,11 +576,13 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         for k in keys:
             if k not in diffs[b]:
                 want = "lower" if k == "background_disagreement" else "higher"
-                diffs[b][k] = metrics.paired_bootstrap(per["mv"][k], per[b][k])
+                diffs[b][k] = metrics.paired_bootstrap(per[quality_targets.MV_ARM_FOR.get(b, "mv")][k], per[b][k])
                 diffs[b][k]["want"] = want
     labels = {
         "mv": "MV-Adapter",
         "swapped": "MV-Adapter, another object's reference (object i gets object i+1's front view)",
+        "mv_image_only": "MV-Adapter without a prompt (the reference image only)",
+        "swapped_image_only": "MV-Adapter without a prompt, another object's reference",
         "independent": "same pipeline, multi-view attention off (independent views)",
         "base_t2i": "base text-to-image per view (independent)",
         "ground_truth": "ground-truth renders (ceiling)",
@@ -591,7 +594,10 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         + (
             "the reference is the ground-truth front view; the swapped-reference arm gives object i the front view of "
             f"object (i+1) mod {cfg.seeds} with everything else (prompt, cameras, noise) unchanged, so the views "
-            "'follow the input' only if they score higher with the true reference. "
+            "'follow the input' only if they score higher with the true reference; the image-only pair repeats that "
+            "with an empty prompt (what a user who only uploads an image gets), where the reference is the only "
+            "thing that names the object. The 'minus' rows pair each image-only baseline with the image-only "
+            "MV-Adapter arm and every other baseline with the prompted one. "
             if use_ref
             else "text and cameras only (no reference, so no swapped-reference arm). "
         )
@@ -633,7 +639,8 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     lines += [
         "",
         "Verdicts are shown for the claimed comparisons only (PSNR, SSIM, feature consistency vs both independent "
-        "arms; PSNR, SSIM, colour and shape agreement vs the swapped reference); the rest is descriptive.",
+        "arms; PSNR, SSIM, colour and shape agreement vs the swapped reference, with and without a prompt); the rest "
+        "is descriptive.",
     ]
     lines += _sample_lines(save_samples(cfg, "mv_adapter", samples, limit=views), [lb for lb, _ in samples])
     holds = verdicts.all_hold(targets)
@@ -643,7 +650,10 @@ def eval_mv_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         "claim": "MV-Adapter gives consistent views that follow the input object: higher PSNR/SSIM to the ground truth "
         "and higher cross-view consistency than independent per-view generation"
         + (
-            ", and higher PSNR/SSIM and colour/shape agreement than with another object's reference" if use_ref else ""
+            ", and higher PSNR/SSIM and colour/shape agreement than with another object's reference (with the "
+            "caption and with no prompt)"
+            if use_ref
+            else ""
         ),
         "holds": holds,
         "summary": f"all {len(targets)} comparisons hold outside the spread"
@@ -750,7 +760,7 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     if getattr(pipe, "i2v_adapter", None) is None:
         raise NotAvailable("the I2V pipeline has no I2V-Adapter loaded (no adapter-off arm to compare with)")
     info = pipe.embedded_info
-    native = _native(pipe)
+    native = native_resolution(pipe)
     frames = cfg.frames
     if frames < 3:
         raise NotAvailable(f"--frames {frames}: the I2V section needs >= 3 frames (frames 1..N are the evidence)")
@@ -932,7 +942,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     has_lora = bool(getattr(pipe, "get_active_adapters", lambda: [])())
     if not has_lora and not cfg.allow_placeholders:
         raise NotAvailable("the HiPA pipeline loaded without a LoRA")
-    native = _native(pipe)
+    native = native_resolution(pipe)
     n = cfg.seeds
     teacher_steps, teacher_guidance, teacher_sampler = _hipa_teacher_settings(pipe)
     if cfg.steps is not None and cfg.steps < teacher_steps and cfg.allow_placeholders:
@@ -1075,7 +1085,7 @@ def eval_base(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     scenes at the same sample size (the floor FD can reach with this many seeds)."""
     pipe = _load("base", cfg)
     pipe.set_progress_bar_config(disable=True)
-    native = _native(pipe)
+    native = native_resolution(pipe)
     n = cfg.seeds
     steps = call_setting(pipe, "num_inference_steps", cfg.steps, 25)
     guidance = call_setting(pipe, "guidance_scale", cfg.guidance, 7.5)

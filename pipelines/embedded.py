@@ -62,6 +62,8 @@ from typing import Any
 import torch
 from diffusers.utils import logging
 
+from .utils import clip_bpe, clip_tokenizer, is_sdxl, write_clip_tokenizer_files
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -293,55 +295,13 @@ def resolve_device_dtype(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _byte_tokenizer_files() -> tuple[dict[str, int], list[str]]:
-    """A byte-level CLIP vocabulary without merges (every byte is a token): 514 entries."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    byte_values, code_points, extra = printable[:], printable[:], 0
-    for b in range(256):
-        if b not in byte_values:
-            byte_values.append(b)
-            code_points.append(256 + extra)
-            extra += 1
-    symbols = [chr(c) for c in code_points]
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return vocab, ["#version: 0.2"]
-
-
-def _write_tokenizer(directory: Path) -> None:
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _byte_tokenizer_files()
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer.from_pretrained(
-        directory,
-        model_max_length=77,
-        pad_token="<|endoftext|>",
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        local_files_only=True,
-    )
-    tokenizer.save_pretrained(directory)
-
-
 def _build_placeholder_base(directory: Path) -> None:
     """Write the placeholder SD 1.5-layout pipeline and motion adapter into ``directory`` (deterministic)."""
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    tok_dir = directory / "_tokenizer_src"
-    _write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    vocab, merges = clip_bpe([])  # plain byte-level CLIP BPE: 514 tokens, no merges
+    tokenizer = clip_tokenizer(vocab, merges)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**PLACEHOLDER_UNET_CONFIG)
@@ -362,9 +322,7 @@ def _build_placeholder_base(directory: Path) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
-    shutil.copy(tok_dir / "vocab.json", directory / "tokenizer" / "vocab.json")
-    shutil.copy(tok_dir / "merges.txt", directory / "tokenizer" / "merges.txt")
-    shutil.rmtree(tok_dir)
+    write_clip_tokenizer_files(directory / "tokenizer", vocab, merges)  # the slow-tokenizer files, as on the hub
     motion_adapter.eval().save_pretrained(directory / "motion_adapter", safe_serialization=True)
 
 
@@ -494,7 +452,7 @@ def embedded_call_defaults(
 def _pipeline_call(name: str, base: str | os.PathLike) -> Callable:
     """The ``__call__`` that :func:`load_pipeline` will return for ``name`` on ``base`` (its class is imported, no model
     is loaded), so a stored default is checked against its signature before any weights load."""
-    xl = _is_sdxl(base)
+    xl = is_sdxl(base)
     if name == "base":
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -516,22 +474,9 @@ def _pipeline_call(name: str, base: str | os.PathLike) -> Callable:
     return (HiPAXLPipeline if xl else HiPASDPipeline).__call__
 
 
-def _is_sdxl(base: str | os.PathLike) -> bool:
-    """Whether a base (local folder or hub id) is an SDXL-family model, from its configs only."""
-    folder = Path(base)
-    index = folder / "model_index.json"
-    if index.is_file():
-        return "text_encoder_2" in json.loads(index.read_text(encoding="utf-8"))
-    if folder.exists():
-        return False
-    from diffusers import DiffusionPipeline
-
-    return "text_encoder_2" in DiffusionPipeline.load_config(str(base))
-
-
 def _sd_kwargs(base: str | os.PathLike, dtype) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(dtype_kwargs(dtype))
-    if not _is_sdxl(base):
+    if not is_sdxl(base):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return kwargs
 
@@ -545,7 +490,7 @@ def _load_base(base, adapter, motion_adapter, dtype):
 def _load_res(base, adapter, motion_adapter, dtype):
     from .pipeline_res_adapter import ResAdapterPipeline, ResAdapterXLPipeline
 
-    cls = ResAdapterXLPipeline if _is_sdxl(base) else ResAdapterPipeline
+    cls = ResAdapterXLPipeline if is_sdxl(base) else ResAdapterPipeline
     pipe = cls.from_pretrained(base, **_sd_kwargs(base, dtype))
     if adapter:
         pipe.load_res_adapter(adapter)

@@ -31,6 +31,9 @@ import torch
 from diffusers.utils import logging
 from PIL import Image
 
+from . import checks
+from .utils import is_sdxl, native_resolution, size_multiple
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -63,8 +66,8 @@ __all__ = [
 MAX_VIEWS = 12
 #: Most frames one video may have.
 MAX_FRAMES = 32
-#: Largest output side in pixels.
-MAX_SIDE = 2048
+#: Largest output side in pixels: the pipelines' own limit (one limit for the pipelines, the app and the CLI).
+MAX_SIDE = checks.MAX_IMAGE_SIDE
 #: Largest input image (pixels) accepted from users.
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -101,56 +104,43 @@ def make_generator(seed: int) -> torch.Generator:
 
 
 def call_pipeline(pipe: Any, **kwargs: Any) -> Any:
-    """Call ``pipe`` with the keyword arguments its ``__call__`` accepts (others are dropped with a debug log), so the
-    demo keeps working while pipelines gain or rename optional arguments. ``None`` values are not passed: the
-    pipeline's stored or own default applies."""
+    """Call ``pipe`` with ``kwargs``; ``None`` values are not passed (the pipeline's stored or own default applies).
+
+    Raises:
+        TypeError: a keyword argument that ``pipe.__call__`` does not take (named, with the ones it does take), so a
+            typo or a renamed argument surfaces instead of being dropped.
+    """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     params = inspect.signature(pipe.__call__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        dropped = sorted(k for k in kwargs if k not in params)
-        if dropped:
-            logger.debug(f"{type(pipe).__name__} does not take {dropped}; not passed.")
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
+        unknown = sorted(k for k in kwargs if k not in params)
+        if unknown:
+            raise TypeError(
+                f"{type(pipe).__name__}.__call__ got unexpected keyword argument(s) {unknown}; it takes "
+                f"{sorted(params)}."
+            )
     return pipe(**kwargs)
 
 
-def size_multiple(pipe: Any) -> int:
-    """Image sizes must be multiples of this: the VAE factor times the UNet's own down-sampling."""
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    unet = getattr(pipe, "unet", None)
-    blocks = getattr(getattr(unet, "config", None), "block_out_channels", None)
-    unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
-    return vae_factor * unet_factor
+def check_size(pipe: Any, height: Any, width: Any) -> tuple[int, int]:
+    """Validate an output size for ``pipe`` with :func:`pipelines.checks.check_size`: ints (integral floats, as
+    sliders send, are accepted), multiples of :func:`size_multiple`, at most ``min(MAX_SIDE, 8 x native side)``.
 
+    Returns:
+        ``(height, width)`` as ints.
 
-def native_resolution(pipe: Any) -> int:
-    """The base model's native side in pixels (``unet.config.sample_size * vae_scale_factor``)."""
-    sample = getattr(pipe.unet.config, "sample_size", 64)
-    sample = sample[0] if isinstance(sample, (tuple, list)) else sample
-    return int(sample) * int(getattr(pipe, "vae_scale_factor", 8) or 8)
-
-
-def check_size(pipe: Any, height: int, width: int, *, max_side: int = MAX_SIDE) -> tuple[int, int]:
-    """Validate an output size for ``pipe``: integers, multiples of :func:`size_multiple`, within ``[multiple,
-    min(max_side, 8 x native)]``. The message names the nearest valid sizes."""
+    Raises:
+        TypeError: not a whole number.
+        ValueError: out of range or not a multiple (the message names the nearest valid sizes).
+    """
     multiple = size_multiple(pipe)
-    high = min(max_side, 8 * native_resolution(pipe))
+    maximum = min(MAX_SIDE, 8 * native_resolution(pipe))
     out = []
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"`{name}` must be an integer number of pixels, got {value!r}.")
-        value = int(value)
-        if not multiple <= value <= high:
-            raise ValueError(f"`{name}` must be between {multiple} and {high} pixels for this model, got {value}.")
-        if value % multiple:
-            low = value // multiple * multiple
-            raise ValueError(
-                f"`{name}` must be a multiple of {multiple} for this model, got {value}; "
-                f"nearest valid sizes: {low} or {low + multiple}."
-            )
-        out.append(value)
+        checks.check_size(name, value, multiple=multiple, maximum=maximum, allow_none=False, explain=" for this model")
+        out.append(int(value))
     return out[0], out[1]
 
 
@@ -680,7 +670,7 @@ def _teacher(pipe: Any, common: dict[str, Any], steps: int, guidance_scale: floa
     components = dict(pipe.components)
     base_config = getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config)
     components["scheduler"] = DDIMScheduler.from_config(base_config)
-    cls = StableDiffusionXLPipeline if "text_encoder_2" in components else StableDiffusionPipeline
+    cls = StableDiffusionXLPipeline if is_sdxl(components) else StableDiffusionPipeline
     expected = set(inspect.signature(cls.__init__).parameters)
     teacher = cls(**{k: v for k, v in components.items() if k in expected})
     teacher.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))

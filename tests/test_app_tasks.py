@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import tasks
+from pipelines import checks, tasks
 
 
 def fake_pipe(native: int = 64, vae_factor: int = 4, unet_blocks: int = 3):
@@ -24,10 +24,19 @@ def test_sizes():
     assert tasks.check_size(pipe, 64, 128) == (64, 128)
     with pytest.raises(ValueError, match=r"`width` must be a multiple of 16 .* nearest valid sizes: 64 or 80"):
         tasks.check_size(pipe, 64, 72)
-    with pytest.raises(ValueError, match=r"`height` must be between 16 and 512"):
+    assert tasks.check_size(pipe, 64.0, 512.0) == (64, 512)  # sliders send floats
+    # one limit with the pipelines (pipelines.checks.MAX_IMAGE_SIDE), capped at 8x the native side for the model
+    assert tasks.MAX_SIDE == checks.MAX_IMAGE_SIDE == 4096
+    with pytest.raises(ValueError, match=r"`height` must be at most 512 pixels \(a multiple of 16 in \[16, 512\]\)"):
         tasks.check_size(pipe, 1024, 64)
-    with pytest.raises(ValueError, match="integer number of pixels"):
+    big = fake_pipe(native=1024, vae_factor=8)
+    assert tasks.check_size(big, 4096, 64) == (4096, 64)
+    with pytest.raises(ValueError, match="at most 4096 pixels"):
+        tasks.check_size(big, 4160, 64)
+    with pytest.raises(TypeError, match="`height` must be an int"):
         tasks.check_size(pipe, "64", 64)
+    with pytest.raises(TypeError, match="`width` must be an int"):
+        tasks.check_size(pipe, 64, 64.5)
     assert tasks.size_from_ratio(64, 1.5, "2:1", 16) == (64, 128)
     assert tasks.size_from_ratio(64, 2.0, "1:1", 16) == (128, 128)
     h, w = tasks.size_from_ratio(512, 1.0, "16:9", 64)
@@ -122,3 +131,29 @@ def test_files(tmp_path):
     path = tasks.save_views_zip(frames[:2], tmp_path / "z" / "views.zip")
     with zipfile.ZipFile(path) as zf:
         assert zf.namelist() == ["view_00.png", "view_01.png"]
+
+
+def test_call_pipeline_refuses_unknown_keywords():
+    """A keyword the pipeline does not take is an error naming it (no longer dropped silently); ``None`` values are
+    left to the pipeline's defaults."""
+
+    class Pipe:
+        def __call__(self, prompt, num_inference_steps=50, guidance_scale=7.5):
+            return prompt, num_inference_steps, guidance_scale
+
+    pipe = Pipe()
+    assert tasks.call_pipeline(pipe, prompt="a cube", num_inference_steps=None, guidance_scale=2.0) == (
+        "a cube",
+        50,
+        2.0,
+    )
+    with pytest.raises(
+        TypeError, match=r"Pipe.__call__ got unexpected keyword argument\(s\) \['num_inference_step'\]"
+    ):
+        tasks.call_pipeline(pipe, prompt="a cube", num_inference_step=4)
+
+    class Open:
+        def __call__(self, prompt, **kwargs):
+            return kwargs
+
+    assert tasks.call_pipeline(Open(), prompt="a", anything=1) == {"anything": 1}  # **kwargs: the pipeline decides

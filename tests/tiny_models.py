@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from pipelines.utils import BOS_TOKEN, EOS_TOKEN, clip_bpe, clip_tokenizer, write_clip_tokenizer_files
+
 __all__ = [
     "randomise_",
     "ANIMATEDIFF_SCHEDULER_CONFIG",
@@ -120,8 +122,6 @@ UNET_DOWNSAMPLE_FACTOR = 4
 # ----------------------------------------------------------------------------------------------------------------------
 
 TOKENIZER_MODEL_MAX_LENGTH = 77
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
 
 #: Words that get merges (so they become one or a few tokens), weighted by repetition in this list.
 _TOKENIZER_WORDS = (
@@ -138,67 +138,10 @@ _TOKENIZER_WORDS = (
 _TOKENIZER_NUM_MERGES = 320
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The reversible byte -> printable unicode map used by GPT-2 / CLIP byte-level BPE."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    byte_values = printable[:]
-    code_points = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in byte_values:
-            byte_values.append(b)
-            code_points.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(byte_values, code_points)}
-
-
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizer_files() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """Return ``(vocab, merges)`` of the tiny CLIP tokenizer (deterministic, a few hundred tokens)."""
-    byte_encoder = _bytes_to_unicode()
-    symbols = list(byte_encoder.values())
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-
-    # Tiny BPE trainer: words as symbol tuples (last symbol carries "</w>"), repeatedly merge the most frequent
-    # adjacent pair (ties broken lexicographically) until no pair is left or the merge budget is spent.
-    counts: dict[tuple[str, ...], int] = {}
-    for word in _TOKENIZER_WORDS:
-        chars = [byte_encoder[b] for b in word.encode("utf-8")]
-        chars[-1] = chars[-1] + "</w>"
-        counts[tuple(chars)] = counts.get(tuple(chars), 0) + 1
-    merges: list[tuple[str, str]] = []
-    while len(merges) < _TOKENIZER_NUM_MERGES:
-        pair_counts: dict[tuple[str, str], int] = {}
-        for word, n in counts.items():
-            for pair in zip(word[:-1], word[1:]):
-                pair_counts[pair] = pair_counts.get(pair, 0) + n
-        if not pair_counts:
-            break
-        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
-        merges.append(best)
-        merged = best[0] + best[1]
-        vocab.setdefault(merged, len(vocab))
-        new_counts: dict[tuple[str, ...], int] = {}
-        for word, n in counts.items():
-            out: list[str] = []
-            i = 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            new_counts[tuple(out)] = new_counts.get(tuple(out), 0) + n
-        counts = new_counts
-    vocab[BOS_TOKEN] = len(vocab)
-    vocab[EOS_TOKEN] = len(vocab)
+    vocab, merges = clip_bpe(_TOKENIZER_WORDS, max_merges=_TOKENIZER_NUM_MERGES)
     return vocab, tuple(merges)
 
 
@@ -209,11 +152,7 @@ _EOS_ID = tiny_tokenizer_files()[0][EOS_TOKEN]
 
 def _write_tokenizer_files(directory: Path) -> None:
     """Write ``vocab.json`` and ``merges.txt`` (the files of a hub CLIP tokenizer folder) into ``directory``."""
-    vocab, merges = tiny_tokenizer_files()
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_clip_tokenizer_files(directory, *tiny_tokenizer_files())
 
 
 def build_tokenizer(pad_token: str = EOS_TOKEN):
@@ -222,19 +161,7 @@ def build_tokenizer(pad_token: str = EOS_TOKEN):
     ``pad_token`` is ``<|endoftext|>`` for SD 1.5-like tokenizers and ``"!"`` for the OpenCLIP ones (SD 2.1,
     SDXL's ``tokenizer_2``), as on the hub.
     """
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="tiny-clip-tokenizer-") as tmp:
-        _write_tokenizer_files(Path(tmp))
-        return CLIPTokenizer.from_pretrained(
-            tmp,
-            model_max_length=TOKENIZER_MODEL_MAX_LENGTH,
-            pad_token=pad_token,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-            unk_token=EOS_TOKEN,
-            local_files_only=True,
-        )
+    return clip_tokenizer(*tiny_tokenizer_files(), pad_token=pad_token, model_max_length=TOKENIZER_MODEL_MAX_LENGTH)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -17,13 +17,14 @@ by the same code path as a real checkpoint:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from pipelines.utils import clip_bpe as _clip_bpe
+from pipelines.utils import clip_tokenizer, write_clip_tokenizer_files
 
 __all__ = [
     "NATIVE_RESOLUTION",
@@ -100,85 +101,21 @@ def miniworld_vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The reversible byte -> printable character map of GPT-2 / CLIP byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return dict(sorted(table.items()))
-
-
 def clip_bpe(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """``(vocab, merges)`` of a CLIP byte-level BPE in which each of ``words`` is a single token.
-
-    The vocabulary is laid out like CLIP's: the 256 byte symbols, the same with ``</w>``, one entry per merge, then
-    ``<|startoftext|>`` and ``<|endoftext|>``. Merges are learned greedily (most frequent pair first, ties broken
-    lexicographically) until every word is one symbol, so the result is deterministic.
-    """
-    byte_map = _bytes_to_unicode()
-    symbols = list(byte_map.values())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
-    pieces = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        chars = [byte_map[b] for b in word.encode("utf-8")]
-        chars[-1] += "</w>"
-        pieces.append(chars)
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts: dict[tuple[str, str], int] = {}
-        for piece in pieces:
-            for pair in zip(piece[:-1], piece[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        vocab.setdefault(best[0] + best[1], len(vocab))
-        for i, piece in enumerate(pieces):
-            out, j = [], 0
-            while j < len(piece):
-                if j + 1 < len(piece) and (piece[j], piece[j + 1]) == best:
-                    out.append(piece[j] + piece[j + 1])
-                    j += 2
-                else:
-                    out.append(piece[j])
-                    j += 1
-            pieces[i] = out
-    vocab[BOS_TOKEN] = len(vocab)
-    vocab[EOS_TOKEN] = len(vocab)
-    return vocab, merges
+    """``(vocab, merges)`` of a CLIP byte-level BPE in which each of ``words`` (lower-cased, repeats ignored) is a
+    single token: :func:`pipelines.utils.clip_bpe` with the byte symbols in byte order, the layout of the shipped
+    base's tokenizer (changing it would change the token ids its text encoder was trained on)."""
+    return _clip_bpe(dict.fromkeys(w.lower() for w in words), byte_order="byte")
 
 
 def write_tokenizer_files(directory: str | Path, words: Iterable[str]) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` of :func:`clip_bpe` into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_bpe(words)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
+    return write_clip_tokenizer_files(directory, *clip_bpe(words))
 
 
 def build_tokenizer(words: Iterable[str] | None = None):
     """A ``CLIPTokenizer`` (``model_max_length=77``) over ``words`` (default: the mini-world vocabulary)."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:
-        write_tokenizer_files(tmp, miniworld_vocabulary() if words is None else words)
-        return CLIPTokenizer.from_pretrained(
-            tmp,
-            model_max_length=77,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-            pad_token=EOS_TOKEN,
-            unk_token=EOS_TOKEN,
-            local_files_only=True,
-        )
+    return clip_tokenizer(*clip_bpe(miniworld_vocabulary() if words is None else words))
 
 
 def init_base(out_dir: str | Path, seed: int = 0) -> Path:

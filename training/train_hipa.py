@@ -44,6 +44,7 @@ from adapters.hipa import (
 )
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, KIND
 from adapters.weights import base_family, load_weights, save_weights, validate_state_dict
+from pipelines.utils import is_sdxl_config
 from training.core import AdapterTrainer, TrainConfig, main
 from training.core.config import option_help as _h
 
@@ -158,7 +159,7 @@ class HiPATrainer(AdapterTrainer):
     def build_models(self) -> None:
         cfg = self.config
         index = json.loads((Path(cfg.pretrained_model_name_or_path) / "model_index.json").read_text())
-        self.is_sdxl = bool(index.get("text_encoder_2", [None])[0])
+        self.is_sdxl = is_sdxl_config(index)
         names = ["unet", "vae", "text_encoder", "tokenizer", "noise_scheduler"]
         if self.is_sdxl:
             names += ["text_encoder_2", "tokenizer_2"]

@@ -54,6 +54,7 @@ from adapters.mv_adapter import (
 )
 from adapters.mv_adapter.convert import OFFICIAL_VARIANTS, variant_defaults
 from adapters.mv_adapter.loader import CONFIG_KEY
+from pipelines.utils import is_sdxl_config
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
 from training.core.config import option_help as _h
 
@@ -274,7 +275,7 @@ class MVAdapterTrainer(AdapterTrainer):
 
         cfg = self.config
         index = json.loads((Path(cfg.pretrained_model_name_or_path) / "model_index.json").read_text(encoding="utf-8"))
-        self.is_xl = "text_encoder_2" in index
+        self.is_xl = is_sdxl_config(index)
         names = ["vae", "text_encoder", "tokenizer", "unet", "noise_scheduler"]
         if self.is_xl:
             names += ["text_encoder_2", "tokenizer_2"]
