@@ -56,6 +56,7 @@ __all__ = [
     "base_targets",
     "i2v_targets",
     "mv_targets",
+    "MV_ARM_FOR",
     "hipa_targets",
     "res_adapter_targets",
     "swapped_index",
@@ -181,6 +182,7 @@ _MV_LABELS = {
     "independent": "independent views (multi-view attention off)",
     "base_t2i": "per-view base text-to-image",
     "swapped": "the same pipeline with another object's reference",
+    "swapped_image_only": "the same pipeline with another object's reference, both without a prompt",
 }
 _MV_METRICS = {
     "psnr": "PSNR to ground truth",
@@ -194,18 +196,23 @@ MV_CLAIMED: dict[str, tuple[str, ...]] = {
     "independent": ("psnr", "ssim", "consistency_features"),
     "base_t2i": ("psnr", "ssim", "consistency_features"),
     "swapped": ("psnr", "ssim", "colour_agreement", "shape_agreement"),
+    "swapped_image_only": ("psnr", "ssim", "colour_agreement", "shape_agreement"),
 }
+#: The MV arm each baseline of :data:`MV_CLAIMED` is paired with (default ``"mv"``): with no prompt the reference
+#: image is the only thing that names the object, so the image-only arms test the reference branch alone.
+MV_ARM_FOR: dict[str, str] = {"swapped_image_only": "mv_image_only"}
 
 
 def mv_targets(per: Mapping[str, Mapping[str, Sequence[float]]], *, seed: int = 0) -> tuple[list[dict], dict]:
-    """MV-Adapter targets: the arm ``"mv"`` against each baseline arm of :data:`MV_CLAIMED` that ``per`` holds (the
-    swapped-reference arm exists only for adapters with a reference image), paired over objects.
+    """MV-Adapter targets: the MV arm (``"mv"``, or :data:`MV_ARM_FOR`'s) against each baseline arm of
+    :data:`MV_CLAIMED` that ``per`` holds (the swapped-reference arms exist only for adapters with a reference image),
+    paired over objects.
 
     Args:
         per: arm -> metric -> ``(N,)`` per-object values.
 
     Returns:
-        ``(rows, diffs)``; ``diffs[baseline][metric]`` is the :func:`paired_diff` of ``mv - baseline``.
+        ``(rows, diffs)``; ``diffs[baseline][metric]`` is the :func:`paired_diff` of ``<its MV arm> - baseline``.
     """
     rows, diffs = [], {}
     for base, keys in MV_CLAIMED.items():
@@ -213,9 +220,10 @@ def mv_targets(per: Mapping[str, Mapping[str, Sequence[float]]], *, seed: int = 
             continue
         diffs[base] = {}
         for key in keys:
-            d = paired_diff(per["mv"][key], per[base][key], "higher", seed)
+            d = paired_diff(per[MV_ARM_FOR.get(base, "mv")][key], per[base][key], "higher", seed)
             diffs[base][key] = d
-            what = "follows the input: " if base == "swapped" else ""
+            what = {"swapped": "follows the input: ", "swapped_image_only": "follows the input with no prompt: "}
+            what = what.get(base, "")
             rows.append(
                 target_row(
                     f"MV: {what}{_MV_METRICS[key]} higher than {_MV_LABELS[base]}",

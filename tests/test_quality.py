@@ -268,7 +268,8 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
     assert len(i2v["targets"]) == 7 and "ground-truth clip through the VAE" in md
     mv = data["sections"]["mv_adapter"]
     if mv["settings"]["mode"].startswith("i"):  # image mode: the swapped-reference arm exists
-        assert "swapped" in mv["results"]["per_seed"] and len(mv["targets"]) == 10
+        assert {"swapped", "mv_image_only", "swapped_image_only"} <= set(mv["results"]["per_seed"])
+        assert len(mv["targets"]) == 14 and "with no prompt" in mv["targets"][-1]["target"]
     assert "background_disagreement" in mv["results"]["per_seed"]["mv"]
     hipa = data["sections"]["hipa"]
     assert hipa["targets"][2]["target"].startswith("HiPA: share of the one-step-to-teacher FD gap closed")

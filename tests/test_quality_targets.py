@@ -238,22 +238,39 @@ def _mv_per(n=12, seed=0, follow=0.1):
     mv = {k: rng.uniform(0.5, 0.9, n) for k in keys}
     worse = {k: v - rng.uniform(0.05, 0.15, n) for k, v in mv.items()}
     swapped = {k: v - follow * rng.uniform(0.5, 1.5, n) for k, v in mv.items()}
-    return {"mv": mv, "independent": worse, "base_t2i": {k: v - 0.1 for k, v in mv.items()}, "swapped": swapped}
+    image_only = {k: v - 0.2 for k, v in mv.items()}  # lower than the prompted arm: only the pairing matters
+    swapped_image_only = {k: v - follow * rng.uniform(0.5, 1.5, n) for k, v in image_only.items()}
+    return {
+        "mv": mv, "independent": worse, "base_t2i": {k: v - 0.1 for k, v in mv.items()}, "swapped": swapped,
+        "mv_image_only": image_only, "swapped_image_only": swapped_image_only,
+    }  # fmt: skip
 
 
 def test_mv_targets_follow_the_input_or_not():
     rows, diffs = quality_targets.mv_targets(_mv_per())
-    assert len(rows) == 10 and verdicts.all_hold(rows)
-    assert set(diffs) == {"independent", "base_t2i", "swapped"}
+    assert len(rows) == 14 and verdicts.all_hold(rows)
+    assert set(diffs) == {"independent", "base_t2i", "swapped", "swapped_image_only"}
     assert set(diffs["swapped"]) == {"psnr", "ssim", "colour_agreement", "shape_agreement"}
+    # the image-only baseline is paired with the image-only MV arm (0.2 lower than the prompted one), not with "mv"
+    per = _mv_per()
+    expected = np.mean(per["mv_image_only"]["psnr"] - per["swapped_image_only"]["psnr"])
+    assert diffs["swapped_image_only"]["psnr"]["diff"] == pytest.approx(expected)
     # A swapped reference that gives the same views as the true one: the views do not follow the input.
     rows, diffs = quality_targets.mv_targets(_mv_per(follow=0.0))
     follow = [r for r in rows if "follows the input" in r["target"]]
-    assert len(follow) == 4 and all(r["verdict"] == "within spread" for r in follow)
+    assert len(follow) == 8 and all(r["verdict"] == "within spread" for r in follow)
+    assert sum("with no prompt" in r["target"] for r in follow) == 4
     assert not verdicts.all_hold(rows)
+    # Views that follow the prompt but not the image: the prompted pair holds, the image-only pair does not.
+    per = _mv_per()
+    per["swapped_image_only"] = {k: v + 0.1 for k, v in per["mv_image_only"].items()}
+    rows, _ = quality_targets.mv_targets(per)
+    no_prompt = [r for r in rows if "with no prompt" in r["target"]]
+    assert no_prompt and all(r["verdict"] == "reversed" for r in no_prompt)
+    assert all(r["verdict"] == "holds" for r in rows if r not in no_prompt)
     # A text-only adapter has no reference to swap: only the six comparisons with independent views.
     per = _mv_per()
-    del per["swapped"]
+    del per["swapped"], per["swapped_image_only"], per["mv_image_only"]
     rows, _ = quality_targets.mv_targets(per)
     assert len(rows) == 6 and not any("follows" in r["target"] for r in rows)
     assert quality_targets.swapped_index(0, 5) == 1 and quality_targets.swapped_index(4, 5) == 0
