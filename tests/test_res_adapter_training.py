@@ -15,14 +15,8 @@ from adapters.res_adapter import LORA_WEIGHTS_NAME, NORM_WEIGHTS_NAME, load_res_
 from adapters.weights import AdapterWeightsError, load_weights
 from pipelines.pipeline_res_adapter import ResAdapterPipeline
 from tests import tiny_models
-from training.train_res_adapter import (
-    BucketBatchSampler,
-    ImageCaptionDataset,
-    ResAdapterTrainConfig,
-    ResAdapterTrainer,
-    make_buckets,
-    resize_and_crop,
-)
+from training.data import BucketBatchSampler, DataFileError, ImageCaptionDataset, make_buckets, resize_and_crop
+from training.train_res_adapter import ResAdapterTrainConfig, ResAdapterTrainer
 
 
 def _image_folder(root: Path, sizes: list[tuple[int, int]], *, jsonl: bool = True) -> Path:
@@ -127,7 +121,7 @@ def test_dataset_sources_and_missing_files(tmp_path):
     (folder / "metadata.jsonl").write_text(
         (folder / "metadata.jsonl").read_text() + "\n" + json.dumps({"file_name": "gone.png", "text": "y"})
     )
-    with pytest.raises(FileNotFoundError, match="gone.png"):
+    with pytest.raises(DataFileError, match="gone.png"):
         ImageCaptionDataset(folder)
     assert len(ImageCaptionDataset(folder, on_missing_file="skip")) == 3
 

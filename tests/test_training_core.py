@@ -12,6 +12,7 @@ This module is also a train script (used by tests/test_training_ddp.py)::
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.common import (
+from training.core import (
     AdapterTrainer,
     NonFiniteLossError,
     TrainConfig,
@@ -634,11 +635,11 @@ def test_missing_and_unreadable_files_error_or_skip(tmp_path):
     assert len(ds) == 2 and ds.skipped[0].endswith("01.png")
 
     _image_folder(root, [(8, 8), (8, 8), (8, 8)])  # all back
-    (root / "02.png").write_bytes(b"not an image")  # unreadable
-    with pytest.raises(DataFileError, match=r"02\.png"):
-        ImageCaptionDataset(root, resolution=8)[2]
+    (root / "02.png").write_bytes(b"not an image")  # unreadable: found when the dataset is built, not mid-run
+    with pytest.raises(DataFileError, match=r"02\.png.*--on_missing_file skip"):
+        ImageCaptionDataset(root, resolution=8)
     skipping = ImageCaptionDataset(root, resolution=8, on_missing_file="skip")
-    assert skipping[2]["path"].endswith("00.png")  # replaced by the next readable item
+    assert len(skipping) == 2 and [Path(p).name for p in skipping.paths] == ["00.png", "01.png"]
     assert any(p.endswith("02.png") for p in skipping.skipped)
 
     (root / "metadata.jsonl").write_text('{"file_name": "00.png", "text": "ok"}\n{broken\n')
@@ -647,31 +648,31 @@ def test_missing_and_unreadable_files_error_or_skip(tmp_path):
 
 
 def test_buckets_and_bucket_batch_sampler():
-    from training.data import BucketBatchSampler, make_buckets, nearest_bucket
+    from training.data import BucketBatchSampler, make_buckets
 
-    buckets = make_buckets(256, 1024, 64, max_ratio=2.0)
-    assert all(w % 64 == 0 and h % 64 == 0 and 256 <= min(w, h) and max(w, h) <= 1024 for w, h in buckets)
-    assert all(max(w / h, h / w) <= 2.0 for w, h in buckets)
-    assert (1024, 512) in buckets and (1024, 448) not in buckets
-    kohya = make_buckets(256, 2048, 64, max_ratio=4.0, max_area=1024 * 1024)
-    assert (1024, 1024) in kohya and all(w * h <= 1024 * 1024 for w, h in kohya)
-    assert len({w for w, _ in kohya}) == len(kohya)  # one (the largest) height per width
-    assert buckets[nearest_bucket(2000, 1000, buckets)][0] == 2 * buckets[nearest_bucket(2000, 1000, buckets)][1]
+    buckets = make_buckets(256, 1024, 64, max_aspect_ratio=2.0)  # (height, width)
+    assert all(w % 64 == 0 and h % 64 == 0 and 256 <= min(w, h) and max(w, h) <= 1024 for h, w in buckets)
+    assert all(max(w / h, h / w) <= 2.0 for h, w in buckets) and buckets == sorted(buckets)
+    assert (512, 1024) in buckets and (448, 1024) not in buckets
+    kohya = make_buckets(256, 2048, 64, max_aspect_ratio=4.0, max_area=1024 * 1024)
+    assert (1024, 1024) in kohya and all(w * h <= 1024 * 1024 for h, w in kohya)
+    assert len({w for _, w in kohya}) == len(kohya)  # one (the tallest) height per width
 
-    ids = [0, 1, 0, 2, 1, 0, 0, 2, 1]
-    sampler = BucketBatchSampler(ids, batch_size=2, seed=0)
+    # images of three aspect ratios (w / h): each batch shares one size, of the ratio nearest its images'
+    ratios = [2.0, 0.5, 2.0, 1.0, 0.5, 2.1, 1.9, 1.0, 0.45]
+    sizes = [(8, 16), (16, 8), (16, 16)]
+    sampler = BucketBatchSampler(len(ratios), sizes, batch_size=2, aspect_ratios=ratios, seed=0)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == 5  # buckets of 4, 3 and 2 examples
-    assert all(len({ids[i] for i in b}) == 1 for b in batches)
-    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert len(batches) == len(sampler) == 5  # classes of 4, 3 and 2 images
+    assert all(len({(h, w) for _, h, w in b}) == 1 for b in batches)
+    nearest = {i: min((0.5, 1.0, 2.0), key=lambda r: abs(math.log(r / ratio))) for i, ratio in enumerate(ratios)}
+    assert all(w / h == nearest[i] for b in batches for i, h, w in b)
+    assert sorted(i for b in batches for i, _, _ in b) == list(range(9))
     assert list(sampler) == batches  # same epoch, same order
     sampler.set_epoch(1)
     assert list(sampler) != batches
-    assert (
-        len(BucketBatchSampler(ids, batch_size=2, drop_last=True))
-        == 4
-        == len(list(BucketBatchSampler(ids, 2, drop_last=True)))
-    )
+    dropping = BucketBatchSampler(len(ratios), sizes, 2, ratios, drop_last=True)
+    assert len(dropping) == 4 == len(list(dropping))
 
 
 class BucketImageTrainer(ToyTrainer):
@@ -681,14 +682,17 @@ class BucketImageTrainer(ToyTrainer):
         from training.data import ImageCaptionDataset
 
         root = Path(self.config.train_data_dir)
-        return ImageCaptionDataset(root, buckets=[(16, 8), (8, 16)], seed=self.seed)
+        return ImageCaptionDataset(root, seed=self.seed)
 
     def build_dataloader(self, dataset):
         from torch.utils.data import DataLoader
 
         from training.data import BucketBatchSampler
 
-        sampler = BucketBatchSampler(dataset.bucket_ids, self.config.train_batch_size, seed=self.seed)
+        buckets = [(8, 16), (16, 8)]  # (height, width)
+        sampler = BucketBatchSampler(
+            len(dataset), buckets, self.config.train_batch_size, dataset.aspect_ratios, seed=self.seed or 0
+        )
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
 
     def compute_loss(self, batch):

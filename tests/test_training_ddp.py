@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.common import latest_checkpoint
+from training.core import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON_ARGS = ["--seed", "0", "--train_batch_size", "2", "--report_to", "none", "--mixed_precision", "no"]

@@ -12,9 +12,13 @@ or, without ``metadata.jsonl``, every image with a sidecar caption ``<stem>.txt`
 A missing or unreadable image either stops the run with an error naming the file (``on_missing_file="error"``) or
 is skipped with a warning naming it (``"skip"``).
 
-Aspect-ratio buckets (for ResAdapter-style multi-resolution training): :func:`make_buckets` lists ``(width,
-height)`` sizes, :class:`ImageCaptionDataset` with ``buckets=`` resizes every image to its nearest bucket, and
-:class:`BucketBatchSampler` makes every batch a single bucket.
+A JSONL manifest elsewhere (``--manifest``) works too: one object per line with ``file_name`` (or ``image``) relative to
+the manifest's folder (or ``root``) and ``text`` (or ``caption``).
+
+Every size here is ``(height, width)``, as in diffusers and torch. Aspect-ratio buckets (multi-resolution training,
+e.g. ResAdapter's): :func:`make_buckets` lists bucket sizes, :class:`BucketBatchSampler` yields batches of
+``(index, height, width)`` keys that share one size, and ``ImageCaptionDataset[(index, height, width)]`` resizes and
+crops an image to that size (``dataset[index]`` gives the square ``resolution``).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ __all__ = [
     "DataFileError",
     "ImageCaptionDataset",
     "BucketBatchSampler",
+    "collate",
     "make_buckets",
-    "nearest_bucket",
     "read_image_folder",
     "resize_and_crop",
     "to_tensor",
@@ -64,20 +68,32 @@ class DataFileError(ValueError):
 # reading the folder
 # ----------------------------------------------------------------------------------------------------------------------
 def read_image_folder(
-    root: str | os.PathLike, *, image_column: str = "file_name", caption_column: str = "text"
+    root: str | os.PathLike | None = None,
+    *,
+    manifest: str | os.PathLike | None = None,
+    image_column: str = "file_name",
+    caption_column: str = "text",
 ) -> list[dict[str, Any]]:
-    """Entries ``{"path": Path, "text": str, "extra": dict}`` of an image folder (see the module docstring).
+    """Entries ``{"path": Path, "text": str, "extra": dict}`` of an image folder or a JSONL manifest (see the module
+    docstring). A manifest line names its image by ``image_column`` (or ``image``) and its caption by
+    ``caption_column`` (or ``caption``); other keys are kept in ``extra``.
 
     Raises:
-        FileNotFoundError: ``root`` does not exist.
-        DataFileError: a malformed ``metadata.jsonl`` line (naming file and line number) or no image found.
+        FileNotFoundError: ``root`` is not a folder (without a manifest), or the manifest does not exist.
+        DataFileError: a malformed manifest line (naming file and line number) or no image found.
     """
-    root = Path(root)
-    if not root.is_dir():
+    root = Path(root) if root is not None else None
+    if manifest is not None:
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise FileNotFoundError(f"Manifest {str(manifest)!r} does not exist.")
+    elif root is None or not root.is_dir():
         raise FileNotFoundError(f"Training data folder {str(root)!r} does not exist.")
-    manifest = root / "metadata.jsonl"
+    elif (root / "metadata.jsonl").is_file():
+        manifest = root / "metadata.jsonl"
     entries: list[dict[str, Any]] = []
-    if manifest.is_file():
+    if manifest is not None:
+        base = root if root is not None else manifest.parent
         for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -86,20 +102,22 @@ def read_image_folder(
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataFileError(f"Malformed JSON at {where}: {err.msg}.", manifest) from None
-            if not isinstance(record, dict) or image_column not in record:
-                raise DataFileError(f"{where} has no {image_column!r} key.", manifest)
-            text = record.get(caption_column, "")
+            image_key = next((k for k in (image_column, "image") if isinstance(record, dict) and k in record), None)
+            if image_key is None or not isinstance(record[image_key], str):
+                raise DataFileError(f"{where} has no {image_column!r} (or 'image') string.", manifest)
+            text_key = next((k for k in (caption_column, "caption") if k in record), caption_column)
+            text = record.get(text_key) or ""
             if not isinstance(text, str):
-                raise DataFileError(f"{where}: {caption_column!r} must be a string, got {type(text).__name__}.")
-            extra = {k: v for k, v in record.items() if k not in (image_column, caption_column)}
-            entries.append({"path": root / str(record[image_column]), "text": text, "extra": extra})
+                raise DataFileError(f"{where}: {text_key!r} must be a string, got {type(text).__name__}.", manifest)
+            extra = {k: v for k, v in record.items() if k not in (image_key, text_key)}
+            entries.append({"path": base / record[image_key], "text": text, "extra": extra})
     else:
         for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
             caption = path.with_suffix(".txt")
             text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
             entries.append({"path": path, "text": text, "extra": {}})
     if not entries:
-        raise DataFileError(f"No image found in {str(root)!r} (metadata.jsonl or image files with captions).", root)
+        raise DataFileError(f"No image found in {str(manifest or root)!r} (a manifest or images with captions).", root)
     return entries
 
 
@@ -132,35 +150,29 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 # transforms
 # ----------------------------------------------------------------------------------------------------------------------
 def resize_and_crop(
-    image: Image.Image,
-    size: int | tuple[int, int],
-    *,
-    center_crop: bool = True,
-    rng: random.Random | None = None,
+    image: Image.Image, height: int, width: int, *, center_crop: bool = True, rng: random.Random | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize so the image covers ``size`` then crop to it.
+    """Resize ``image`` to cover ``height x width`` (keeping its aspect ratio, bicubic), then crop to it.
 
     Args:
-        image: a PIL image.
-        size: ``side`` (square) or ``(width, height)``.
-        center_crop: crop the center; otherwise a random crop drawn from ``rng``.
-        rng: the random source for random crops (default: a fresh ``random.Random()``).
+        center_crop: crop the center; otherwise a random crop drawn from ``rng`` (default: a fresh
+            ``random.Random()``).
 
     Returns:
-        ``(cropped image of exactly size, (crop_top, crop_left))`` -- the crop offset SDXL conditions on.
+        ``(the crop, exactly width x height, (crop_top, crop_left) in the resized image)`` -- the offset SDXL
+        conditions on.
     """
-    width, height = (size, size) if isinstance(size, int) else size
-    if width < 1 or height < 1:
-        raise ValueError(f"`size` must be positive, got {size!r}.")
-    scale = max(width / image.width, height / image.height)
-    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    if height < 1 or width < 1:
+        raise ValueError(f"`height` and `width` must be positive, got {height} and {width}.")
+    scale = max(height / image.height, width / image.width)
+    new_h, new_w = max(height, round(image.height * scale)), max(width, round(image.width * scale))
     if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if center_crop:
-        left, top = (new_w - width) // 2, (new_h - height) // 2
+        top, left = (new_h - height) // 2, (new_w - width) // 2
     else:
         rng = rng or random.Random()
-        left, top = rng.randint(0, new_w - width), rng.randint(0, new_h - height)
+        top, left = rng.randint(0, new_h - height), rng.randint(0, new_w - width)
     return image.crop((left, top, left + width, top + height)), (top, left)
 
 
@@ -177,135 +189,154 @@ def make_buckets(
     min_side: int = 256,
     max_side: int = 1024,
     step: int = 64,
-    max_ratio: float = 2.0,
+    max_aspect_ratio: float = 2.0,
     max_area: int | None = None,
 ) -> list[tuple[int, int]]:
-    """Bucket sizes ``(width, height)``: multiples of ``step`` in ``[min_side, max_side]`` with aspect ratio at most
-    ``max_ratio``.
+    """Bucket sizes ``(height, width)``: multiples of ``step`` in ``[min_side, max_side]`` with
+    ``max(h, w) / min(h, w) <= max_aspect_ratio``, sorted.
 
-    With ``max_area`` (kohya style, e.g. ``1024 * 1024``) only the largest bucket of each width within that area is
-    kept, so all buckets have about the same pixel count; without it every size in the range is a bucket (for
-    multi-resolution training such as ResAdapter's). Sorted by ``(width, height)``.
+    Without ``max_area`` every size in the range is a bucket (multi-resolution training such as ResAdapter's); with
+    it (kohya style, e.g. ``1024 * 1024``) only the tallest bucket of each width within that area is kept, so all
+    buckets have about the same pixel count.
     """
-    if step < 1 or min_side < step or max_side < min_side:
-        raise ValueError(f"Need 1 <= step <= min_side <= max_side, got step={step}, min={min_side}, max={max_side}.")
-    if max_ratio < 1:
-        raise ValueError(f"`max_ratio` must be >= 1, got {max_ratio}.")
-    lo = math.ceil(min_side / step) * step
-    sides = list(range(lo, max_side + 1, step))
-    buckets = set()
-    for w in sides:
-        fitting = [h for h in sides if max(w / h, h / w) <= max_ratio and (max_area is None or w * h <= max_area)]
-        if not fitting:
-            continue
-        if max_area is None:
-            buckets.update((w, h) for h in fitting)
-        else:
-            buckets.add((w, max(fitting)))
+    if step < 1 or min_side < 1 or max_side < min_side:
+        raise ValueError(
+            f"Need 1 <= step, 1 <= min_side <= max_side, got step={step}, min={min_side}, max={max_side}."
+        )
+    if max_aspect_ratio < 1:
+        raise ValueError(f"`max_aspect_ratio` must be >= 1, got {max_aspect_ratio}.")
+    sides = range(math.ceil(min_side / step) * step, max_side + 1, step)
+    buckets = [
+        (h, w)
+        for h in sides
+        for w in sides
+        if max(h, w) / min(h, w) <= max_aspect_ratio + 1e-9 and (max_area is None or h * w <= max_area)
+    ]
+    if max_area is not None:
+        tallest = {w: h for h, w in buckets}  # sorted by h: the last h per width is the tallest
+        buckets = sorted((h, w) for w, h in tallest.items())
     if not buckets:
-        raise ValueError("No bucket satisfies these limits.")
-    return sorted(buckets)
+        raise ValueError(f"No bucket between {min_side} and {max_side} in steps of {step} satisfies these limits.")
+    return buckets
 
 
-def nearest_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> int:
-    """Index of the bucket closest in aspect ratio (log scale), then in area, to a ``width`` x ``height`` image."""
-    ratio = math.log(width / height)
-    area = width * height
-    return min(
-        range(len(buckets)),
-        key=lambda i: (
-            round(abs(math.log(buckets[i][0] / buckets[i][1]) - ratio), 6),
-            abs(math.log(buckets[i][0] * buckets[i][1] / area)),
-        ),
-    )
+def _ratio_key(h: int, w: int) -> float:
+    return round(math.log(w / h), 6)
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches whose examples all share one bucket; shuffled per epoch (deterministic for a seed and epoch).
+class BucketBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Batches of ``(index, height, width)`` keys that all share one bucket size.
 
-    Use as ``DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset.bucket_ids, batch_size, seed=seed))``
-    (override ``AdapterTrainer.build_dataloader``); the trainer calls :meth:`set_epoch` every epoch.
+    Each item is assigned to the aspect-ratio class (the buckets with one ``w / h``) nearest its own aspect ratio
+    (``aspect_ratios=None``: every item fits every class, e.g. rendered data). Per epoch, each class's items are
+    shuffled and cut into batches; each batch gets one of its class's sizes at random; batch order is shuffled. The
+    order depends only on ``(seed, epoch)``, so a resumed run sees the same batches; the trainer calls
+    :meth:`set_epoch` every epoch. Use as ``DataLoader(dataset, batch_sampler=sampler)``.
+
+    Args:
+        num_items: dataset length.
+        buckets: ``(height, width)`` sizes (:func:`make_buckets`).
+        batch_size: items per batch.
+        aspect_ratios: ``w / h`` of each item (``ImageCaptionDataset.aspect_ratios``), or ``None``.
+        seed: order seed.
+        drop_last: drop the incomplete last batch of each class.
     """
 
     def __init__(
         self,
-        bucket_ids: Sequence[int],
+        num_items: int,
+        buckets: Sequence[tuple[int, int]],
         batch_size: int,
-        *,
-        shuffle: bool = True,
-        drop_last: bool = False,
+        aspect_ratios: Sequence[float] | None = None,
         seed: int = 0,
+        drop_last: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-        self.batch_size = batch_size
-        self.shuffle = shuffle
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
         self.drop_last = drop_last
-        self.seed = seed
         self.epoch = 0
-        self.groups: dict[int, list[int]] = {}
-        for index, bucket in enumerate(bucket_ids):
-            self.groups.setdefault(int(bucket), []).append(index)
+        self.sizes: dict[float, list[tuple[int, int]]] = {}
+        for h, w in buckets:
+            self.sizes.setdefault(_ratio_key(h, w), []).append((h, w))
+        keys = sorted(self.sizes)
+        self.groups: dict[float, list[int]] = {k: [] for k in keys}
+        if aspect_ratios is None:
+            self._free: list[int] | None = list(range(num_items))
+        else:
+            self._free = None
+            logs = np.array(keys)
+            for i, ratio in enumerate(aspect_ratios):
+                self.groups[keys[int(np.abs(logs - math.log(ratio)).argmin())]].append(i)
+        self._batches = self._plan(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self._batches = self._plan(self.epoch)
 
-    def _batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+    def _plan(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        classes: list[tuple[list[int], list[tuple[int, int]]]]
+        if self._free is not None:
+            classes = [(self._free, [s for sizes in self.sizes.values() for s in sizes])]
+        else:
+            classes = [(self.groups[key], self.sizes[key]) for key in self.groups]
         batches = []
-        for bucket in sorted(self.groups):
-            indices = list(self.groups[bucket])
-            if self.shuffle:
-                rng.shuffle(indices)
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start : start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
-        if self.shuffle:
-            rng.shuffle(batches)
+        for items, sizes in classes:
+            items = list(items)
+            rng.shuffle(items)
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                if self.drop_last and len(chunk) < self.batch_size:
+                    continue
+                h, w = rng.choice(sizes)
+                batches.append([(i, h, w) for i in chunk])
+        rng.shuffle(batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        yield from self._batches
 
     def __len__(self) -> int:
-        full = sum(len(g) // self.batch_size for g in self.groups.values())
-        if self.drop_last:
-            return full
-        return full + sum(1 for g in self.groups.values() if len(g) % self.batch_size)
+        return len(self._batches)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # the dataset
 # ----------------------------------------------------------------------------------------------------------------------
 class ImageCaptionDataset(Dataset):
-    """Images + captions from an image folder (see the module docstring), as training tensors.
+    """Images + captions from an image folder or a JSONL manifest (see the module docstring), as training tensors.
 
-    Items: ``{"pixel_values": (3, H, W) float32 in [-1, 1], "text": str, "path": str, "original_size": (h, w),
-    "crop_top_left": (top, left), "target_size": (h, w), "extra": dict}`` (SDXL's size conditioning included).
+    ``dataset[(index, height, width)]`` gives item ``index`` at that size (keys from :class:`BucketBatchSampler`);
+    ``dataset[index]`` at the square ``resolution``. Items: ``{"pixel_values": (3, H, W) float32 in [-1, 1],
+    "text": str, "path": str, "original_size": (h, w), "crop_top_left": (top, left), "target_size": (h, w),
+    "extra": dict}`` (SDXL's size conditioning included).
+
+    Every image is opened once at construction to read its size (:attr:`sizes`, :attr:`aspect_ratios`), so a missing
+    or unreadable file is found before training starts.
 
     Args:
-        root: the folder.
-        resolution: square training size (ignored with ``buckets``).
+        root: the folder (``None`` with a manifest elsewhere).
+        manifest: a JSONL manifest (default: ``root/metadata.jsonl`` when present).
+        resolution: the square size of ``dataset[index]``.
         center_crop: center (else random) crop after resizing.
         random_flip: flip horizontally with probability 0.5.
-        on_missing_file: ``"error"`` raises :class:`DataFileError` naming the file; ``"skip"`` drops missing files at
-            construction and replaces unreadable ones at load time by the next readable item, with a warning.
-        buckets: ``(width, height)`` sizes (:func:`make_buckets`); each image goes to its nearest bucket and
-            ``bucket_ids`` lists them for :class:`BucketBatchSampler`.
-        seed: random crops and flips are drawn from ``(seed, epoch, index)``, so a resumed run sees the same ones.
+        on_missing_file: ``"error"`` raises :class:`DataFileError` naming the file; ``"skip"`` drops it with a
+            warning (listed in :attr:`skipped`).
+        seed: random crops and flips are drawn from ``(seed, epoch, index, size)``, so a resumed run sees the same.
         max_samples: keep only the first N entries.
     """
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        manifest: str | os.PathLike | None = None,
         *,
         resolution: int = 512,
         center_crop: bool = True,
         random_flip: bool = False,
         on_missing_file: str = "error",
-        buckets: Sequence[tuple[int, int]] | None = None,
         seed: int = 0,
         image_column: str = "file_name",
         caption_column: str = "text",
@@ -313,100 +344,103 @@ class ImageCaptionDataset(Dataset):
     ):
         if on_missing_file not in ("error", "skip"):
             raise ValueError(f"`on_missing_file` must be 'error' or 'skip', got {on_missing_file!r}.")
-        self.root = Path(root)
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
-        self.on_missing_file = on_missing_file
         self.seed = seed
         self.epoch = 0
         self.skipped: list[str] = []
-        entries = read_image_folder(root, image_column=image_column, caption_column=caption_column)
+        entries = read_image_folder(root, manifest=manifest, image_column=image_column, caption_column=caption_column)
         if max_samples is not None:
             entries = entries[:max_samples]
-        missing = [e for e in entries if not e["path"].is_file()]
-        if missing:
-            names = [str(e["path"]) for e in missing]
-            listed = ", ".join(names[:_MAX_LISTED]) + (
-                f" (+{len(names) - _MAX_LISTED} more)" if len(names) > 5 else ""
-            )
-            if on_missing_file == "error":
-                raise DataFileError(
-                    f"{len(names)} image file(s) listed in {str(self.root)!r} are missing: {listed}.", names[0]
-                )
-            logger.warning(f"Skipping {len(names)} missing image file(s): {listed}.")
-            self.skipped.extend(names)
-            entries = [e for e in entries if e["path"].is_file()]
-            if not entries:
-                raise DataFileError(f"Every image file listed in {str(self.root)!r} is missing.", self.root)
-        self.entries = entries
-        self.buckets = list(buckets) if buckets is not None else None
-        self.bucket_ids: list[int] | None = None
-        if self.buckets is not None:
-            self.bucket_ids = [self._bucket_of(i) for i in range(len(self.entries))]
+        self.entries: list[dict[str, Any]] = []
+        self.sizes: list[tuple[int, int]] = []
+        from tqdm.auto import tqdm
 
-    def _bucket_of(self, index: int) -> int:
-        path = self.entries[index]["path"]
-        try:
-            with Image.open(path) as image:
-                width, height = ImageOps.exif_transpose(image).size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            if self.on_missing_file == "error":
-                raise DataFileError(f"Cannot read image {str(path)!r}: {err}", path) from None
-            width, height = self.buckets[0]  # replaced at load time anyway
-        return nearest_bucket(width, height, self.buckets)
+        for entry in tqdm(entries, desc="Scanning training images", unit="img", disable=len(entries) < 2):
+            try:
+                height, width = _image_size(entry["path"])
+            except DataFileError as err:
+                if on_missing_file == "error":
+                    raise DataFileError(f"{err} Fix it or pass --on_missing_file skip.", err.path) from None
+                logger.warning(f"Skipping training image: {err}")
+                self.skipped.append(err.path)
+                continue
+            self.entries.append(entry)
+            self.sizes.append((height, width))
+        if not self.entries:
+            raise DataFileError(f"No readable training image in {str(manifest or root)!r}.", manifest or root)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [e["path"] for e in self.entries]
+
+    @property
+    def captions(self) -> list[str]:
+        return [e["text"] for e in self.entries]
+
+    @property
+    def aspect_ratios(self) -> list[float]:
+        """``w / h`` of every item (for :class:`BucketBatchSampler`)."""
+        return [w / h for h, w in self.sizes]
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer each epoch: random crops/flips depend on ``(seed, epoch, index)``."""
+        """Called by the trainer each epoch: random crops/flips depend on ``(seed, epoch, index, size)``."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(len(self.entries)):
-            i = (index + attempt) % len(self.entries)
-            try:
-                return self._load(i, target_index=index)
-            except DataFileError as err:
-                if self.on_missing_file == "error":
-                    raise
-                if err.path not in self.skipped:
-                    self.skipped.append(err.path)
-                    logger.warning(f"Skipping unreadable training file: {err}")
-        raise DataFileError(f"No readable image left in {str(self.root)!r}.", self.root)
-
-    def _load(self, i: int, target_index: int) -> dict[str, Any]:
-        entry = self.entries[i]
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+        index, height, width = key if isinstance(key, tuple) else (key, self.resolution, self.resolution)
+        entry = self.entries[index]
         image = load_image(entry["path"])
-        original_size = (image.height, image.width)
-        if self.buckets is not None:
-            size = self.buckets[self.bucket_ids[target_index]]  # keep the batch's bucket even when replaced
-        else:
-            size = (self.resolution, self.resolution)
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_033 + target_index)
-        image, crop_top_left = resize_and_crop(image, size, center_crop=self.center_crop, rng=rng)
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}-{height}-{width}")
+        crop, top_left = resize_and_crop(image, height, width, center_crop=self.center_crop, rng=rng)
         if self.random_flip and rng.random() < 0.5:
-            image = ImageOps.mirror(image)
+            crop = ImageOps.mirror(crop)
         return {
-            "pixel_values": to_tensor(image),
+            "pixel_values": to_tensor(crop),
             "text": entry["text"],
             "path": str(entry["path"]),
-            "original_size": original_size,
-            "crop_top_left": crop_top_left,
-            "target_size": (size[1], size[0]),
+            "original_size": (image.height, image.width),
+            "crop_top_left": top_left,
+            "target_size": (height, width),
             "extra": entry["extra"],
         }
 
     @staticmethod
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack ``pixel_values`` ``(B, 3, H, W)``; sizes as ``(B, 2)`` int64 tensors; text/paths/extra as lists."""
-        return {
-            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "text": [e["text"] for e in examples],
-            "path": [e["path"] for e in examples],
-            "original_size": torch.tensor([e["original_size"] for e in examples], dtype=torch.long),
-            "crop_top_left": torch.tensor([e["crop_top_left"] for e in examples], dtype=torch.long),
-            "target_size": torch.tensor([e["target_size"] for e in examples], dtype=torch.long),
-            "extra": [e["extra"] for e in examples],
-        }
+        """See :func:`collate`."""
+        return collate(examples)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file after its EXIF orientation, reading only its header."""
+    if not path.is_file():
+        raise DataFileError(f"Image file {str(path)!r} does not exist.", path)
+    try:
+        with Image.open(path) as image:
+            width, height = ImageOps.exif_transpose(image).size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataFileError(f"Cannot read image {str(path)!r}: {err}", path) from None
+    return height, width
+
+
+#: Item keys collated into ``(B, 2)`` float32 tensors (SDXL's size conditioning).
+_SIZE_KEYS = ("original_size", "crop_top_left", "target_size")
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``pixel_values`` to ``(B, 3, H, W)``; sizes (``original_size``, ``crop_top_left``, ``target_size``) to
+    ``(B, 2)`` float32 tensors; every other key (text, path, extra ...) to a list. Keys are the first item's."""
+    batch: dict[str, Any] = {}
+    for key in examples[0]:
+        values = [e[key] for e in examples]
+        if key == "pixel_values":
+            batch[key] = torch.stack(values)
+        elif key in _SIZE_KEYS:
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        else:
+            batch[key] = values
+    return batch

@@ -92,7 +92,8 @@ class BaseVAETrainer(AdapterTrainer):
         """With ``--sizes``: batches of one size each (drawn per batch), else the shared shuffled loader."""
         from torch.utils.data import DataLoader
 
-        from training.train_res_adapter import BucketBatchSampler, parse_size
+        from training.data import BucketBatchSampler
+        from training.train_res_adapter import parse_size
 
         if not self.config.sizes:
             return super().build_dataloader(dataset)

@@ -29,18 +29,15 @@ Run::
 from __future__ import annotations
 
 import json
-import math
 import random
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.utils import logging
-from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from adapters.res_adapter import (
     KIND,
@@ -49,25 +46,21 @@ from adapters.res_adapter import (
     res_adapter_state_dict,
     resnet_norm_paths,
     save_res_adapter,
-    unet_downsample_factor,
 )
 from adapters.res_adapter.convert import split_state_dict
+from pipelines.utils import is_sdxl_config, size_multiple
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
 from training.core.config import option_help as _h
+from training.data import BucketBatchSampler, ImageCaptionDataset, collate, make_buckets
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "BucketBatchSampler",
-    "ImageCaptionDataset",
     "MiniworldBucketDataset",
     "ResAdapterTrainConfig",
     "ResAdapterTrainer",
-    "make_buckets",
     "parse_size",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -133,242 +126,8 @@ def parse_size(text: str | int, name: str = "validation_resolutions") -> tuple[i
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# buckets
+# data: buckets, sampler, folder dataset and collate come from training.data; items are requested as (index, h, w)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def make_buckets(min_side: int, max_side: int, step: int, max_aspect_ratio: float = 2.0) -> list[tuple[int, int]]:
-    """Every ``(height, width)`` with sides in ``[min_side, max_side]``, multiples of ``step``, and
-    ``max(h, w) / min(h, w) <= max_aspect_ratio``, sorted."""
-    sides = range(min_side, max_side + 1, step)
-    buckets = [(h, w) for h in sides for w in sides if max(h, w) / min(h, w) <= max_aspect_ratio + 1e-9]
-    if not buckets:
-        raise ValueError(f"No bucket between {min_side} and {max_side} in steps of {step}.")
-    return buckets
-
-
-def _ratio_key(h: int, w: int) -> float:
-    return round(math.log(w / h), 6)
-
-
-class BucketBatchSampler(Sampler[list[tuple[int, int, int]]]):
-    """Batches of ``(index, height, width)`` items that all share one bucket size.
-
-    Each item is assigned to the aspect-ratio class (the buckets with one ``w / h``) nearest its own aspect ratio
-    (``aspect_ratios=None``: every item fits every class, e.g. rendered data). Per epoch, each class's items are
-    shuffled and cut into batches; each batch gets one of its class's sizes at random; batch order is shuffled. The
-    order depends only on ``(seed, epoch)``, so a resumed run sees the same batches.
-
-    Args:
-        num_items: dataset length.
-        buckets: ``(height, width)`` sizes.
-        batch_size: items per batch.
-        aspect_ratios: ``w / h`` of each item, or ``None``.
-        seed: order seed.
-        drop_last: drop the incomplete last batch of each class.
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        buckets: Sequence[tuple[int, int]],
-        batch_size: int,
-        aspect_ratios: Sequence[float] | None = None,
-        seed: int = 0,
-        drop_last: bool = False,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.sizes: dict[float, list[tuple[int, int]]] = {}
-        for h, w in buckets:
-            self.sizes.setdefault(_ratio_key(h, w), []).append((h, w))
-        keys = sorted(self.sizes)
-        self.groups: dict[float, list[int]] = {k: [] for k in keys}
-        if aspect_ratios is None:
-            self._free = list(range(num_items))
-        else:
-            self._free = None
-            logs = np.array(keys)
-            for i, ratio in enumerate(aspect_ratios):
-                self.groups[keys[int(np.abs(logs - math.log(ratio)).argmin())]].append(i)
-        self._batches = self._plan(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._batches = self._plan(self.epoch)
-
-    def _plan(self, epoch: int) -> list[list[tuple[int, int, int]]]:
-        rng = random.Random(f"{self.seed}-{epoch}")
-        batches = []
-        if self._free is not None:
-            all_sizes = [s for sizes in self.sizes.values() for s in sizes]
-            order = list(self._free)
-            rng.shuffle(order)
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                if self.drop_last and len(chunk) < self.batch_size:
-                    continue
-                h, w = rng.choice(all_sizes)
-                batches.append([(i, h, w) for i in chunk])
-        else:
-            for key, items in self.groups.items():
-                items = list(items)
-                rng.shuffle(items)
-                for start in range(0, len(items), self.batch_size):
-                    chunk = items[start : start + self.batch_size]
-                    if self.drop_last and len(chunk) < self.batch_size:
-                        continue
-                    h, w = rng.choice(self.sizes[key])
-                    batches.append([(i, h, w) for i in chunk])
-        rng.shuffle(batches)
-        return batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        yield from self._batches
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# datasets: items are requested as (index, height, width)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
-
-
-def resize_and_crop(
-    image: Image.Image, height: int, width: int, *, center_crop: bool = True, rng: random.Random | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize ``image`` to cover ``height x width`` (keeping its aspect ratio), then crop to it.
-
-    Returns the crop and its ``(top, left)`` in the resized image (SDXL's crop conditioning).
-    """
-    scale = max(height / image.height, width / image.width)
-    new_h, new_w = max(height, round(image.height * scale)), max(width, round(image.width * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    if center_crop or rng is None:
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-    else:
-        top, left = rng.randint(0, new_h - height), rng.randint(0, new_w - width)
-    return image.crop((left, top, left + width, top + height)), (top, left)
-
-
-class ImageCaptionDataset(Dataset):
-    """Images and captions from a folder (``metadata.jsonl`` or sidecar ``.txt``) or a JSONL manifest.
-
-    Items are requested as ``dataset[(index, height, width)]`` (see :class:`BucketBatchSampler`) and are
-    ``{"pixel_values": (3, height, width) in [-1, 1], "text": str, "original_size": (h, w), "crop_top_left": (t, l)}``.
-
-    Args:
-        root: the image folder (``None`` with a manifest).
-        manifest: JSONL file; each line has ``image`` or ``file_name`` and ``text`` or ``caption``.
-        on_missing_file: ``"error"`` stops on a missing / unreadable image (naming it); ``"skip"`` drops it with a
-            warning.
-        center_crop: center (else random) crop; random_flip: random horizontal flips.
-    """
-
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        manifest: str | Path | None = None,
-        *,
-        on_missing_file: str = "error",
-        center_crop: bool = True,
-        random_flip: bool = False,
-        seed: int = 0,
-    ):
-        if on_missing_file not in ("error", "skip"):
-            raise ValueError(f"`on_missing_file` must be 'error' or 'skip', got {on_missing_file!r}.")
-        entries = self._entries(Path(root) if root else None, Path(manifest) if manifest else None)
-        self.paths: list[Path] = []
-        self.captions: list[str] = []
-        self.sizes: list[tuple[int, int]] = []
-        from tqdm.auto import tqdm
-
-        scan = tqdm(entries, desc="Scanning training images", unit="img", disable=len(entries) < 2)
-        for path, caption in scan:  # the data scan: reads each image's size (long on large folders)
-            try:
-                with Image.open(path) as image:
-                    image = ImageOps.exif_transpose(image)
-                    width, height = image.size
-            except (OSError, ValueError) as err:
-                if on_missing_file == "error":
-                    raise FileNotFoundError(
-                        f"Training image {str(path)!r} is missing or unreadable ({err}); fix it or pass "
-                        "--on_missing_file skip."
-                    ) from err
-                logger.warning(f"Skipping missing or unreadable training image {str(path)!r}: {err}")
-                continue
-            self.paths.append(path)
-            self.captions.append(caption)
-            self.sizes.append((height, width))
-        if not self.paths:
-            raise ValueError("The training data holds no readable image.")
-        self.center_crop = center_crop
-        self.random_flip = random_flip
-        self.seed = seed
-
-    @staticmethod
-    def _entries(root: Path | None, manifest: Path | None) -> list[tuple[Path, str]]:
-        def read_jsonl(file: Path, base: Path) -> list[tuple[Path, str]]:
-            out = []
-            for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{str(file)!r} line {n} is not valid JSON: {err}") from err
-                name = row.get("file_name", row.get("image"))
-                if not isinstance(name, str):
-                    raise ValueError(f"{str(file)!r} line {n} needs a 'file_name' or 'image' string.")
-                out.append((base / name, str(row.get("text", row.get("caption", "")) or "")))
-            return out
-
-        if manifest is not None:
-            if not manifest.is_file():
-                raise FileNotFoundError(f"Manifest {str(manifest)!r} does not exist.")
-            return read_jsonl(manifest, root or manifest.parent)
-        if root is None or not root.is_dir():
-            raise FileNotFoundError(f"`train_data_dir` {str(root)!r} is not a folder.")
-        if (root / "metadata.jsonl").is_file():
-            return read_jsonl(root / "metadata.jsonl", root)
-        entries = []
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            txt = path.with_suffix(".txt")
-            entries.append((path, txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""))
-        return entries
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def aspect_ratios(self) -> list[float]:
-        return [w / h for h, w in self.sizes]
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        index, height, width = key
-        rng = random.Random(f"{self.seed}-{index}-{height}-{width}")
-        with Image.open(self.paths[index]) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-        original = (image.height, image.width)
-        crop, top_left = resize_and_crop(image, height, width, center_crop=self.center_crop, rng=rng)
-        if self.random_flip and rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return {
-            "pixel_values": _to_tensor(crop),
-            "text": self.captions[index],
-            "original_size": original,
-            "crop_top_left": top_left,
-        }
 
 
 class MiniworldBucketDataset(Dataset):
@@ -403,15 +162,6 @@ class MiniworldBucketDataset(Dataset):
         }
 
 
-def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "text": [e["text"] for e in examples],
-        "original_size": torch.tensor([e["original_size"] for e in examples], dtype=torch.float32),
-        "crop_top_left": torch.tensor([e["crop_top_left"] for e in examples], dtype=torch.float32),
-    }
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # trainer
 # ----------------------------------------------------------------------------------------------------------------------
@@ -429,13 +179,13 @@ class ResAdapterTrainer(AdapterTrainer):
         cfg = self.config
         path = Path(cfg.pretrained_model_name_or_path or "")
         index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
-        self.is_xl = "text_encoder_2" in index
+        self.is_xl = is_sdxl_config(index)
         names = ["vae", "text_encoder", "tokenizer", "unet", "noise_scheduler"]
         if self.is_xl:
             names += ["text_encoder_2", "tokenizer_2"]
         self.load_components(*names)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        multiple = unet_downsample_factor(self.unet) * self.vae_scale_factor
+        multiple = size_multiple(vae_config=self.vae.config, unet_config=self.unet.config)
         if cfg.bucket_step % multiple:
             raise ValueError(
                 f"`bucket_step` ({cfg.bucket_step}) must be a multiple of {multiple} (this model's UNet down-sampling "

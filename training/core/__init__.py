@@ -1,4 +1,17 @@
-"""The shared training core: config, the accelerate loop, diffusion-loss helpers, checkpoints and EMA."""
+"""The shared training core: config, the accelerate loop, diffusion-loss helpers, checkpoints and EMA.
+
+A train script is a subclass of :class:`AdapterTrainer` plus ``main``::
+
+    from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise
+
+    class MyTrainer(AdapterTrainer):
+        ...  # see training/core/trainer.py for the contract
+
+    if __name__ == "__main__":
+        main(MyTrainer)
+
+Run it as ``python -m training.train_x --flags`` or ``accelerate launch -m training.train_x --flags``.
+"""
 
 from .checkpoint import latest_checkpoint, list_checkpoints, prune_checkpoints
 from .config import TrainConfig, load_config_file
