@@ -65,7 +65,7 @@ def run(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if base is None:
-        from tests.tiny_models import tiny_sd15_path
+        from pipelines.testing import tiny_sd15_path
 
         base = str(tiny_sd15_path())
     resolution = resolution or SIZES.get(size, 32)

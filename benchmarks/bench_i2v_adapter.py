@@ -47,7 +47,7 @@ def _full_size_components(dtype: torch.dtype) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.tiny_models import build_tokenizer
+    from pipelines.testing import build_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -185,7 +185,7 @@ def run(
         base_name = "random SD 1.5 + AnimateDiff v1-5-2 architecture"
     else:
         if base is None:
-            from tests.tiny_models import tiny_animatediff_path
+            from pipelines.testing import tiny_animatediff_path
 
             base = str(tiny_animatediff_path())
             motion_adapter = motion_adapter or os.path.join(base, "motion_adapter")

@@ -64,7 +64,7 @@ def build_unet(size: str):
     from diffusers import UNet2DConditionModel
 
     if size == "tiny":
-        from tests.tiny_models import SD15_UNET_CONFIG
+        from pipelines.testing import SD15_UNET_CONFIG
 
         config = dict(SD15_UNET_CONFIG)
     else:

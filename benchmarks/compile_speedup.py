@@ -74,7 +74,7 @@ def build(name: str, size: str) -> tuple[torch.nn.Module, tuple, dict]:
         return unet, _sd_inputs(unet, size, batch=2 * MV_VIEWS), {}
     if name == "i2v_adapter":
         from adapters.i2v_adapter import I2VAdapter
-        from tests.tiny_models import tiny_motion_unet
+        from pipelines.testing import tiny_motion_unet
 
         unet = copy.deepcopy(tiny_motion_unet())
         adapter = I2VAdapter.attach(unet)

@@ -160,7 +160,7 @@ def _text_encoder(config: dict[str, Any], tokenizer, *, projection: bool = False
 def _full(base: str, device: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 
-    from tests import tiny_models as tm
+    from pipelines import testing as tm
 
     xl = base == "sdxl"
     tokenizer = tm.build_tokenizer()
@@ -186,7 +186,7 @@ def _full(base: str, device: str) -> dict[str, Any]:
 
 
 def _tiny(base: str) -> dict[str, Any]:
-    from tests import tiny_models as tm
+    from pipelines import testing as tm
 
     if base == "sdxl":
         return tm.build_sdxl_components()

@@ -49,7 +49,7 @@ def _latents(shape: tuple[int, ...]) -> torch.Tensor:
 def _build(name: str) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
     """``(float32 pipeline on the CPU with a random adapter, call kwargs, latent shape)``."""
     from benchmarks.runner import perturb_
-    from tests import tiny_models as tm
+    from pipelines import testing as tm
 
     xl = name.endswith("sdxl")
     components = tm.build_sdxl_components() if xl else tm.build_sd15_components()

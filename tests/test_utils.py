@@ -77,7 +77,7 @@ def test_clip_bpe_layouts():
 def test_tokenizers_match_the_shipped_and_tiny_models():
     """The embedded base's tokenizer (training.base_model) rebuilds the shipped one exactly; the tiny test models'
     keeps its layout (its hash is part of the tiny-model cache key)."""
-    from tests.tiny_models import TOKENIZER_VOCAB_SIZE, build_tokenizer
+    from pipelines.testing import TOKENIZER_VOCAB_SIZE, build_tokenizer
     from training.base_model import build_tokenizer as base_tokenizer
     from training.base_model import clip_bpe, miniworld_vocabulary
 
