@@ -31,6 +31,8 @@ import torch
 from diffusers.utils import logging
 from PIL import Image
 
+from adapters.hipa.loader import DEFAULT_ADAPTER_NAME  # the HiPA LoRA's name; few-step LoRAs use their preset's
+
 from . import checks
 from .utils import is_sdxl, native_resolution, size_multiple
 
@@ -543,9 +545,6 @@ def _as_prior(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-#: Adapter name of the HiPA LoRA in a HiPA pipeline; other few-step LoRAs are loaded under their preset's name.
-HIPA_ADAPTER_NAME = "hipa"
-
 #: What the one-step tab can compare against: key -> label.
 ONE_STEP_COMPARISONS: dict[str, str] = {
     "plain": "Base, 1 step, no LoRA",
@@ -592,13 +591,13 @@ def one_step(
     height, width = _resolve_size(pipe, height, width)
     common = {"prompt": prompt, **_negative(negative_prompt), "height": height, "width": width}
     loaded = list(getattr(pipe.unet, "peft_config", None) or {}) if hasattr(pipe, "set_hipa_scale") else []
-    has_hipa = HIPA_ADAPTER_NAME in loaded
+    has_hipa = DEFAULT_ADAPTER_NAME in loaded
     results: list[tuple[str, Image.Image, float]] = []
 
     def activate(active: str | None) -> None:
         """Only LoRA ``active`` on (HiPA at ``lora_scale``, others at 1); ``None`` = every LoRA off."""
         for name in loaded:
-            weight = (float(lora_scale) if name == HIPA_ADAPTER_NAME else 1.0) if name == active else 0.0
+            weight = (float(lora_scale) if name == DEFAULT_ADAPTER_NAME else 1.0) if name == active else 0.0
             pipe.set_hipa_scale(weight, adapter_name=name)
 
     def run(label: str, active: str | None, fn) -> None:
@@ -608,7 +607,7 @@ def one_step(
             image = fn()
             results.append((label, image, time.perf_counter() - start))
         finally:
-            activate(HIPA_ADAPTER_NAME if has_hipa else None)
+            activate(DEFAULT_ADAPTER_NAME if has_hipa else None)
 
     def sample(preset: str, steps: int, guidance: float):
         return lambda: call_pipeline(
@@ -631,7 +630,7 @@ def one_step(
     label = f"HiPA, {shown} step{'s' if shown > 1 else ''}"
     if not has_hipa:
         label += " (no HiPA LoRA loaded)"
-    run(label, HIPA_ADAPTER_NAME, sample("hipa", _opt(num_inference_steps, int), _opt(guidance_scale, float)))
+    run(label, DEFAULT_ADAPTER_NAME, sample("hipa", _opt(num_inference_steps, int), _opt(guidance_scale, float)))
     for key in compare:
         if key == "plain":
             run(ONE_STEP_COMPARISONS[key], None, sample("hipa", 1, 1.0))
@@ -658,7 +657,7 @@ def load_few_step_loras(pipe: Any, loras: dict[str, str]) -> None:
 
     for name, path in loras.items():
         key = get_preset(name).name
-        if key == HIPA_ADAPTER_NAME:
+        if key == DEFAULT_ADAPTER_NAME:
             raise ValueError("Load the HiPA LoRA itself as the pipeline's adapter, not as a few-step LoRA.")
         pipe.load_hipa_lora(path, adapter_name=key, scale=0.0)
 
