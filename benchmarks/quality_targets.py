@@ -134,7 +134,9 @@ def i2v_targets(per: Mapping[str, Mapping[str, Sequence[float]]], *, seed: int =
         per: arm -> metric -> ``(N,)`` per-clip values, for the arms ``"i2v"``, ``"i2v_off"`` (the same pipeline with
             the adapter at scale 0, same noise) and ``"ground_truth"`` (the clips of the same scenes), with the metrics
             ``"identity"`` (frames 1..N), ``"colour_kept"``, ``"shape_kept"``, ``"coherence_ssim"``,
-            ``"coherence_psnr"``, ``"background_change"`` and ``"motion"``.
+            ``"coherence_psnr"``, ``"background_change"`` and ``"motion"``; optionally ``"i2v_motion_prompt"`` and
+            ``"i2v_off_motion_prompt"`` (the same two arms prompted with the motion word alone, so that only the
+            image names the subject), which add an identity-vs-off and a colour-kept target.
 
     Returns:
         ``(rows, details)``; ``details`` holds the paired difference / ratio dict behind each row, by metric.
@@ -167,6 +169,28 @@ def i2v_targets(per: Mapping[str, Mapping[str, Sequence[float]]], *, seed: int =
         details[key] = r
         digits = {"motion": 4, "background_change": 4, "coherence_psnr": 2}.get(key, 3)
         rows.append(target_row(label, _ratio_figure(r, digits), r["verdict"]))
+    if "i2v_motion_prompt" in per and "i2v_off_motion_prompt" in per:
+        # The prompt is the motion word alone, so only the image names the subject (``--prompt "spinning"``).
+        m, m_off = per["i2v_motion_prompt"], per["i2v_off_motion_prompt"]
+        d = details["identity_vs_off_motion_prompt"] = paired_diff(m["identity"], m_off["identity"], "higher", seed)
+        rows.append(
+            target_row(
+                "I2V, motion word only as prompt: identity on frames 1..N higher with the adapter than with "
+                "adapter_scale=0 (same noise)",
+                _iv(d["diff"], d["ci_low"], d["ci_high"], 3, signed=True),
+                d["verdict"],
+            )
+        )
+        r = details["colour_kept_motion_prompt"] = ratio_band_verdict(
+            m["colour_kept"], gt["colour_kept"], lo_in, math.inf, seed=seed
+        )
+        rows.append(
+            target_row(
+                "I2V, motion word only as prompt: subject keeps its colour in every frame (>= 90% of ground truth's)",
+                _ratio_figure(r, 3),
+                r["verdict"],
+            )
+        )
     return rows, details
 
 

@@ -265,7 +265,10 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
     i2v = data["sections"]["i2v_adapter"]
     assert i2v["results"]["per_seed"]["i2v"]["identity"] == i2v["results"]["per_seed"]["i2v_off"]["identity"]
     assert i2v["targets"][0]["verdict"] == "within spread" and i2v["holds"] is False
-    assert len(i2v["targets"]) == 7 and "ground-truth clip through the VAE" in md
+    assert len(i2v["targets"]) == 9 and "ground-truth clip through the VAE" in md
+    alone = i2v["results"]["per_seed"]  # the motion-word-only pair: again the zero adapter equals adapter off
+    assert alone["i2v_motion_prompt"]["identity"] == alone["i2v_off_motion_prompt"]["identity"]
+    assert i2v["targets"][7]["target"].startswith("I2V, motion word only as prompt: identity")
     mv = data["sections"]["mv_adapter"]
     if mv["settings"]["mode"].startswith("i"):  # image mode: the swapped-reference arm exists
         assert {"swapped", "mv_image_only", "swapped_image_only"} <= set(mv["results"]["per_seed"])

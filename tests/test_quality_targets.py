@@ -212,6 +212,22 @@ def test_i2v_targets_hold_for_a_clip_like_the_ground_truth():
     assert rows[0]["target"].startswith("I2V: identity") and rows[-1]["target"].startswith("I2V: motion")
 
 
+def test_i2v_motion_word_only_pair_adds_two_targets_that_can_fail():
+    per = _i2v_per()
+    per["i2v_motion_prompt"] = {k: v.copy() for k, v in per["i2v"].items()}
+    per["i2v_off_motion_prompt"] = {k: v.copy() for k, v in per["i2v_off"].items()}
+    rows, details = quality_targets.i2v_targets(per)
+    assert len(rows) == 9 and verdicts.all_hold(rows)
+    assert rows[7]["target"].startswith("I2V, motion word only as prompt: identity")
+    # Without the caption the adapter keeps nothing of the subject: both new targets fail, the captioned ones hold.
+    per["i2v_motion_prompt"] = {k: v.copy() for k, v in per["i2v_off_motion_prompt"].items()}
+    per["i2v_motion_prompt"]["colour_kept"] = per["ground_truth"]["colour_kept"] * 0.5
+    rows, details = quality_targets.i2v_targets(per)
+    assert [r["verdict"] for r in rows[7:]] == ["within spread", "does not hold"]
+    assert all(r["verdict"] == "holds" for r in rows[:7])
+    assert details["identity_vs_off_motion_prompt"]["diff"] == 0.0
+
+
 def test_i2v_targets_fail_without_the_adapter_effect_and_with_flicker():
     per = _i2v_per(identity_gain=0.0)  # adapter arm == adapter-off arm
     rows, details = quality_targets.i2v_targets(per)
