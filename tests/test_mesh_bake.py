@@ -16,6 +16,7 @@ from adapters.mv_adapter.mesh import (
     render_geometry,
     render_texture,
     sample_texture,
+    uv_problem,
     uv_rasterize,
     xatlas_available,
 )
@@ -183,3 +184,24 @@ def test_export_glb_reloads_with_its_texture(tmp_path):
     assert psnr(a, b, mask) > 45.0
     with pytest.raises(ValueError, match=r"\.glb"):
         export_textured_mesh(mesh, tmp_path / "x.obj")
+
+
+def test_uvs_that_cannot_hold_a_bake_are_detected_and_replaced():
+    import dataclasses
+
+    cube = textured_cube()
+    assert uv_problem(cube) is None
+    assert "no UVs" in uv_problem(dataclasses.replace(cube, uv=None))
+    assert "leave [0, 1]" in uv_problem(dataclasses.replace(cube, uv=cube.uv * 2.0))
+    shared = cube.uv.view(6, 4, 2).clone()
+    shared[:] = shared[0].clone()  # all six faces on one island: a bake would mix them
+    overlapping = dataclasses.replace(cube, uv=shared.view(-1, 2))
+    assert "overlap" in uv_problem(overlapping)
+    if xatlas_available():
+        cams = geometry_cameras()
+        truth, mask = render_texture(cube, cams, 64)
+        result = bake_texture(overlapping, truth, cams, texture_size=128)
+        assert uv_problem(result.mesh) is None  # a new atlas replaced the overlapping one
+        assert result.mesh.uv.shape != overlapping.uv.shape or not torch.equal(result.mesh.uv, overlapping.uv)
+        again, _ = render_texture(result.mesh, cams, 64)
+        assert psnr(again, truth, mask) > ROUND_TRIP_PSNR_DB

@@ -287,3 +287,19 @@ def test_nvdiffrast_and_torch_give_the_same_maps(fov):
     assert torch.allclose(ours.position[both], nv.position[both], atol=1e-4)
     assert torch.allclose(ours.normal[both], nv.normal[both], atol=1e-3)
     assert torch.allclose(ours.depth[both], nv.depth[both], atol=1e-4)
+
+
+def test_bench_mesh_runs(monkeypatch):
+    from benchmarks import bench_mesh
+
+    mesh = bench_mesh.bumpy_sphere(10, 20)
+    assert mesh.num_faces == 400 and float(mesh.vertices.norm(dim=-1).max()) <= 0.45 + 1e-6
+    assert bench_mesh.SIZES["mid"] == (224, 224, 768)  # the issue's ~100k faces (100,352) at 768 px
+    monkeypatch.setitem(bench_mesh.SIZES, "tiny", (10, 20, 64))
+    payload = bench_mesh.run("tiny", repeats=1, write=False, threads=None)
+    assert [(r["backend"], r["stage"]) for r in payload["rows"]] == [
+        ("torch", "rasterize"),
+        ("torch", "geometry_maps"),
+    ]
+    assert payload["rows"][0]["faces"] == 400 and payload["rows"][0]["resolution"] == 64
+    assert all(r["median_s"] > 0 and r["met"] == "-" for r in payload["rows"])

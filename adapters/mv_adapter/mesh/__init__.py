@@ -13,7 +13,7 @@ from .load import DEFAULT_MAX_FACES, MESH_EXTENSIONS, Mesh, axis_rotation, load_
 from .maps import GeometryMaps, render_geometry
 from .raster import Rasterization, interpolate, nvdiffrast_available, project_points, rasterize, rasterize_screen
 from .texture import render_texture, sample_texture
-from .uv import ensure_uv, unwrap_uv, xatlas_available
+from .uv import ensure_uv, unwrap_uv, uv_problem, xatlas_available
 
 __all__ = [
     "DEFAULT_MAX_FACES",
@@ -41,6 +41,7 @@ __all__ = [
     "sample_texture",
     "texture_to_image",
     "unwrap_uv",
+    "uv_problem",
     "uv_rasterize",
     "xatlas_available",
 ]
