@@ -13,6 +13,7 @@ from .camera import (
 from .condition import build_condition_encoder, condition_encoder_config, encode_condition
 from .convert import KIND, OFFICIAL_VARIANTS, detect_variant
 from .loader import WEIGHT_NAME, MVAdapter, MVAdapterConfig, load_mv_adapter
+from .mesh import GeometryMaps, Mesh, bake_texture, export_textured_mesh, geometry_cameras, load_mesh, render_geometry
 from .schedule import shifted_snr_scheduler
 
 __all__ = [
@@ -21,10 +22,13 @@ __all__ = [
     "OFFICIAL_VARIANTS",
     "WEIGHT_NAME",
     "Cameras",
+    "GeometryMaps",
     "MVAdapter",
     "MVAdapterAttnProcessor",
     "MVAdapterConfig",
     "MVAttentionState",
+    "Mesh",
+    "bake_texture",
     "build_condition_encoder",
     "camera_maps",
     "condition_encoder_config",
@@ -33,9 +37,13 @@ __all__ = [
     "default_cameras",
     "detect_variant",
     "encode_condition",
+    "export_textured_mesh",
+    "geometry_cameras",
     "geometry_maps",
     "layer_grid",
+    "load_mesh",
     "load_mv_adapter",
     "ray_bundle",
+    "render_geometry",
     "shifted_snr_scheduler",
 ]
