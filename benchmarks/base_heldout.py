@@ -5,7 +5,8 @@ folder (a ``StableDiffusionPipeline`` layout, e.g. an exported training checkpoi
 per caption of mini-world scenes ``0..N-1`` of ``--data-seed`` (default 12345, not the quality evaluation's scenes)
 with noise seed ``i`` for scene ``i`` (the same noise for every candidate), and scores them with the attribute
 classifier: exact-object, colour, shape and count accuracy, each with a 95% Wilson interval, plus the paired
-difference of each candidate to the first one. ``--vae`` swaps in another decoder that shares the latent space (the
+difference of each candidate to the first one. ``--vae-ceiling VAE ...`` instead scores the real renders of those
+scenes and the same renders encoded and decoded by each VAE (the ceiling any UNet on it can reach). ``--vae`` swaps in another decoder that shares the latent space (the
 shipped base uses a decoder fine-tuned after the UNet's training). It never reads the evaluation scenes, so it may be
 used to choose between runs and sampler settings (``assets/README.md``).
 """
@@ -117,9 +118,52 @@ def evaluate(
     return {"candidates": rows, "prompts": prompts, "num_items": num_items, "data_seed": data_seed, "steps": steps}
 
 
+@torch.no_grad()
+def vae_ceiling(
+    vaes: Sequence[str | Path],
+    *,
+    num_items: int = 256,
+    size: int = 32,
+    data_seed: int = 12345,
+    classifier: str | Path | None = None,
+) -> dict[str, Any]:
+    """Prompt accuracy of the held-out scenes' real renders ``(N, size, size, 3)`` and of the same renders encoded
+    and decoded by each VAE folder in ``vaes``: the ceiling any UNet on that VAE can reach (a decoder fine-tune that
+    keeps the encoder lifts it without retraining anything that works in latent space).
+
+    Returns:
+        ``{"real": {<key>: mean_ci}, "<vae>": {<key>: mean_ci}, ..., "num_items", "data_seed"}``.
+    """
+    from diffusers import AutoencoderKL
+
+    from benchmarks import metrics, verdicts
+    from benchmarks.quality import _classifier, miniworld_framing, vae_round_trip
+    from training.miniworld import TextImageDataset, render
+
+    clf = _classifier(str(classifier) if classifier else None)
+    ds = TextImageDataset((size, size), seed=data_seed, **miniworld_framing())
+    images, prompts = [], []
+    for i in range(num_items):
+        scene, cam, (h, w) = ds.sample(i)
+        images.append(render(scene, cam, h, w, supersample=ds.supersample, geometry=False).rgb[0])
+        prompts.append(scene.caption())
+    real = np.stack(images).astype(np.float64)
+    arms = {"real": real, **{str(v): vae_round_trip(AutoencoderKL.from_pretrained(v).eval(), real) for v in vaes}}
+    out: dict[str, Any] = {"num_items": num_items, "data_seed": data_seed}
+    for name, x in arms.items():
+        acc = metrics.prompt_accuracy(clf, x, prompts)
+        out[name] = {k: verdicts.mean_ci(acc[k]) for k in KEYS}
+        logger.info("%s: exact %.3f colour %.3f shape %.3f count %.3f", name, *(out[name][k]["mean"] for k in KEYS))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.base_heldout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("bases", nargs="+", help="base folders (StableDiffusionPipeline layout) to compare")
+    parser.add_argument("bases", nargs="*", help="base folders (StableDiffusionPipeline layout) to compare")
+    parser.add_argument(
+        "--vae-ceiling", nargs="+", default=None, metavar="VAE",
+        help="instead: accuracy of real renders through each VAE folder (the ceiling for any UNet on it)",
+    )  # fmt: skip
     parser.add_argument("--guidance", type=float, nargs="+", default=[7.5], help="guidance scales to try")
     parser.add_argument("--vae", default=None, help="a VAE folder to decode with (same latent space)")
     parser.add_argument("--num-items", type=int, default=128)
@@ -129,6 +173,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.vae_ceiling:
+        results = vae_ceiling(
+            args.vae_ceiling, num_items=args.num_items, data_seed=args.data_seed, classifier=args.classifier
+        )
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
+        return results
+    if not args.bases:
+        parser.error("give base folders to compare, or --vae-ceiling VAE [VAE ...]")
     results = evaluate(
         args.bases, args.guidance, num_items=args.num_items, data_seed=args.data_seed, steps=args.steps,
         vae=args.vae, classifier=args.classifier,

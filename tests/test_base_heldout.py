@@ -56,3 +56,22 @@ def test_cli_writes_json(tiny_sd15, tmp_path, monkeypatch):
     out = tmp_path / "probe.json"
     res = base_heldout.main([str(tiny_sd15), "--num-items", "2", "--steps", "1", "--out", str(out)])
     assert out.is_file() and res["candidates"][0]["colors_ok"]["mean"] == pytest.approx(1.0)
+
+
+def test_vae_ceiling_scores_real_renders_and_their_round_trip(tiny_sd15, monkeypatch):
+    from benchmarks import metrics
+
+    seen = []
+
+    def fake_accuracy(clf, images, prompts):
+        seen.append(np.asarray(images))
+        return {k: np.ones(len(prompts)) for k in ("match", "colors_ok", "shapes_ok", "count_ok")}
+
+    monkeypatch.setattr(metrics, "prompt_accuracy", fake_accuracy)
+    monkeypatch.setattr("benchmarks.quality._classifier", lambda path=None: object())
+    out = base_heldout.vae_ceiling([tiny_sd15 / "vae"], num_items=3)
+    assert set(out) == {"real", str(tiny_sd15 / "vae"), "num_items", "data_seed"}
+    assert seen[0].shape == seen[1].shape == (3, 32, 32, 3)
+    assert np.abs(seen[0] - seen[1]).max() > 0.01  # an untrained VAE changes the renders
+    with pytest.raises(SystemExit):
+        base_heldout.main(["--num-items", "2"])  # neither bases nor --vae-ceiling
