@@ -140,7 +140,12 @@ class I2VAdapterAttnProcessor(nn.Module):
     Attributes:
         to_q_i2v: ``nn.Linear(hidden_size, inner_dim, bias=False)`` trainable query projection.
         to_out_i2v: ``nn.Linear(inner_dim, hidden_size)`` trainable output projection, zero-initialised.
+
+    diffusers' processor methods on the UNet (``set_default_attn_processor``, attention slicing, fused QKV) replace
+    ``base_processor`` and keep this processor on top (:func:`adapters.processors.install_processor_guard`).
     """
+
+    wraps_base_processor = True
 
     def __init__(
         self,

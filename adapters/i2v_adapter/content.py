@@ -33,6 +33,8 @@ from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProje
 from diffusers.utils import logging
 from torch import nn
 
+from ..processors import processor_guard_paused
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -213,20 +215,21 @@ class ContentAdapter:
         # diffusers re-instantiates non-IP processors with no arguments; park adapter processors (modules with
         # constructor arguments, like the I2V first-frame ones) behind a plain processor meanwhile
         parked = {name: (AttnProcessor2_0() if isinstance(proc, nn.Module) else proc) for name, proc in before.items()}
-        unet.set_attn_processor(dict(parked))
-        try:
-            unet._load_ip_adapter_weights([nested], low_cpu_mem_usage=False)
-        except Exception:
-            unet.set_attn_processor(dict(before))
-            raise
-        # diffusers re-creates every processor; put back the non-IP ones we had (attn1 adapters, motion modules)
-        after = unet.attn_processors
-        # (an IP-Adapter-Plus resampler brings attention layers of its own: they keep their new processors)
-        keep = {
-            name: (proc if isinstance(proc, _IP_PROCESSORS) else before.get(name, proc))
-            for name, proc in after.items()
-        }
-        unet.set_attn_processor(dict(keep))
+        with processor_guard_paused(unet):  # the parked processors really replace the adapter ones meanwhile
+            unet.set_attn_processor(dict(parked))
+            try:
+                unet._load_ip_adapter_weights([nested], low_cpu_mem_usage=False)
+            except Exception:
+                unet.set_attn_processor(dict(before))
+                raise
+            # diffusers re-creates every processor; put back the non-IP ones we had (attn1 adapters, motion modules)
+            after = unet.attn_processors
+            # (an IP-Adapter-Plus resampler brings attention layers of its own: they keep their new processors)
+            keep = {
+                name: (proc if isinstance(proc, _IP_PROCESSORS) else before.get(name, proc))
+                for name, proc in after.items()
+            }
+            unet.set_attn_processor(dict(keep))
         originals = {name: before[name] for name, proc in keep.items() if isinstance(proc, _IP_PROCESSORS)}
         plus = f"{CONTENT_PREFIX}image_proj.latents" in state_dict
         plus_hidden = int(state_dict[f"{CONTENT_PREFIX}image_proj.latents"].shape[-1]) if plus else None

@@ -29,7 +29,13 @@ import torch
 from diffusers.utils import logging
 from torch import nn
 
-from ..processors import iter_self_attention, restore_attn_processors, swap_attn_processors
+from ..processors import (
+    install_processor_guard,
+    iter_self_attention,
+    remove_processor_guard,
+    restore_attn_processors,
+    swap_attn_processors,
+)
 from ..weights import (
     AdapterWeightsError,
     adapter_metadata,
@@ -170,6 +176,7 @@ class I2VAdapter:
             return I2VAdapterAttnProcessor.for_attention(attn, context, base_processor=attn.processor, scale=scale)
 
         originals = swap_attn_processors(unet, make)
+        install_processor_guard(unet)
         hook = install_num_frames_hook(unet, context)
         adapter = cls(unet, context, originals, hook, scale)
         setattr(unet, _HANDLE_ATTR, adapter)
@@ -197,7 +204,8 @@ class I2VAdapter:
         if self.content is not None:
             self.content.unload()
             self.content = None
-        restore_attn_processors(self.unet, self._originals)
+        restore_attn_processors(self.unet, self._base_processors())
+        remove_processor_guard(self.unet)
         self._originals = {}
         if self._hook is not None:
             self._hook.remove()
@@ -210,7 +218,7 @@ class I2VAdapter:
         """Temporarily put the original ``attn1`` processors back (for diffusers code that rebuilds processors,
         e.g. ``load_ip_adapter``), then re-install ours on top of whatever is there afterwards."""
         procs = self.processors
-        restore_attn_processors(self.unet, self._originals)
+        restore_attn_processors(self.unet, self._base_processors())
         try:
             yield
         finally:
@@ -238,6 +246,14 @@ class I2VAdapter:
                 self._hook = install_num_frames_hook(self.unet, self.context)
 
     # ------------------------------------------------------------------------------------------------ access
+    def _base_processors(self) -> dict[str, object]:
+        """``{path: processor under the adapter's}``: the one the adapter wrapped when attached, or the one a later
+        ``set_default_attn_processor`` / attention slicing / fused QKV put under it."""
+        out = {}
+        for path, proc in self.processors.items():
+            out[path] = proc.base_processor if isinstance(proc, I2VAdapterAttnProcessor) else self._originals[path]
+        return out
+
     @property
     def processors(self) -> dict[str, I2VAdapterAttnProcessor]:
         modules = dict(self.unet.named_modules())

@@ -111,7 +111,14 @@ class MVAdapterAttnProcessor(nn.Module):
         base_processor: the processor that computes the base self-attention (kept, not registered as a submodule).
         use_mv, use_ref: which branches exist.
         mode: one of ``"row"``, ``"full"``, ``"row_col"``.
+
+    The processor wraps the layer's own processor (``base_processor``): diffusers' processor methods on the UNet
+    (``set_default_attn_processor``, ``set_attention_slice`` / ``enable_attention_slicing``, fused QKV) replace that
+    base and leave this processor on top (:func:`adapters.processors.install_processor_guard`). When the base is a
+    sliced processor (``slice_size``), the multi-view and reference attention are sliced the same way.
     """
+
+    wraps_base_processor = True
 
     def __init__(
         self,
@@ -166,6 +173,20 @@ class MVAdapterAttnProcessor(nn.Module):
                     out.bias.zero_()
 
     # ------------------------------------------------------------------------------------------------------------
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``scaled_dot_product_attention`` on ``(B, heads, L, d)``; in chunks of ``slice_size`` (batch x heads) rows
+        when the base processor is sliced (``SlicedAttnProcessor``), as diffusers' attention slicing does."""
+        slice_size = getattr(self.base_processor, "slice_size", None)
+        if not slice_size:
+            return F.scaled_dot_product_attention(q, k, v)
+        b, heads, length, d = q.shape
+        q2, k2, v2 = (t.reshape(b * heads, t.shape[2], t.shape[3]) for t in (q, k, v))
+        parts = [
+            F.scaled_dot_product_attention(q2[i : i + slice_size], k2[i : i + slice_size], v2[i : i + slice_size])
+            for i in range(0, b * heads, slice_size)
+        ]
+        return torch.cat(parts).reshape(b, heads, length, v.shape[-1])
+
     def _mv_attention(self, attn: Attention, x: torch.Tensor, num_views: int) -> torch.Tensor:
         """``(S*V, N, C) -> (S*V, N, inner)``: multi-view attention, one batched SDPA call per layout."""
         bv, n, _ = x.shape
@@ -179,7 +200,7 @@ class MVAdapterAttnProcessor(nn.Module):
             def split(t):  # (S, heads, V*N, d)
                 return t.reshape(s, v * n, heads, d).transpose(1, 2)
 
-            o = F.scaled_dot_product_attention(split(q), split(k), split(val))
+            o = self._sdpa(split(q), split(k), split(val))
             return o.transpose(1, 2).reshape(bv, n, inner)
 
         h, w = layer_grid(n, self.state.latent_hw)
@@ -188,7 +209,7 @@ class MVAdapterAttnProcessor(nn.Module):
             def rows(t):  # (S*h, heads, V*w, d)
                 return t.reshape(s, v, h, w, heads, d).permute(0, 2, 4, 1, 3, 5).reshape(s * h, heads, v * w, d)
 
-            o = F.scaled_dot_product_attention(rows(q), rows(k), rows(val))
+            o = self._sdpa(rows(q), rows(k), rows(val))
             return o.reshape(s, h, heads, v, w, d).permute(0, 3, 1, 4, 2, 5).reshape(bv, n, inner)
 
         # row_col: the official 6-view geometry layout.
@@ -196,14 +217,14 @@ class MVAdapterAttnProcessor(nn.Module):
             raise ValueError(f"Attention mode 'row_col' needs exactly 6 views, got num_views={v}.")
         grid = [t.reshape(s, v, h, w, heads, d) for t in (q, k, val)]
         row_in = [t[:, 0:4].permute(0, 2, 4, 1, 3, 5).reshape(s * h, heads, 4 * w, d) for t in grid]
-        row = F.scaled_dot_product_attention(*row_in)
+        row = self._sdpa(*row_in)
         row = row.reshape(s, h, heads, 4, w, d).permute(0, 3, 1, 4, 2, 5)  # (S, 4, h, w, heads, d)
 
         def col_views(t):
             return torch.cat([t[:, 0:1].flip(3), t[:, [2, 4, 5]]], dim=1)  # (S, 4, h, w, heads, d)
 
         col_in = [col_views(t).permute(0, 3, 4, 1, 2, 5).reshape(s * w, heads, 4 * h, d) for t in grid]
-        col = F.scaled_dot_product_attention(*col_in)
+        col = self._sdpa(*col_in)
         col = col.reshape(s, w, heads, 4, h, d).permute(0, 3, 4, 1, 2, 5)  # (S, 4, h, w, heads, d)
         col = torch.cat([col[:, 0:1].flip(3), col[:, 1:]], dim=1)
         out = torch.stack(
@@ -231,7 +252,7 @@ class MVAdapterAttnProcessor(nn.Module):
         q = q.reshape(s, num_views * n, heads, d).transpose(1, 2)
         k = self.to_k_ref(ref).reshape(s, -1, heads, d).transpose(1, 2)
         val = self.to_v_ref(ref).reshape(s, -1, heads, d).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, val)
+        o = self._sdpa(q, k, val)
         return o.transpose(1, 2).reshape(bv, n, inner)
 
     def __call__(

@@ -20,7 +20,13 @@ import torch
 from diffusers.utils import logging
 from torch import nn
 
-from ..processors import iter_self_attention, restore_attn_processors, swap_attn_processors
+from ..processors import (
+    install_processor_guard,
+    iter_self_attention,
+    remove_processor_guard,
+    restore_attn_processors,
+    swap_attn_processors,
+)
 from ..weights import (
     AdapterWeightsError,
     adapter_metadata,
@@ -185,6 +191,7 @@ class MVAdapter:
             return proc
 
         self._originals = swap_attn_processors(self.unet, make)
+        install_processor_guard(self.unet)
         state = self.state
 
         def record_size(module, args, kwargs):
@@ -196,10 +203,12 @@ class MVAdapter:
         return self
 
     def unload(self) -> None:
-        """Put back the original processors and remove the hook (the UNet is exactly as before attaching)."""
+        """Put back the processors the adapter wraps and remove the hook (the UNet is exactly as before attaching, or
+        with the processors a later ``set_default_attn_processor`` / attention slicing / fused QKV put under it)."""
         if not self.attached:
             return
-        restore_attn_processors(self.unet, self._originals)
+        restore_attn_processors(self.unet, {path: self.processors[path].base_processor for path in self._originals})
+        remove_processor_guard(self.unet)
         self._originals = None
         if self._hook is not None:
             self._hook.remove()
