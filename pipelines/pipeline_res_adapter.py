@@ -23,6 +23,7 @@ finite ``latents``).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +33,8 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import logging
 
 from adapters.res_adapter import loader as _loader
-from adapters.res_adapter.config import unet_downsample_factor
-from adapters.res_adapter.loader import ResAdapterState
+from adapters.res_adapter.config import SINGLE_FILE_NAME, unet_downsample_factor
+from adapters.res_adapter.loader import ResAdapterState, res_adapter_detached
 
 from .checks import (
     bind_call_arguments,
@@ -48,6 +49,7 @@ from .checks import (
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "RES_ADAPTER_SUBFOLDER",
     "ResAdapterLoaderMixin",
     "ResAdapterPipeline",
     "ResAdapterXLPipeline",
@@ -72,6 +74,43 @@ unfuse_res_adapter = _loader.unfuse_res_adapter
 unload_res_adapter = _loader.unload_res_adapter
 save_res_adapter = _loader.save_res_adapter
 get_res_adapter = _loader.get_res_adapter
+
+
+#: ``save_pretrained`` writes a loaded ResAdapter here, beside the base components (``res_adapter.safetensors`` and
+#: ``res_adapter_call.json`` with its scales and fused state); ``from_pretrained`` of the folder loads it back.
+RES_ADAPTER_SUBFOLDER = "res_adapter"
+_SCALES_NAME = "res_adapter_call.json"
+
+
+def _save_pipeline_with_res_adapter(pipe, save, save_directory, args, kwargs) -> None:
+    """``save(save_directory, ...)`` (diffusers' ``save_pretrained``) with the UNet at its base weights, then the
+    loaded ResAdapter (if any) into ``<save_directory>/res_adapter/``."""
+    with res_adapter_detached(pipe) as state:
+        save(save_directory, *args, **kwargs)
+    if state is None:
+        return
+    folder = Path(save_directory) / RES_ADAPTER_SUBFOLDER
+    save_res_adapter(pipe, folder, format="diffusion-adapters")
+    call = {"lora_scale": state.lora_scale, "norm_scale": state.norm_scale, "fused": state.fused}
+    (folder / _SCALES_NAME).write_text(json.dumps(call, indent=2, sort_keys=True))
+
+
+def _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter) -> None:
+    """Load ``res_adapter`` (a path / state dict), else the one ``save_pretrained`` wrote beside the base; ``False``
+    loads none."""
+    if res_adapter is False:
+        return
+    call = {"lora_scale": 1.0, "norm_scale": 1.0, "fused": False}
+    if res_adapter is None:
+        folder = Path(str(pretrained_model_name_or_path)) / RES_ADAPTER_SUBFOLDER
+        if not (folder / SINGLE_FILE_NAME).is_file():
+            return
+        res_adapter = folder / SINGLE_FILE_NAME
+        if (folder / _SCALES_NAME).is_file():
+            call.update(json.loads((folder / _SCALES_NAME).read_text()))
+    pipe.load_res_adapter(res_adapter, lora_scale=call["lora_scale"], norm_scale=call["norm_scale"])
+    if call["fused"]:
+        pipe.fuse_res_adapter()
 
 
 def resolution_multiple(pipe: object) -> int:
@@ -202,6 +241,19 @@ class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
         check_res_adapter_call(self, arguments, StableDiffusionPipeline.__call__)
         return super().__call__(*args, **kwargs)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` with the UNet at its base weights (a loaded ResAdapter never goes into the
+        saved UNet) plus the adapter in ``res_adapter/`` beside it, which :meth:`from_pretrained` loads back."""
+        _save_pipeline_with_res_adapter(self, super().save_pretrained, save_directory, args, kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, res_adapter=None, **kwargs):
+        """diffusers' ``from_pretrained`` plus ``res_adapter``: a ResAdapter to load (folder / file / state dict);
+        ``None`` loads the one :meth:`save_pretrained` wrote beside the base (with its scales), ``False`` none."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter)
+        return pipe
+
 
 class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
     """SDXL text-to-image with ResAdapter (diffusers' ``StableDiffusionXLPipeline`` + the loader mixin).
@@ -221,3 +273,16 @@ class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
         arguments = bind_call_arguments(StableDiffusionXLPipeline.__call__, (self, *args), kwargs)
         check_res_adapter_call(self, arguments, StableDiffusionXLPipeline.__call__)
         return super().__call__(*args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` with the UNet at its base weights (a loaded ResAdapter never goes into the
+        saved UNet) plus the adapter in ``res_adapter/`` beside it, which :meth:`from_pretrained` loads back."""
+        _save_pipeline_with_res_adapter(self, super().save_pretrained, save_directory, args, kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, res_adapter=None, **kwargs):
+        """diffusers' ``from_pretrained`` plus ``res_adapter``: a ResAdapter to load (folder / file / state dict);
+        ``None`` loads the one :meth:`save_pretrained` wrote beside the base (with its scales), ``False`` none."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter)
+        return pipe

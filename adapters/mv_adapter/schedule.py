@@ -62,4 +62,8 @@ def shifted_snr_scheduler(
         )
     betas = shifted_betas(scheduler.alphas_cumprod.cpu(), shift, mode)
     cls = scheduler_class or type(scheduler)
-    return cls.from_config(scheduler.config, trained_betas=betas.numpy())
+    # Every value of the current config is kept: `from_config` would otherwise reset the entries diffusers lists in
+    # `_use_default_values` to the class defaults, undoing e.g. the `steps_offset = 1` fix a pipeline's __init__
+    # writes into a default-built scheduler (so a fresh pipeline and its saved-and-reloaded copy would differ).
+    config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    return cls.from_config(config, trained_betas=betas.numpy())

@@ -11,9 +11,10 @@ A failed load raises :class:`adapters.weights.AdapterWeightsError` and leaves th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ __all__ = [
     "init_res_adapter",
     "load_res_adapter",
     "read_res_adapter",
+    "res_adapter_detached",
     "res_adapter_state_dict",
     "save_res_adapter",
     "set_res_adapter_scale",
@@ -492,6 +494,37 @@ def unload_res_adapter(pipe_or_unet: object) -> None:
     if state.norms is not None:
         state.norms.restore()
     delattr(unet, _STATE_ATTR)
+
+
+@contextlib.contextmanager
+def res_adapter_detached(pipe_or_unet: object) -> Iterator[ResAdapterState | None]:
+    """Temporarily give the UNet its base weights (a fused sampler LoRA unfused, the base GroupNorms back), e.g. so
+    ``save_pretrained`` writes the plain base; on exit the adapter is as before (fused again, norms at its scale).
+
+    The sampler LoRA's hooks are not part of the UNet's state dict and stay attached. Norms trained in place are read
+    back first (as :func:`res_adapter_state_dict` does). Yields the adapter state (``None`` when none is loaded).
+    """
+    unet = _unet(pipe_or_unet)
+    state = get_res_adapter(unet)
+    if state is None:
+        yield None
+        return
+    was_fused = state.fused
+    if was_fused:
+        state.lora.unfuse()
+    norms = state.norms if state.norms is not None and state.norms.applied else None
+    if norms is not None:
+        if state.training:
+            norms.capture()
+        scale = norms.scale
+        norms.restore()
+    try:
+        yield state
+    finally:
+        if norms is not None:
+            norms.apply(scale)
+        if was_fused:
+            state.lora.fuse()
 
 
 def res_adapter_state_dict(pipe_or_unet: object) -> tuple[StateDict, dict[str, str]]:
