@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOut
 from diffusers.utils import logging
 
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_scale
+from adapters.hipa.loader import _current_weight as _lora_weight
 from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
@@ -37,13 +39,49 @@ from .checks import check_finite, check_negative_prompt, check_size, check_steps
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["HiPAPipeline", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
+__all__ = ["HIPA_LORA_SUBFOLDER", "HiPAPipeline", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
+
+#: ``save_pretrained`` writes the UNet's LoRAs here (one folder per adapter name, diffusers' LoRA format, plus
+#: ``adapters.json`` with their weights), beside the plain base; ``from_pretrained`` of the folder loads them back.
+HIPA_LORA_SUBFOLDER = "hipa_lora"
+_LORAS_INDEX = "adapters.json"
+
+
+def _unmerged_qkv_loras(unet: torch.nn.Module) -> list[str]:
+    """Paths of ``to_q`` / ``to_k`` / ``to_v`` layers holding an active LoRA not merged into their weights."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # no peft: no LoRA layers
+        return []
+    return [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, BaseTunerLayer)
+        and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v")
+        and not module.merged
+        and not module.disable_adapters
+    ]
+
+
+def _restoring_scheduler(call: Callable) -> Callable:
+    """``pipe.scheduler`` after a call is the one before it (a preset given to the call runs on its own scheduler)."""
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        own = self.scheduler
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "scheduler", own)
+
+    return wrapper
 
 
 class HiPAPipelineMixin:
     """Preset handling, LoRA loading and the one-step / few-step sampling loop shared by the SD and SDXL variants."""
 
     _hipa_preset: FewStepPreset | None = None
+    _hipa_preset_scheduler: Any = None
     _hipa_base_scheduler_config: dict | None = None
 
     # ------------------------------------------------------------------ presets and LoRAs
@@ -55,13 +93,19 @@ class HiPAPipelineMixin:
 
     def set_preset(self, preset: str | FewStepPreset) -> FewStepPreset:
         """Swap in the preset's scheduler, built from the base model's scheduler config (keeps the noise schedule
-        and ``prediction_type``). Later calls use the preset's steps and guidance unless given explicitly."""
+        and ``prediction_type``). Later calls use the preset's steps and guidance unless given explicitly, and its
+        step range while ``pipe.scheduler`` is that scheduler (a scheduler swapped in afterwards is used as given)."""
         preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.scheduler = self._preset_scheduler(preset)
+        self._hipa_preset = preset
+        self._hipa_preset_scheduler = self.scheduler
+        return preset
+
+    def _preset_scheduler(self, preset: FewStepPreset):
+        """A new scheduler of ``preset``'s kind from the base model's scheduler config."""
         if self._hipa_base_scheduler_config is None:
             self._hipa_base_scheduler_config = dict(self.scheduler.config)
-        self.scheduler = make_scheduler(preset, self._hipa_base_scheduler_config)
-        self._hipa_preset = preset
-        return preset
+        return make_scheduler(preset, self._hipa_base_scheduler_config)
 
     @validate_numbers
     def load_hipa_lora(
@@ -84,12 +128,100 @@ class HiPAPipelineMixin:
         """Set the weight of a loaded LoRA (``0`` = off)."""
         set_hipa_scale(self, scale, adapter_name=adapter_name)
 
+    # ------------------------------------------------------------------ saving / loading with the base
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` of the plain base (a LoRA never goes into the saved UNet) plus every UNet
+        LoRA in ``hipa_lora/<adapter name>/`` with its weight; :meth:`from_pretrained` of the folder loads them back.
+
+        Raises:
+            ValueError: a LoRA fused into the weights (``unfuse_lora()`` first) or one on a text encoder.
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import get_peft_model_state_dict
+
+        names = list(getattr(self.unet, "peft_config", None) or {})
+        if not names:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if any(isinstance(m, BaseTunerLayer) and m.merged for m in self.unet.modules()):
+            raise ValueError("A LoRA is fused into the UNet's weights: call `pipe.unfuse_lora()` before saving.")
+        for encoder in ("text_encoder", "text_encoder_2"):
+            if getattr(getattr(self, encoder, None), "peft_config", None):
+                raise ValueError(f"`save_pretrained` saves UNet LoRAs only; unload the LoRA on `{encoder}` first.")
+        index = {
+            "weights": {name: _lora_weight(self.unet, name) for name in names},
+            "active": list(self.get_active_adapters()),
+        }
+        folder = Path(save_directory) / HIPA_LORA_SUBFOLDER
+        for name in names:
+            config = {
+                k: sorted(v) if isinstance(v, set) else v for k, v in self.unet.peft_config[name].to_dict().items()
+            }
+            type(self).save_lora_weights(
+                folder / name,
+                unet_lora_layers=get_peft_model_state_dict(self.unet, adapter_name=name),
+                unet_lora_adapter_metadata=config,
+            )
+        (folder / _LORAS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        self.unload_lora_weights()
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self._load_saved_loras(folder)
+
+    def _load_saved_loras(self, folder: Path) -> None:
+        index = json.loads((folder / _LORAS_INDEX).read_text())
+        for name, weight in index["weights"].items():
+            load_hipa_lora(self, folder / name, adapter_name=name, scale=weight, check_family=False)
+        active = index["active"]
+        self.set_adapters(active, adapter_weights=[index["weights"][name] for name in active])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """diffusers' ``from_pretrained``; the LoRAs :meth:`save_pretrained` wrote beside the base are loaded back
+        (same names, weights and active set)."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(str(pretrained_model_name_or_path)) / HIPA_LORA_SUBFOLDER
+        if (folder / _LORAS_INDEX).is_file():
+            pipe._load_saved_loras(folder)
+        return pipe
+
+    def fuse_qkv_projections(self, *args, **kwargs) -> None:
+        """diffusers' fused QKV projections; refused while a LoRA is loaded on the attention projections and not
+        fused into them (the fused projection would drop it): call ``pipe.fuse_lora()`` first.
+
+        Raises:
+            ValueError: an unmerged LoRA on ``to_q`` / ``to_k`` / ``to_v``.
+        """
+        unet = kwargs.get("unet", args[0] if args else True)
+        if unet:
+            names = _unmerged_qkv_loras(self.unet)
+            if names:
+                raise ValueError(
+                    f"`fuse_qkv_projections()` would drop the LoRA on {len(names)} attention projections (e.g. "
+                    f"{names[0]!r}): call `pipe.fuse_lora()` first, or unload the LoRA."
+                )
+        super().fuse_qkv_projections(*args, **kwargs)
+
     # ------------------------------------------------------------------ shared pieces of __call__
 
-    def _resolve_preset(self, preset: str | FewStepPreset | None) -> FewStepPreset:
-        if preset is not None or self._hipa_preset is None:
-            return self.set_preset(preset if preset is not None else "hipa")
-        return self._hipa_preset
+    def _resolve_preset(self, preset: str | FewStepPreset | None) -> tuple[FewStepPreset, bool]:
+        """The preset giving this call's defaults and whether its step range applies; puts the call's scheduler on
+        ``self.scheduler`` for the call (:func:`_restoring_scheduler` puts the pipeline's own back afterwards).
+
+        * ``preset`` given: that preset with a scheduler of its kind built for this call (``pipe.scheduler`` is not
+          replaced) and its step range;
+        * else, ``pipe.scheduler`` is the one :meth:`set_preset` installed: that preset and its step range;
+        * else (a scheduler the user swapped in, or the pipeline's own before any preset): that scheduler as given,
+          any step count >= 1, defaults from the last preset (``"hipa"`` before any).
+        """
+        if preset is not None:
+            preset = get_preset(preset) if isinstance(preset, str) else preset
+            if not (preset == self._hipa_preset and self.scheduler is self._hipa_preset_scheduler):
+                object.__setattr__(self, "scheduler", self._preset_scheduler(preset))
+            return preset, True
+        if self._hipa_preset is not None and self.scheduler is self._hipa_preset_scheduler:
+            return self._hipa_preset, True
+        return self._hipa_preset or get_preset("hipa"), False
 
     def _check_hipa_inputs(
         self,
@@ -103,15 +235,19 @@ class HiPAPipelineMixin:
         prompt=None,
         negative_prompt=None,
         latents: torch.Tensor | None = None,
+        preset_steps: bool = True,
     ) -> None:
-        """The preset's step range, guidance >= 0, eta in [0, 1], sizes (ints, multiples of 8, <= 4096), a
+        """The preset's step range (any count >= 1 with ``preset_steps=False``), guidance >= 0, eta in [0, 1], sizes (ints, multiples of 8, <= 4096), a
         ``negative_prompt`` list with one entry per prompt and finite ``latents`` (see :mod:`pipelines.checks`)."""
-        check_steps(
-            num_inference_steps,
-            minimum=preset.min_steps,
-            maximum=preset.max_steps,
-            context=f" for preset {preset.name!r}",
-        )
+        if preset_steps:
+            check_steps(
+                num_inference_steps,
+                minimum=preset.min_steps,
+                maximum=preset.max_steps,
+                context=f" for preset {preset.name!r}",
+            )
+        else:
+            check_steps(num_inference_steps)
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0 (<= 1 disables guidance), got {guidance_scale}.")
         if not 0.0 <= eta <= 1.0:
@@ -200,7 +336,7 @@ class HiPAPipelineMixin:
 class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
     r"""One-step (HiPA) and few-step (LCM / TCD / Lightning / Hyper-SD LoRA) text-to-image for SD 1.x / 2.x.
 
-    Same components as [`StableDiffusionPipeline`]; the scheduler is replaced by the preset's on the first call.
+    Same components as [`StableDiffusionPipeline`]; a call never replaces ``pipe.scheduler``.
     Works with epsilon- and v-prediction bases.
     """
 
@@ -225,13 +361,14 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
+        preset_steps: bool = True,
     ):
         """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
         negative prompt list length and finite ``latents`` (ValueError / TypeError naming the argument)."""
         if preset is not None:
             self._check_hipa_inputs(
                 preset, num_inference_steps, guidance_scale, eta, height, width,
-                prompt=prompt, negative_prompt=negative_prompt, latents=latents,
+                prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
             )  # fmt: skip
         super().check_inputs(
             prompt,
@@ -247,6 +384,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         )
 
     @validate_numbers
+    @_restoring_scheduler
     @torch.no_grad()
     def __call__(
         self,
@@ -283,7 +421,9 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (values in [0, 1]) or ``"latent"``.
             cross_attention_kwargs: forwarded to the UNet (``{"scale": s}`` scales all LoRAs).
             preset: ``"hipa"``, ``"lcm"``, ``"tcd"``, ``"lightning"`` or ``"hyper-sd"``; ``None`` keeps the last
-                applied one (``"hipa"`` the first time). Applying a preset replaces ``self.scheduler``.
+                applied one (``"hipa"`` defaults before any). A preset given here runs on a scheduler of its kind for this
+                call only; ``pipe.scheduler`` is never replaced by a call (use :meth:`set_preset` for that). Without
+                one, a scheduler swapped into ``pipe.scheduler`` is used as given, with any step count >= 1.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
 
         Returns:
@@ -295,7 +435,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 0. Preset and defaults
-        preset = self._resolve_preset(preset)
+        preset, preset_steps = self._resolve_preset(preset)
         num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
         eta = preset.eta if eta is None else float(eta)
@@ -318,6 +458,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             guidance_scale=guidance_scale,
             eta=eta,
             latents=latents,
+            preset_steps=preset_steps,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
@@ -415,7 +556,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
 class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
     r"""One-step (HiPA) and few-step (LCM / TCD / Lightning / Hyper-SD LoRA) text-to-image for SDXL.
 
-    Same components as [`StableDiffusionXLPipeline`]; the scheduler is replaced by the preset's on the first call.
+    Same components as [`StableDiffusionXLPipeline`]; a call never replaces ``pipe.scheduler``.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
@@ -449,13 +590,14 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
+        preset_steps: bool = True,
     ):
         """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
         negative prompt list lengths and finite ``latents`` (ValueError / TypeError naming the argument)."""
         if preset is not None:
             self._check_hipa_inputs(
                 preset, num_inference_steps, guidance_scale, eta, height, width,
-                prompt=prompt, negative_prompt=negative_prompt, latents=latents,
+                prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
             )  # fmt: skip
             check_negative_prompt(
                 prompt_2 if prompt_2 is not None else prompt, negative_prompt_2, name="negative_prompt_2"
@@ -478,6 +620,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         )
 
     @validate_numbers
+    @_restoring_scheduler
     @torch.no_grad()
     def __call__(
         self,
@@ -522,7 +665,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 0. Preset and defaults
-        preset = self._resolve_preset(preset)
+        preset, preset_steps = self._resolve_preset(preset)
         num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
         eta = preset.eta if eta is None else float(eta)
@@ -551,6 +694,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             guidance_scale=guidance_scale,
             eta=eta,
             latents=latents,
+            preset_steps=preset_steps,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0

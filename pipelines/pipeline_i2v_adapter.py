@@ -3,7 +3,8 @@
 Extends diffusers' ``AnimateDiffPipeline`` (an SD 1.5-family base + ``MotionAdapter`` -> ``UNetMotionModel``):
 
 * the input image's latent is frame 0 and stays clean: it is put back into the latents before every UNet call and
-  after every scheduler step, and the UNet sees it unscaled;
+  after every scheduler step (before ``callback_on_step_end``, whose returned latents are used as they are), and the
+  UNet sees it unscaled;
 * the UNet's spatial self-attention layers carry I2V-Adapter's first-frame attention (``load_i2v_adapter``);
 * the later frames can start from the Frame Similarity Prior instead of pure noise (``similarity_prior``);
 * optional content adapter (IP-Adapter-style image tokens, fed with the input image automatically);
@@ -872,8 +873,9 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
                         for k in callback_on_step_end_tensor_inputs:
                             callback_kwargs[k] = locals()[k]
                         callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        # what the callback returns is used as is (the clean first frame was put back above; the
+                        # UNet input gets it again at the next step)
                         latents = callback_outputs.pop("latents", latents)
-                        latents = torch.cat([first_frame.to(latents.dtype), latents[:, :, 1:]], dim=2)
                         prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                         negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
 

@@ -78,12 +78,13 @@ class MVAdapterPipelineOutput(BaseOutput):
     """Output of the MV-Adapter pipelines.
 
     Attributes:
-        images: one entry per generated sample (prompt x ``num_images_per_prompt``), each the sample's views: a list of
-            ``V`` PIL images (``output_type="pil"``), a ``(V, H, W, 3)`` array (``"np"``), a ``(V, 3, H, W)`` tensor
-            (``"pt"``) or ``(V, C, h, w)`` latents (``"latent"``).
+        images: the views of every generated sample (prompt x ``num_images_per_prompt``), stacked like AnimateDiff's
+            ``frames``: one ``(samples, V, H, W, 3)`` array (``output_type="np"``), one ``(samples, V, 3, H, W)``
+            tensor (``"pt"``), ``(samples, V, C, h, w)`` latents (``"latent"``), or for ``"pil"`` a list (samples) of
+            lists of ``V`` PIL images. ``images[s]`` is sample ``s``'s views in every case.
     """
 
-    images: list[Any]
+    images: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
 
 
 def make_multiview_grid(views: Sequence[PIL.Image.Image], rows: int = 1, cols: int | None = None) -> PIL.Image.Image:
@@ -130,6 +131,12 @@ def prepare_reference_image(image: PIL.Image.Image, height: int, width: int, *, 
 
 def _is_xl_config(model_index: dict[str, Any]) -> bool:
     return "text_encoder_2" in model_index or "XL" in str(model_index.get("_class_name", ""))
+
+
+def _describe_tensor(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 def _image_hw(image) -> tuple[int, int]:
@@ -299,8 +306,10 @@ class MVAdapterPipelineMixin:
         width: int,
         clip_skip: int | None,
         lora_scale: float | None,
+        embeds: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
-        """``{"pos": (states, added_cond_kwargs), "neg": ...}`` with ``len(prompt) * repeat`` rows each."""
+        """``{"pos": (states, added_cond_kwargs), "neg": ...}`` with ``prompts * repeat`` rows each; ``prompt`` is
+        ``None`` when ``embeds`` holds ``prompt_embeds`` (and optionally the negative / pooled embeddings)."""
         raise NotImplementedError
 
     def _default_size(self) -> int:
@@ -334,6 +343,8 @@ class MVAdapterPipelineMixin:
         latents: torch.Tensor | None = None,
         condition_maps: torch.Tensor | np.ndarray | None = None,
         negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> None:
         """Validate a call's arguments before any model runs; each error names the argument and what is allowed.
 
@@ -346,9 +357,28 @@ class MVAdapterPipelineMixin:
             TypeError: an argument of the wrong type.
             ValueError: an argument out of range, non-finite, or not fitting the loaded adapter.
         """
-        adapter = self._require_adapter()
-        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
+        adapter = self.mv_adapter
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if prompt_embeds is None and (
+            not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt)
+        ):
             raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}.")
+        for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3):
+                raise ValueError(f"`{name}` must be a (prompts, tokens, dim) tensor, got {_describe_tensor(value)}.")
+            check_finite(name, value)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        if (
+            prompt_embeds is not None
+            and negative_prompt_embeds is not None
+            and prompt_embeds.shape != negative_prompt_embeds.shape
+        ):
+            raise ValueError(
+                f"`prompt_embeds` {tuple(prompt_embeds.shape)} and `negative_prompt_embeds` "
+                f"{tuple(negative_prompt_embeds.shape)} must have the same shape."
+            )
         check_negative_prompt(prompt, negative_prompt)
         check_count(
             "num_views", num_views, maximum=self.max_num_views, why=" (`max_num_views`; the official models use 6)"
@@ -378,13 +408,21 @@ class MVAdapterPipelineMixin:
             raise ValueError(f"`noise_shift` must be > 0 (1 = no shift), got {noise_shift}.")
         if (position_map is None) != (normal_map is None):
             raise ValueError("`position_map` and `normal_map` must be given together (geometry mode).")
-        if image is not None and not adapter.config.use_ref:
+        if adapter is None:
+            given = [n for n, v in (("image", image), ("position_map", position_map),
+                                    ("condition_maps", condition_maps)) if v is not None]  # fmt: skip
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` needs an MV-Adapter and none is loaded: call `load_mv_adapter(...)` or "
+                    "`init_mv_adapter()` (without one, the views are sampled by the base alone)."
+                )
+        elif image is not None and not adapter.config.use_ref:
             raise ValueError(
                 "`image` was given but the loaded MV-Adapter has no reference branch; load an i2mv/ig2mv adapter."
             )
-        if adapter.config.attention_mode == "row_col" and num_views != 6:
+        if adapter is not None and adapter.config.attention_mode == "row_col" and num_views != 6:
             raise ValueError(f"This adapter's 'row_col' attention needs `num_views` = 6, got {num_views}.")
-        if adapter.cond_encoder is None:
+        if adapter is not None and adapter.cond_encoder is None:
             raise ValueError(
                 "The MV-Adapter has no condition encoder; register one with `register_condition_encoder`."
             )
@@ -489,6 +527,22 @@ class MVAdapterPipelineMixin:
             vae.to(dtype=torch.float16)
         return image
 
+    def _shifted_scheduler(self, noise_shift: float):
+        """The scheduler of one call: ``self.scheduler`` with the shifted-SNR schedule (a copy; ``self.scheduler`` is
+        never changed), or ``self.scheduler`` itself for ``noise_shift == 1`` and for schedulers the shift cannot
+        rebuild (no ``alphas_cumprod`` / ``trained_betas``: EDM, flow matching), which run unshifted with a warning."""
+        scheduler = self.scheduler
+        if noise_shift == 1:
+            return scheduler
+        params = inspect.signature(type(scheduler).__init__).parameters
+        if not hasattr(scheduler, "alphas_cumprod") or "trained_betas" not in params:
+            logger.warning(
+                f"{type(scheduler).__name__} has no betas schedule (`alphas_cumprod` / `trained_betas`) to shift: "
+                f"`noise_shift`={noise_shift} is not applied; the scheduler runs unshifted."
+            )
+            return scheduler
+        return shifted_snr_scheduler(scheduler, noise_shift)
+
     @staticmethod
     def _step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
         params = set(inspect.signature(scheduler.step).parameters)
@@ -516,7 +570,7 @@ class MVAdapterPipelineMixin:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str] = "high quality",
+        prompt: str | list[str] | None = None,
         image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | None = None,
         position_map=None,
         normal_map=None,
@@ -536,6 +590,10 @@ class MVAdapterPipelineMixin:
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -552,6 +610,7 @@ class MVAdapterPipelineMixin:
 
         Args:
             prompt: text prompt(s); ``P`` prompts give ``P * num_images_per_prompt`` samples of ``num_views`` views.
+                Default (no ``prompt_embeds``): the official ``"high quality"``.
             image: reference image(s) for image-to-multi-view (one, or one per prompt); RGBA is put on gray. It is
                 encoded at its own size (as the official pipeline); :func:`prepare_reference_image` centres and
                 resizes it to the output size like the official scripts.
@@ -571,19 +630,32 @@ class MVAdapterPipelineMixin:
             reference_guidance_scale: image guidance; ``None`` uses one guidance over (negative prompt, zero
                 reference) as the official pipeline; a value adds a third branch
                 ``eps = u + s_ref * (e_img - u) + s_txt * (e_full - e_img)``.
-            negative_prompt: defaults to the official negative prompt.
+            negative_prompt: defaults to the official negative prompt (not used when ``negative_prompt_embeds`` are
+                given).
+            num_images_per_prompt: samples per prompt.
+            generator: one ``torch.Generator``, one per sample (``P * num_images_per_prompt``, as diffusers), or one
+                per view (``samples * num_views``).
+            latents: initial noise ``(samples * num_views, C, h, w)``, the views of a sample contiguous.
+            prompt_embeds, negative_prompt_embeds: ``(P, tokens, dim)`` text embeddings from :meth:`encode_prompt`
+                instead of ``prompt`` / ``negative_prompt`` (SDXL also takes ``pooled_prompt_embeds`` /
+                ``negative_pooled_prompt_embeds`` ``(P, dim)``).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, tensors) -> dict`` (may replace ``latents``).
             cross_attention_kwargs: passed to the UNet (e.g. ``{"scale": lora_scale}``).
             mv_scale, ref_scale: branch scales for this call (default: the adapter's, 1.0).
             condition_scale: scale of the condition encoder's residuals.
             noise_shift: shifted-SNR schedule factor ("interpolated"); 1 = the base schedule. ``None``: the value
-                the loaded adapter was trained with (recorded in its config), else the official 8.
+                the loaded adapter was trained with (recorded in its config), else the official 8; without an adapter,
+                1. A scheduler without ``alphas_cumprod`` / ``trained_betas`` (EDM, flow matching) is used unshifted,
+                with a warning.
+
+        Without an MV-Adapter loaded the views are sampled by the base alone (no multi-view attention, no camera
+        condition; ``image`` and geometry inputs are refused), like the base pipeline with one sample per view.
 
         Returns:
             :class:`MVAdapterPipelineOutput` (or a tuple with its ``images``).
         """
-        adapter = self._require_adapter()
+        adapter = self.mv_adapter
         # 0. Defaults
         if cameras is not None and not isinstance(cameras, Cameras):
             cameras = Cameras.from_c2w(cameras, convention="opencv", fov_deg=fov)
@@ -597,7 +669,11 @@ class MVAdapterPipelineMixin:
             elif position_map is not None:
                 num_views = len(position_map)
             else:
-                num_views = adapter.config.num_views
+                num_views = adapter.config.num_views if adapter is not None else 1
+        if prompt is None and prompt_embeds is None:
+            prompt = "high quality"
+        if negative_prompt_embeds is not None and negative_prompt == DEFAULT_NEGATIVE_PROMPT:
+            negative_prompt = None  # the default gives way to the embeddings
         height = self._default_size() if height is None else height  # 0 is refused, never replaced
         width = self._default_size() if width is None else width
         if guidance_scale is None:
@@ -608,7 +684,7 @@ class MVAdapterPipelineMixin:
             prompt, image, position_map, normal_map, num_views, cameras, height, width, num_inference_steps,
             guidance_scale, reference_guidance_scale, mv_scale, ref_scale, noise_shift,
             callback_on_step_end_tensor_inputs, latents=latents, condition_maps=condition_maps,
-            negative_prompt=negative_prompt,
+            negative_prompt=negative_prompt, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
         )  # fmt: skip
         if azimuth_deg is not None and len(azimuth_deg) != num_views:
             raise ValueError(f"`azimuth_deg` has {len(azimuth_deg)} values but `num_views` is {num_views}.")
@@ -616,8 +692,12 @@ class MVAdapterPipelineMixin:
         self._interrupt = False
 
         # 2. Batch layout
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        num_prompts = len(prompts)
+        if prompt_embeds is not None:
+            prompts = None
+            num_prompts = int(prompt_embeds.shape[0])
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            num_prompts = len(prompts)
         samples = num_prompts * num_images_per_prompt
         views = num_views
         device = self._execution_device
@@ -626,10 +706,16 @@ class MVAdapterPipelineMixin:
         if three_branch and reference_guidance_scale == guidance_scale:
             three_branch = False  # identical to the two-branch formula
         branches = ["neg", "neg", "pos"] if three_branch else (["neg", "pos"] if do_cfg else ["pos"])
-        if isinstance(generator, list) and len(generator) != samples * views:
-            raise ValueError(
-                f"`generator` has {len(generator)} entries; expected {samples * views} (samples x views)."
-            )
+        sample_generators = None
+        if isinstance(generator, list):
+            if len(generator) == samples and views > 1:
+                sample_generators = generator
+                generator = [g for g in generator for _ in range(views)]  # each sample's views from its generator
+            elif len(generator) != samples * views:
+                raise ValueError(
+                    f"`generator` has {len(generator)} entries; expected one per sample ({samples}) or one per view "
+                    f"({samples * views} = samples x views)."
+                )
 
         # 3. Encode the prompts
         if negative_prompt is None:
@@ -641,9 +727,16 @@ class MVAdapterPipelineMixin:
                     f"`negative_prompt` has {len(negatives)} entries but there are {num_prompts} prompts."
                 )
         lora_scale = (cross_attention_kwargs or {}).get("scale")
+        embeds = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "pooled_prompt_embeds": pooled_prompt_embeds,
+            "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
+        }
         text = self._encode_text(
             prompts, negatives, device=device, repeat=num_images_per_prompt * views, need_negative=do_cfg,
             height=height, width=width, clip_skip=clip_skip, lora_scale=lora_scale,
+            embeds={k: v for k, v in embeds.items() if v is not None},
         )  # fmt: skip
         prompt_embeds = torch.cat([text[b][0] for b in branches])
         added = None
@@ -652,11 +745,12 @@ class MVAdapterPipelineMixin:
 
         # 4. Timesteps (shifted-SNR schedule)
         if noise_shift is None:
-            trained = self.mv_adapter.config.extra.get("noise_shift") if self.mv_adapter is not None else None
-            noise_shift = float(trained) if trained is not None else DEFAULT_NOISE_SHIFT
-        scheduler = self.scheduler
-        if noise_shift is not None and noise_shift != 1:
-            scheduler = shifted_snr_scheduler(self.scheduler, noise_shift)
+            if adapter is None:
+                noise_shift = 1.0
+            else:
+                trained = adapter.config.extra.get("noise_shift")
+                noise_shift = float(trained) if trained is not None else DEFAULT_NOISE_SHIFT
+        scheduler = self._shifted_scheduler(noise_shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
 
@@ -664,14 +758,21 @@ class MVAdapterPipelineMixin:
         dtype = prompt_embeds.dtype
         shape = (samples * views, self.unet.config.in_channels, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)  # fmt: skip
-        if latents is None:
+        if latents is None and sample_generators is not None:
+            view_shape = (views, *shape[1:])
+            latents = torch.cat([randn_tensor(view_shape, generator=g, device=device, dtype=dtype)
+                                 for g in sample_generators])  # fmt: skip
+        elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
 
         # 6. Condition maps -> encoder residuals (computed once, the same for every branch and step)
-        if condition_maps is not None:
+        features = None
+        if adapter is None:
+            pass  # the base alone: no condition
+        elif condition_maps is not None:
             maps = torch.as_tensor(condition_maps).to(device=device, dtype=dtype)
             if maps.shape[-2:] != (height, width):
                 maps = torch.nn.functional.interpolate(maps, size=(height, width), mode="bilinear")
@@ -682,11 +783,12 @@ class MVAdapterPipelineMixin:
                 cameras=cameras, position_map=position_map, normal_map=normal_map, height=height, width=width,
                 device=device, dtype=dtype,
             )  # fmt: skip
-        if maps.shape[0] != views:
-            raise ValueError(f"The condition has {maps.shape[0]} views but `num_views` is {views}.")
-        features = self._encode_condition(maps, device, dtype)
-        reps = samples * len(branches)
-        features = [(f * condition_scale).to(dtype).repeat(reps, 1, 1, 1) for f in features]
+        if adapter is not None:
+            if maps.shape[0] != views:
+                raise ValueError(f"The condition has {maps.shape[0]} views but `num_views` is {views}.")
+            features = self._encode_condition(maps, device, dtype)
+            reps = samples * len(branches)
+            features = [(f * condition_scale).to(dtype).repeat(reps, 1, 1, 1) for f in features]
 
         # 7. Reference states (I2MV): one UNet pass at t=0, cached per attn1; zeros as the unconditional reference
         ref_states = None
@@ -700,17 +802,19 @@ class MVAdapterPipelineMixin:
         extra_step_kwargs = self._step_kwargs(scheduler, generator, eta)
 
         # 8. Denoising loop
-        state = adapter.state
-        overrides = {
-            "num_views": views,
-            "ref_states": ref_states,
-            "mv_scale": state.mv_scale if mv_scale is None else mv_scale,
-            "ref_scale": state.ref_scale if ref_scale is None else ref_scale,
-            "caching": False,
-            "enabled": True,
-        }
+        adapter_call = contextlib.nullcontext()
+        if adapter is not None:
+            state = adapter.state
+            adapter_call = state.override(
+                num_views=views,
+                ref_states=ref_states,
+                mv_scale=state.mv_scale if mv_scale is None else mv_scale,
+                ref_scale=state.ref_scale if ref_scale is None else ref_scale,
+                caching=False,
+                enabled=True,
+            )
         self._num_timesteps = len(timesteps)
-        with state.override(**overrides), self.progress_bar(total=len(timesteps)) as progress_bar:
+        with adapter_call, self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -721,16 +825,18 @@ class MVAdapterPipelineMixin:
                     t,
                     encoder_hidden_states=prompt_embeds,
                     cross_attention_kwargs=cross_attention_kwargs,
-                    down_intrablock_additional_residuals=list(features),
+                    down_intrablock_additional_residuals=list(features) if features is not None else None,
                     added_cond_kwargs=added,
                     return_dict=False,
                 )[0]
-                if three_branch:
+                if three_branch:  # guidance read from the pipeline each step (a callback may change it)
                     uncond, img, full = noise_pred.chunk(3)
-                    noise_pred = uncond + reference_guidance_scale * (img - uncond) + guidance_scale * (full - img)
+                    noise_pred = (
+                        uncond + reference_guidance_scale * (img - uncond) + self.guidance_scale * (full - img)
+                    )
                 elif do_cfg:
                     uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                    noise_pred = uncond + self.guidance_scale * (cond - uncond)
                 latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -741,7 +847,7 @@ class MVAdapterPipelineMixin:
                     prompt_embeds = out.pop("prompt_embeds", prompt_embeds)
                 progress_bar.update()
 
-        # 9. Decode
+        # 9. Decode, then group the views of each sample: (samples, views, ...)
         if output_type == "latent":
             images = latents
         else:
@@ -751,7 +857,10 @@ class MVAdapterPipelineMixin:
                 images = watermark.apply_watermark(images)
             images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
-        grouped = [images[s * views : (s + 1) * views] for s in range(samples)]
+        if isinstance(images, list):
+            grouped = [images[s * views : (s + 1) * views] for s in range(samples)]
+        else:
+            grouped = images.reshape(samples, views, *images.shape[1:])
         if not return_dict:
             return (grouped,)
         return MVAdapterPipelineOutput(images=grouped)

@@ -33,13 +33,19 @@ class MVAdapterSDPipeline(MVAdapterPipelineMixin, StableDiffusionPipeline):
         width: int,
         clip_skip: int | None,
         lora_scale: float | None,
+        embeds: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, None]]:
+        pooled = [k for k in (embeds or {}) if "pooled" in k]
+        if pooled:
+            raise ValueError(f"`{pooled[0]}` is for SDXL bases; SD 1.x / 2.x text encoders have no pooled output.")
         pos, neg = self.encode_prompt(
             prompt,
             device,
             repeat,
             need_negative,
             negative_prompt=negative_prompt,
+            prompt_embeds=(embeds or {}).get("prompt_embeds"),
+            negative_prompt_embeds=(embeds or {}).get("negative_prompt_embeds"),
             lora_scale=lora_scale,
             clip_skip=clip_skip,
         )

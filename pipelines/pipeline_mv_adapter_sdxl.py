@@ -37,7 +37,13 @@ class MVAdapterXLPipeline(MVAdapterPipelineMixin, StableDiffusionXLPipeline):
         width: int,
         clip_skip: int | None,
         lora_scale: float | None,
+        embeds: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        embeds = embeds or {}
+        for name in ("prompt_embeds", "negative_prompt_embeds"):
+            pooled_name = name.replace("prompt_embeds", "pooled_prompt_embeds")
+            if name in embeds and pooled_name not in embeds:
+                raise ValueError(f"With `{name}` on SDXL, pass `{pooled_name}` too (both from `encode_prompt`).")
         pos, neg, pooled, neg_pooled = self.encode_prompt(
             prompt=prompt,
             device=device,
@@ -46,6 +52,7 @@ class MVAdapterXLPipeline(MVAdapterPipelineMixin, StableDiffusionXLPipeline):
             negative_prompt=negative_prompt,
             lora_scale=lora_scale,
             clip_skip=clip_skip,
+            **embeds,
         )
         if self.text_encoder_2 is None:
             projection_dim = int(pooled.shape[-1])
