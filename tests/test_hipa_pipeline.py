@@ -219,8 +219,8 @@ def test_presets_run_with_a_random_lora(bases, tmp_path, name, preset, steps):
         "lightning": "EulerDiscreteScheduler",
         "hyper-sd": "DDIMScheduler",
     }[preset]
-    assert type(pipe.scheduler).__name__ == expected_class
-    timesteps = []
+    own = pipe.scheduler
+    timesteps, used = [], set()
     images = pipe(
         "a red cube",
         height=SIZE,
@@ -229,8 +229,11 @@ def test_presets_run_with_a_random_lora(bases, tmp_path, name, preset, steps):
         num_inference_steps=steps,
         generator=torch.Generator().manual_seed(0),
         output_type="pt",
-        callback_on_step_end=lambda p, i, t, kw: timesteps.append(int(t)) or {},
+        callback_on_step_end=lambda p, i, t, kw: (
+            timesteps.append(int(t)) or used.add(type(p.scheduler).__name__) or {}
+        ),
     ).images
+    assert used == {expected_class} and pipe.scheduler is own  # the preset's scheduler for the call only
     assert len(timesteps) == steps
     if preset in ("lightning", "hyper-sd"):
         assert timesteps[0] == 999  # trailing spacing
