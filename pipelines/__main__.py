@@ -20,166 +20,271 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .checks import MAX_IMAGE_SIDE, NumberRule, argparse_number
-from .tasks import MAX_FRAMES, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
+from .checks import NumberRule, argparse_number
+from .tasks import MAX_FRAMES, MAX_SIDE, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
 
 logger = logging.getLogger("pipelines.cli")
 
-#: Ranges of the numeric flags (refused at parse time, before any model loads; see pipelines.checks).
-_SCALE = NumberRule(minimum=0)
-_SIDE = NumberRule(integer=True, minimum=1, maximum=MAX_IMAGE_SIDE)
+# Ranges of the numeric flags: the task functions' own limits (pipelines.tasks), so a value the task would refuse is
+# refused at parse time, before any model loads (see pipelines.checks). Only what depends on the model (the size
+# multiple, 8x its native size) is checked after it loads, still before it runs.
+_STEPS = NumberRule(integer=True, minimum=1, maximum=150)
+_GUIDANCE = NumberRule(minimum=0, maximum=30)
+_SCALE_2 = NumberRule(minimum=0, maximum=2)
+_UNIT = NumberRule(minimum=0, maximum=1)
+_SIDE = NumberRule(integer=True, minimum=1, maximum=MAX_SIDE)
+
+
+def _number(p: argparse.ArgumentParser, flag: str, rule: NumberRule, default: Any = None, help: str | None = None):
+    """Add a numeric flag parsed with the shared number rule (:func:`pipelines.checks.argparse_number`)."""
+    return p.add_argument(flag, type=argparse_number(flag, rule), default=default, help=help)
+
+
+def _image_file(flag: str, *, keep_alpha: bool = False) -> Callable[[str], Any]:
+    """argparse ``type=``: the image at the path, opened and checked (:func:`pipelines.tasks.load_image`)."""
+
+    def parse(text: str) -> Any:
+        from .tasks import load_image
+
+        try:
+            return load_image(text, name=flag, keep_alpha=keep_alpha)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "image file"
+    parse.path_kind = "image"  # read by the tests' sweep of path flags
+    return parse
+
+
+def _model_path(flag: str) -> Callable[[str], str]:
+    """argparse ``type=``: an existing local file / folder, or a hub id (``owner/name``, resolved when loading)."""
+
+    def parse(text: str) -> str:
+        path = Path(text).expanduser()
+        if path.exists() or _looks_like_hub_id(text):
+            return text
+        raise argparse.ArgumentTypeError(f"`{flag}` {text!r} does not exist (a local folder or file, or a hub id).")
+
+    parse.__name__ = "model path"
+    parse.path_kind = "model"
+    return parse
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not Path(text).is_absolute()
+
+
+def _out_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"`--out` {text!r} is a file, not a folder.")
+    return path
+
+
+_out_dir.path_kind = "out"
+
+
+def _angles(text: str) -> list[float] | None:
+    """``--azimuths``: comma-separated finite degrees, at most :data:`MAX_VIEWS` (``""``: the default ring)."""
+    from .tasks import parse_angles
+
+    try:
+        values = parse_angles(text, "--azimuths")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if values is not None and len(values) > MAX_VIEWS:
+        raise argparse.ArgumentTypeError(f"`--azimuths` gives {len(values)} views; at most {MAX_VIEWS} are allowed.")
+    return values
+
+
+def _ratio(text: str) -> str:
+    """``--ratio``: ``W:H`` with positive finite parts."""
+    parts = text.split(":")
+    try:
+        values = [float(x) for x in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"`--ratio` must look like W:H with positive numbers, e.g. 16:9, got {text!r}."
+        )
+    return text
+
+
+def _device(text: str) -> str:
+    """``--device``: a torch device string of a device present on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"`--device` {text!r} is not a torch device (e.g. cpu, cuda, cuda:1)."
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"`--device` {text!r}: no CUDA device is available here.")
+    return text
+
+
+def _few_step_lora(text: str) -> tuple[str, str]:
+    """``--few-step-lora PRESET=PATH``: ``(preset, path)``, the path existing (or a hub id)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"`--few-step-lora` must look like PRESET=PATH, got {text!r}.")
+    return name.strip().lower(), _model_path("--few-step-lora")(path.strip())
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose error is one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"^argument (\S+): (`\1`)", r"\2", message)  # the flag named once
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m pipelines", description="Run the adapter demo tasks from the command line."
     )
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
 
-    def common(p: argparse.ArgumentParser, *, image: str | None = None, prompt_required: bool = True) -> None:
+    def common(
+        p: argparse.ArgumentParser,
+        *,
+        image: str | None = None,
+        keep_alpha: bool = False,
+        prompt_required: bool = True,
+        steps: NumberRule = _STEPS,
+    ) -> None:
         if image is not None:
-            p.add_argument("--image", required=True, help=image)
+            p.add_argument("--image", required=True, type=_image_file("--image", keep_alpha=keep_alpha), help=image)
         p.add_argument("--prompt", required=prompt_required, default="", help="text prompt")
         p.add_argument("--negative-prompt", default="", help="negative prompt")
-        p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-        p.add_argument("--seed", type=argparse_number("--seed", NumberRule(integer=True, minimum=0)), default=0)
+        p.add_argument("--out", required=True, type=_out_dir, help="output folder (created)")
+        _number(p, "--seed", NumberRule(integer=True, minimum=0, maximum=2**63 - 1), 0)
+        _number(p, "--steps", steps, help="denoising steps (default: the model's)")
+        _number(p, "--guidance", _GUIDANCE, help="classifier-free guidance scale (default: the model's)")
+        _number(p, "--height", _SIDE, help="output height (default: the model's)")
+        _number(p, "--width", _SIDE, help="output width (default: the model's)")
+        p.add_argument("--base", type=_model_path("--base"), help="base model folder or hub id (default: embedded)")
+        p.add_argument("--adapter", type=_model_path("--adapter"), help="adapter weights (default: embedded)")
+        p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
         p.add_argument(
-            "--steps",
-            type=argparse_number("--steps", NumberRule(integer=True, minimum=1)),
-            default=None,
-            help="denoising steps (default: the model's)",
+            "--dtype",
+            choices=("float16", "fp16", "bfloat16", "bf16", "float32", "fp32"),
+            help="weights dtype (default: fp16 on CUDA, else float32)",
         )
-        p.add_argument(
-            "--guidance",
-            type=argparse_number("--guidance", _SCALE),
-            default=None,
-            help="classifier-free guidance scale (default: the model's)",
-        )
-        p.add_argument(
-            "--height",
-            type=argparse_number("--height", _SIDE),
-            default=None,
-            help="output height (default: the model's)",
-        )
-        p.add_argument(
-            "--width", type=argparse_number("--width", _SIDE), default=None, help="output width (default: the model's)"
-        )
-        p.add_argument("--base", default=None, help="base model folder or hub id (default: embedded)")
-        p.add_argument("--adapter", default=None, help="adapter weights (default: embedded)")
-        p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-        p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA)")
         p.add_argument("--quiet", action="store_true", help="no progress bars, no log lines but errors")
 
     def views(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        _number(
+            p,
             "--num-views",
-            type=argparse_number("--num-views", NumberRule(integer=True, minimum=1, maximum=MAX_VIEWS)),
-            default=6,
-            help=f"views, 1-{MAX_VIEWS}",
+            NumberRule(integer=True, minimum=1, maximum=MAX_VIEWS),
+            help=f"views, 1-{MAX_VIEWS} (default 6)",
         )
-        p.add_argument("--azimuths", default=None, help="camera azimuths in degrees, e.g. '0,90,180,270'")
-        p.add_argument(
-            "--elevation",
-            type=argparse_number("--elevation", NumberRule(minimum=-90, maximum=90)),
-            default=0.0,
-            help="camera elevation in degrees",
-        )
-        p.add_argument(
-            "--mv-scale",
-            type=argparse_number("--mv-scale", _SCALE),
-            default=None,
-            help="multi-view attention scale (default: the model's)",
-        )
+        p.add_argument("--azimuths", type=_angles, help="camera azimuths in degrees, e.g. '0,90,180,270'")
+        _number(p, "--elevation", NumberRule(minimum=-90, maximum=90), 0.0, help="camera elevation in degrees")
+        _number(p, "--mv-scale", _SCALE_2, help="multi-view attention scale (default: the model's)")
 
     p = sub.add_parser("mv", help=TASKS["mv"].title)
     common(p)
     views(p)
 
     p = sub.add_parser("i2mv", help=TASKS["i2mv"].title)
-    common(p, image="reference image", prompt_required=False)
+    common(p, image="reference image", keep_alpha=True, prompt_required=False)
     views(p)
-    p.add_argument("--position-map", default=None, help="position map image (with --normal-map)")
-    p.add_argument("--normal-map", default=None, help="normal map image (with --position-map)")
-    p.add_argument(
-        "--reference-guidance",
-        type=argparse_number("--reference-guidance", _SCALE),
-        default=None,
-        help="separate image guidance scale",
-    )
-    p.add_argument(
-        "--ref-scale",
-        type=argparse_number("--ref-scale", _SCALE),
-        default=None,
-        help="reference attention scale (default: the model's)",
-    )
+    p.add_argument("--position-map", type=_image_file("--position-map"), help="position map image (with --normal-map)")
+    p.add_argument("--normal-map", type=_image_file("--normal-map"), help="normal map image (with --position-map)")
+    _number(p, "--reference-guidance", _GUIDANCE, help="separate image guidance scale")
+    _number(p, "--ref-scale", _SCALE_2, help="reference attention scale (default: the model's)")
 
     p = sub.add_parser("i2v", help=TASKS["i2v"].title)
     common(p, image="first frame", prompt_required=False)
-    p.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or hub id (default: embedded)")
     p.add_argument(
+        "--motion-adapter",
+        type=_model_path("--motion-adapter"),
+        help="MotionAdapter folder or hub id (default: embedded)",
+    )
+    _number(
+        p,
         "--frames",
-        type=argparse_number("--frames", NumberRule(integer=True, minimum=2, maximum=MAX_FRAMES)),
-        default=None,
+        NumberRule(integer=True, minimum=2, maximum=MAX_FRAMES),
         help=f"frames, 2-{MAX_FRAMES} (default: the model's)",
     )
-    p.add_argument("--fps", type=argparse_number("--fps", NumberRule(integer=True, minimum=1, maximum=240)), default=8)
-    p.add_argument(
-        "--adapter-scale",
-        type=argparse_number("--adapter-scale", _SCALE),
-        default=None,
-        help="first-frame attention scale",
-    )
-    p.add_argument(
-        "--prior-strength",
-        type=argparse_number("--prior-strength", NumberRule(minimum=0, maximum=1)),
-        default=None,
-        help="frame similarity prior strength (0 = off)",
-    )
-    p.add_argument(
-        "--prior-start",
-        type=argparse_number("--prior-start", NumberRule(minimum=0, maximum=1, open_max=True)),
-        default=None,
-        help="fraction of steps the prior skips",
+    _number(p, "--fps", NumberRule(integer=True, minimum=1, maximum=60), 8)
+    _number(p, "--adapter-scale", _SCALE_2, help="first-frame attention scale")
+    _number(p, "--prior-strength", _UNIT, help="frame similarity prior strength (0 = off)")
+    _number(
+        p, "--prior-start", NumberRule(minimum=0, maximum=1, open_max=True), help="fraction of steps the prior skips"
     )
 
     p = sub.add_parser("hipa", help=TASKS["hipa"].title)
-    common(p)
-    p.add_argument("--lora-scale", type=argparse_number("--lora-scale", _SCALE), default=1.0)
+    common(p, steps=NumberRule(integer=True, minimum=1, maximum=4))
+    _number(p, "--lora-scale", _SCALE_2, 1.0)
     p.add_argument("--compare", nargs="*", default=[], choices=list(ONE_STEP_COMPARISONS), help="also run these")
-    p.add_argument(
-        "--teacher-steps", type=argparse_number("--teacher-steps", NumberRule(integer=True, minimum=1)), default=25
-    )
+    _number(p, "--teacher-steps", _STEPS, 25)
     p.add_argument(
         "--few-step-lora",
         action="append",
         default=[],
+        type=_few_step_lora,
         metavar="PRESET=PATH",
         help="load a few-step LoRA (lcm, tcd, lightning, hyper-sd) for --compare; repeatable",
     )
 
     p = sub.add_parser("res", help=TASKS["res"].title)
     common(p)
-    p.add_argument(
+    _number(
+        p,
         "--scale",
-        type=argparse_number("--scale", NumberRule(minimum=0, open_min=True)),
-        default=None,
+        NumberRule(minimum=0, maximum=8, open_min=True),
         help="side relative to native, e.g. 1.5 (instead of --height/--width)",
     )
-    p.add_argument("--ratio", default=None, help="aspect ratio W:H, e.g. 2:1 (instead of --height/--width)")
-    p.add_argument("--lora-scale", type=argparse_number("--lora-scale", _SCALE), default=1.0)
-    p.add_argument("--norm-scale", type=argparse_number("--norm-scale", _SCALE), default=1.0)
+    p.add_argument("--ratio", type=_ratio, help="aspect ratio W:H, e.g. 2:1 (instead of --height/--width)")
+    _number(p, "--lora-scale", _UNIT, 1.0)
+    _number(p, "--norm-scale", _UNIT, 1.0)
     p.add_argument("--no-base", action="store_true", help="skip the run without ResAdapter")
     return parser
 
 
-def _size(args: argparse.Namespace) -> tuple[int | None, int | None]:
-    """``--height`` / ``--width`` (``None``: the model's stored default, else its native size)."""
-    return args.height, args.width
+def check_args(args: argparse.Namespace) -> None:
+    """The checks that involve more than one flag, before any model loads.
+
+    Raises:
+        ValueError: naming the flags.
+    """
+    if args.task in ("mv", "res") and not args.prompt.strip():
+        raise ValueError("`--prompt` is empty: describe what to generate.")
+    if args.task in ("mv", "i2mv") and args.azimuths is not None and args.num_views is not None:
+        if len(args.azimuths) != args.num_views:
+            raise ValueError(
+                f"`--num-views` {args.num_views} disagrees with the {len(args.azimuths)} `--azimuths`; give one of them."
+            )
+    if args.task == "i2mv" and (args.position_map is None) != (args.normal_map is None):
+        raise ValueError("`--position-map` and `--normal-map` go together: give both or neither.")
+    if args.task == "res" and (args.scale is not None or args.ratio is not None):
+        if args.height is not None or args.width is not None:
+            raise ValueError("`--scale` / `--ratio` and `--height` / `--width` exclude each other: give one way.")
+    if args.task == "hipa":
+        from adapters.hipa.presets import get_preset
+
+        for name, _ in args.few_step_lora:
+            try:
+                key = get_preset(name).name
+            except ValueError as err:
+                raise ValueError(f"`--few-step-lora`: {err}") from None
+            if key == "hipa":
+                raise ValueError("`--few-step-lora`: load the HiPA LoRA itself with `--adapter`.")
 
 
 def run(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -189,13 +294,9 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
 
     model = TASKS[args.task].model
     out: Path = args.out
+    check_args(args)  # every flag was checked when parsed; these involve several flags. Nothing is loaded yet.
     out.mkdir(parents=True, exist_ok=True)
-    # Check the inputs that need no model before loading one.
-    image = tasks.load_image(args.image, keep_alpha=args.task == "i2mv") if getattr(args, "image", None) else None
-    if args.task in ("mv", "i2mv") and not args.azimuths and not 1 <= args.num_views <= MAX_VIEWS:
-        raise ValueError(f"`--num-views` must be between 1 and {MAX_VIEWS}, got {args.num_views}.")
-    if args.task == "i2v" and args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
-        raise ValueError(f"`--frames` must be between 2 and {MAX_FRAMES}, got {args.frames}.")
+    image = getattr(args, "image", None)  # already opened and checked by its flag's type
     pipe = load_pipeline(
         model,
         base=args.base,
@@ -206,13 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         progress_bar=not args.quiet,
     )
     if args.task == "hipa" and args.few_step_lora:
-        loras = {}
-        for value in args.few_step_lora:
-            name, sep, path = value.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"`--few-step-lora` must look like PRESET=PATH, got {value!r}.")
-            loras[name.strip().lower()] = path.strip()
-        tasks.load_few_step_loras(pipe, loras)
+        tasks.load_few_step_loras(pipe, dict(args.few_step_lora))
     files: list[Path] = []
     first = None  # the first output image (its size is checked against the trained range)
     start = time.perf_counter()
@@ -223,9 +318,9 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         common["guidance_scale"] = args.guidance
 
     if args.task in ("mv", "i2mv"):
-        height, width = _size(args)
+        height, width = args.height, args.width
         view_args = {
-            "num_views": args.num_views,
+            "num_views": 6 if args.num_views is None else args.num_views,
             "azimuths": args.azimuths,
             "elevation": args.elevation,
             "height": height,
@@ -235,14 +330,12 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         if args.task == "mv":
             images = tasks.text_to_multiview(pipe, args.prompt, **view_args, **common)
         else:
-            position = tasks.load_image(args.position_map, name="position_map") if args.position_map else None
-            normal = tasks.load_image(args.normal_map, name="normal_map") if args.normal_map else None
             images = tasks.image_to_multiview(
                 pipe,
                 image,
                 args.prompt,
-                position_map=position,
-                normal_map=normal,
+                position_map=args.position_map,
+                normal_map=args.normal_map,
                 reference_guidance_scale=args.reference_guidance,
                 ref_scale=args.ref_scale,
                 **view_args,
@@ -260,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         files.append(out / "grid.png")
         files.append(tasks.save_views_zip(images, out / "views.zip"))
     elif args.task == "i2v":
-        height, width = _size(args)
+        height, width = args.height, args.width
         frames = tasks.image_to_video(
             pipe,
             image,
@@ -281,7 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         written = tasks.save_video(frames, out / "video.mp4", out / "video.gif", fps=args.fps)
         files.extend([written["mp4"], written["gif"], frame_dir])
     elif args.task == "hipa":
-        height, width = _size(args)
+        height, width = args.height, args.width
         results = tasks.one_step(
             pipe,
             args.prompt,
@@ -300,7 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             files.append(path)
             logger.info(f"{label}: {seconds * 1000:.0f} ms -> {path}")
     elif args.task == "res":
-        height, width = _size(args)
+        height, width = args.height, args.width
         if height is None and width is None and (args.scale is not None or args.ratio is not None):
             height, width = tasks.size_from_ratio(
                 tasks.native_resolution(pipe),

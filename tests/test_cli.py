@@ -97,6 +97,36 @@ def test_module_entry_point_help():
         assert task in res.stdout
 
 
+HIPA_RUN = ["hipa", "--prompt", "a cube", "--compare", "plain"]
+
+
+def _run_quiet(tmp_path, env, runs: list[list[str]]) -> subprocess.CompletedProcess:
+    """Run each ``python -m pipelines`` argv of ``runs`` with ``--quiet`` in one fresh process (the flag does the
+    same each call; one process saves the start-up)."""
+    script = (
+        "from pipelines.__main__ import main\n"
+        f"for argv in {runs!r}:\n"
+        f"    assert main([*argv, '--out', {str(tmp_path)!r} + '/q_' + argv[0], '--quiet']) == 0, argv\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.mark.slow
+def test_quiet_is_quiet_for_every_task(tmp_path, example_image):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DIFFUSION_ADAPTERS_PLACEHOLDER": "1"}
+    runs = [
+        ["mv", "--prompt", "a red cube", "--num-views", "2", "--steps", "1"],
+        ["i2mv", "--image", example_image, "--azimuths", "0,90", "--steps", "1"],
+        ["res", "--prompt", "a cube", "--steps", "1", "--height", "32", "--width", "64"],
+    ]
+    quiet = _run_quiet(tmp_path, env, runs)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert {Path(line).parent.name for line in quiet.stdout.split()} == {"q_mv", "q_i2mv", "q_res"}
+
+
 def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, example_image, monkeypatch):
     env = {**os.environ, "PYTHONPATH": str(REPO), "DIFFUSION_ADAPTERS_PLACEHOLDER": "1"}
 
@@ -107,13 +137,30 @@ def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, examp
 
     bad = cli("i2v", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "a"))
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip().splitlines() == ["ERROR: i2v: `image`: no such file 'missing.png'."]
-    quiet = cli("hipa", "--prompt", "a cube", "--out", str(tmp_path / "b"), "--quiet")
+    assert bad.stderr.strip().splitlines() == [
+        "python -m pipelines i2v: error: `--image`: no such file 'missing.png'. (--help lists the flags)"
+    ]
+    quiet = _run_quiet(tmp_path, env, [["i2v", "--image", example_image, "--frames", "2", "--steps", "1"], HIPA_RUN])
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr == ""  # no progress bar, no library notice
-    assert quiet.stdout.split() == [str(tmp_path / "b" / "hipa.png")]
+    assert quiet.stderr == ""  # no progress bar (loading, denoising, video), no library notice, no Python warning
+    assert quiet.stdout.split() == [str(tmp_path / "q_i2v" / n) for n in ("video.mp4", "video.gif", "frames")] + [
+        str(tmp_path / "q_hipa" / n) for n in ("hipa.png", "plain.png")
+    ]
 
+    # a user error found once the model has loaded (the size multiple is the model's): one line, no traceback
     from pipelines import __main__ as cli_main
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    cli_main.logger.addHandler(handler)
+    try:
+        argv = ["res", "--prompt", "x", "--height", "36", "--width", "32", "--out", str(tmp_path / "d")]
+        assert cli_main.main(argv) == 2
+    finally:
+        cli_main.logger.removeHandler(handler)
+    assert [(r.levelname, r.exc_info) for r in records] == [("ERROR", None)]
+    assert "`height`" in records[0].getMessage() and "\n" not in records[0].getMessage()
 
     def broken(args):
         raise KeyError("a bug")

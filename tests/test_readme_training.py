@@ -114,3 +114,21 @@ def test_resolution_defaults_to_the_base_native_size():
 
 if os.environ.get("HF_HUB_OFFLINE") is None:  # the commands load local folders only
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def test_accelerate_launch_with_the_single_process_config_prints_one_line():
+    """Through ``accelerate launch`` (a separate launcher process, where no filter of ours runs): with the shipped
+    single-process config (``--config_file training/configs/accelerate_single.yaml``) the launcher prints no "values
+    were not passed to `accelerate launch` and had defaults used instead" notice, and with its ``-q`` no traceback of
+    its own when the script exits 2. A bad flag is then one line on stderr, as with ``python -m``."""
+    import subprocess
+
+    config = ROOT / "training" / "configs" / "accelerate_single.yaml"
+    command = ["accelerate", "launch", "--config_file", str(config), "-q", "-m", "training.train_hipa"]
+    command += ["--pretrained_model_name_or_path", "assets/base", "--learning_rate", "nan"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "`--learning_rate` must be a finite number > 0, got nan" in lines[0]

@@ -46,6 +46,15 @@ LR_SCHEDULERS = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose error is one line on stderr (exit status 2), without the usage block (the
+    training scripts have ~60 flags)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"^argument (\S+): (`\1`)", r"\2", message)  # the flag named once
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def option_help(text: str, choices: Sequence[Any] | None = None) -> dict[str, Any]:
     """Dataclass field metadata for an option: its ``--help`` text and, optionally, its allowed values."""
     meta: dict[str, Any] = {"help": text}
@@ -259,7 +268,7 @@ class TrainConfig:
     @classmethod
     def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
         """An ``argparse`` parser with one flag per field, plus ``--config``."""
-        parser = argparse.ArgumentParser(
+        parser = OneLineErrorParser(
             description=description or cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
         parser.add_argument(
@@ -275,12 +284,13 @@ class TrainConfig:
                 kwargs["choices"] = list(f.metadata["choices"])
             default = _default(f)
             flag = "--" + f.name
+            optional = _is_optional(hints[f.name]) or f.default is None
             if base is bool and not is_list:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
             elif is_list:
-                parser.add_argument(flag, nargs="*", type=_converter(base, f.name), default=default, **kwargs)
+                parser.add_argument(flag, nargs="*", type=_converter(base, f.name, False), default=default, **kwargs)
             else:
-                parser.add_argument(flag, type=_converter(base, f.name), default=default, **kwargs)
+                parser.add_argument(flag, type=_converter(base, f.name, optional), default=default, **kwargs)
         return parser
 
     @classmethod
@@ -314,13 +324,22 @@ class TrainConfig:
                 unknown.append(key)
                 continue
             base, is_list = _field_type(hints[name])
-            if value is None:
-                values[name] = None
-            elif is_list:
-                items = value if isinstance(value, list) else [value]
-                values[name] = [_convert(base, v, name, source) for v in items]
-            else:
-                values[name] = _convert(base, value, name, source)
+            optional = _is_optional(hints[name]) or names[name].default is None
+            try:
+                if value is None:
+                    check_option_value(name, base, None, optional=optional)
+                    values[name] = None
+                elif is_list:
+                    items = value if isinstance(value, list) else [value]
+                    values[name] = [_convert(base, v, name, source) for v in items]
+                    for item in values[name]:
+                        check_option_value(name, base, item, optional=False)
+                else:
+                    values[name] = _convert(base, value, name, source)
+                    check_option_value(name, base, values[name], optional=optional)
+            except (TypeError, ValueError) as err:
+                message = str(err)
+                raise type(err)(message if source in message else f"{message.rstrip('.')} (in {source}).") from None
         if unknown:
             raise ValueError(
                 f"Unknown option(s) {sorted(unknown)} in config file {source!r}; known options: {sorted(names)}."
@@ -434,13 +453,18 @@ def describe_range(base: type, bounds: tuple[float | None, float | None, bool, b
     return kind
 
 
-def check_option_value(name: str, base: type, value: Any, *, optional: bool) -> None:
-    """One option's value: its type (a bool is not a number, a float is not an int), finite, in its range."""
+def check_option_value(name: str, base: type, value: Any, *, optional: bool, label: str | None = None) -> None:
+    """One option's value: its type (a bool is not a number, a float is not an int), finite, in its range.
+
+    Raises:
+        TypeError / ValueError: naming ``label`` (default ``name``; the command line passes ``--name``).
+    """
+    option, name = name, label or name
     if value is None:
         if optional:
             return
         raise ValueError(f"`{name}` needs a value (it has no 'unset' default), got None.")
-    bounds = OPTION_RANGES.get(name)
+    bounds = OPTION_RANGES.get(option)
     if base is bool:
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} ({value!r}).")
@@ -583,7 +607,7 @@ def _convert(base: type, value: Any, name: str, source: str = "command line") ->
     try:
         if base is bool:
             return _parse_bool(value, name)
-        if base is int and isinstance(value, float) and not value.is_integer():
+        if base is int and isinstance(value, float):  # 2.0 too: a float where an int is required
             raise ValueError
         if base in (int, float) and isinstance(value, bool):
             raise ValueError
@@ -592,12 +616,17 @@ def _convert(base: type, value: Any, name: str, source: str = "command line") ->
         raise ValueError(f"`{name}` expects {base.__name__}, got {value!r} (from {source}).") from None
 
 
-def _converter(base: type, name: str):
+def _converter(base: type, name: str, optional: bool):
+    """argparse ``type=`` of option ``name``: converted and checked (type, finiteness, range) when parsed, so a bad
+    flag is refused naming ``--name`` before anything else runs."""
+
     def convert(text: str) -> Any:
         try:
-            return _convert(base, text, name)
-        except ValueError as err:
+            value = _convert(base, text, f"--{name}")
+            check_option_value(name, base, value, optional=optional, label=f"--{name}")
+        except (TypeError, ValueError) as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+        return value
 
     convert.__name__ = base.__name__
     return convert
