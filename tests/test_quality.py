@@ -283,6 +283,8 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
         "base: exact-object accuracy >= 0.50 at the native size",
     ]
     assert base["holds"] is False  # 3 seeds can never put a Wilson interval above 0.90
+    assert set(base["results"]["vae_round_trip_accuracy"]) == {"match", "colors_ok", "shapes_ok", "count_ok"}
+    assert "| real renders through the VAE (ceiling for any UNet) |" in md
     res = data["sections"]["res_adapter"]
     assert res["targets"][-1]["target"].startswith("ResAdapter at the native")
     assert "| FD floor: real / VAE round-trip | gap closed |" in md
