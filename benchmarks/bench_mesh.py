@@ -87,6 +87,7 @@ def run(
                     "median_s": res["median_s"],
                     "min_s": res["min_s"],
                     "cpu_median_s": res["cpu_median_s"],
+                    "wall_per_cpu": res["median_s"] / max(res["cpu_median_s"], 1e-9),
                     "times_s": res["times_s"],
                     "goal": f"<= {goal:g} s" if goal else "-",
                     # on a CPU, judged on this process's CPU time (robust to other jobs; one thread = the work)
@@ -98,8 +99,10 @@ def run(
         "rows": rows,
         "notes": (
             "On CUDA the median wall time is judged against the goal; on a CPU the process's CPU time "
-            "(cpu_median_s, one torch thread by default), which a shared machine's other jobs do not inflate."
+            "(cpu_median_s, one torch thread by default), which a shared machine's other jobs do not inflate: "
+            "wall_per_cpu well above 1 on one thread means the process waited for the CPU."
         ),
+        "columns": {"wall_per_cpu": "median_s / cpu_median_s (about 1 for one thread on a quiet CPU)"},
     }
     if write:
         write_results(f"mesh_{size}" if not cuda else f"mesh_{size}_cuda", payload)
