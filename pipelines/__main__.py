@@ -448,8 +448,10 @@ def _quiet_libraries() -> None:
     logger.setLevel(logging.ERROR)
 
 
-#: Errors caused by the user's input (a bad value, a missing or unreadable file or model): one line, exit status 2.
-USER_ERRORS = (ValueError, TypeError, OSError)
+#: Errors caused by the user's input (a value the loaded model refuses, a model that cannot be read or found): one
+#: line, exit status 2. A ``TypeError`` is not among them: every value reaching the code was typed by its flag, so a
+#: ``TypeError`` is a bug and keeps its traceback (exit status 1).
+USER_ERRORS = (ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:

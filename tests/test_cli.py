@@ -162,16 +162,18 @@ def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, examp
     assert [(r.levelname, r.exc_info) for r in records] == [("ERROR", None)]
     assert "`height`" in records[0].getMessage() and "\n" not in records[0].getMessage()
 
-    def broken(args):
-        raise KeyError("a bug")
+    for bug in (KeyError("a bug"), TypeError("unsupported operand")):  # every value was typed: a TypeError is a bug
 
-    monkeypatch.setattr(cli_main, "run", broken)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    cli_main.logger.addHandler(handler)
-    try:
-        assert cli_main.main(["mv", "--prompt", "x", "--out", str(tmp_path / "c")]) == 1
-    finally:
-        cli_main.logger.removeHandler(handler)
-    assert [r.exc_info is not None for r in records] == [True]  # a bug keeps its traceback
+        def broken(args, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(cli_main, "run", broken)
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        cli_main.logger.addHandler(handler)
+        try:
+            assert cli_main.main(["mv", "--prompt", "x", "--out", str(tmp_path / "c")]) == 1
+        finally:
+            cli_main.logger.removeHandler(handler)
+        assert [r.exc_info is not None for r in records] == [True]  # a bug keeps its traceback

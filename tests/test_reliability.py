@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -660,7 +661,7 @@ import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import typing  # noqa: E402
 
-from training.core.config import OPTION_RANGES, _field_type  # noqa: E402
+from training.core.config import INPUT_PATHS, OPTION_RANGES, _field_type  # noqa: E402
 
 TRAIN_SCRIPTS = {
     "base": ("training.train_base", "BaseConfig", {}),
@@ -736,3 +737,307 @@ def test_bad_input_training_option(script, option, label, value, tmp_path):
     with pytest.raises((ValueError, TypeError)) as info:  # and built directly (e.g. from Python)
         cls(**{**extra, option: value})
     assert f"`{option}`" in str(info.value), info.value
+
+
+# ------------------------------------------------------------------------------------ CLI flags, from the parser
+# Every flag of every `python -m pipelines` subcommand, read from the argparse parser itself: numeric flags get the
+# bad values of their NumberRule (as text), path flags a missing path / a file of the wrong kind, the other flags
+# the bad values listed in CLI_BAD_TEXT, and the checks that involve several flags their conflicts. Each is refused
+# with exit status 2 and one error line naming the flag, before any model loads (load_pipeline is a counter).
+
+import argparse  # noqa: E402
+
+from pipelines import __main__ as cli  # noqa: E402
+
+#: Flags that take free text (any string is a valid value) or no value.
+CLI_FREE = {"--prompt", "--negative-prompt", "--quiet", "--no-base", "--help"}
+#: Bad values of the flags that are neither numeric nor paths, by flag.
+CLI_BAD_TEXT: dict[str, dict[str, str]] = {
+    "--azimuths": {"word": "0,abc", "nan": "0,nan", "inf": "0,inf", "too_many": ",".join(["0"] * 13)},
+    "--ratio": {"one_part": "2", "zero": "2:0", "negative": "-1:1", "words": "a:b", "inf": "2:inf", "three": "1:1:1"},
+    "--device": {"word": "foo", "bad_index": "cpu:x"},
+    "--dtype": {"float8": "float8", "int": "int8"},
+    "--compare": {"unknown": "nope"},
+    "--few-step-lora": {"no_equals": "lcm", "no_preset": "=x", "missing_path": "lcm=no/such/dir/lora.safetensors"},
+}
+#: Conflicts between flags (checked in ``pipelines.__main__.check_args`` before any model loads).
+CLI_CONFLICTS: list[tuple[str, str, list[str], str]] = [
+    ("mv", "empty_prompt", ["--prompt", "  "], "--prompt"),
+    ("res", "empty_prompt", ["--prompt", ""], "--prompt"),
+    ("mv", "views_vs_azimuths", ["--num-views", "3", "--azimuths", "0,90"], "--num-views"),
+    ("i2mv", "views_vs_azimuths", ["--num-views", "1", "--azimuths", "0,90"], "--num-views"),
+    ("i2mv", "position_without_normal", ["--position-map", "{image}"], "--position-map"),
+    ("res", "scale_and_height", ["--scale", "1.5", "--height", "32"], "--scale"),
+    ("res", "ratio_and_width", ["--ratio", "2:1", "--width", "64"], "--ratio"),
+    ("hipa", "unknown_preset", ["--few-step-lora", "nope={file}"], "--few-step-lora"),
+    ("hipa", "hipa_as_few_step", ["--few-step-lora", "hipa={file}"], "--few-step-lora"),
+]
+
+
+def cli_actions() -> list[tuple[str, argparse.Action]]:
+    """``(task, action)`` for every flag of every subcommand of ``python -m pipelines``."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [(task, a) for task, p in sub.choices.items() for a in p._actions if a.option_strings]
+
+
+def _cli_required(task: str, image: str, out: str) -> list[str]:
+    argv = [task, "--out", out]
+    if task in ("i2mv", "i2v"):
+        argv += ["--image", image]
+    if task in ("mv", "hipa", "res"):
+        argv += ["--prompt", "a cube"]
+    return argv
+
+
+def _cli_cases() -> list:
+    cases = []
+    for task, action in cli_actions():
+        flag = action.option_strings[-1]
+        rule = getattr(action.type, "rule", None)
+        kind = getattr(action.type, "path_kind", None)
+        if rule is not None:
+            bad = {label: str(value) for label, value in bad_numbers(rule).items() if label != "str"}  # "1" is text
+            bad["word"] = "abc"
+        elif kind == "image":
+            bad = {"missing": "{missing}", "not_an_image": "{file}", "too_small": "{tiny}"}
+        elif kind == "model":
+            bad = {"missing": "no/such/dir/model", "missing_relative": "./no_such_model"}
+        elif kind == "out":
+            bad = {"is_a_file": "{file}"}
+        else:
+            bad = CLI_BAD_TEXT.get(flag, {})
+        for label, text in bad.items():
+            cases.append(pytest.param(task, [f"{flag}={text}"], flag, id=f"{task}-{flag.lstrip('-')}-{label}"))
+    for task, label, argv, flag in CLI_CONFLICTS:
+        cases.append(pytest.param(task, argv, flag, id=f"{task}-{label}"))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    _image(32, 32).save(root / "image.png")
+    _image(4, 4).save(root / "tiny.png")
+    (root / "file.txt").write_text("not an image")
+    return {
+        "image": str(root / "image.png"),
+        "tiny": str(root / "tiny.png"),
+        "file": str(root / "file.txt"),
+        "missing": str(root / "missing.png"),
+        "out": str(root / "out"),
+    }
+
+
+def test_every_cli_flag_has_bad_input_cases():
+    """A new flag must come with cases: a NumberRule or a path kind (read from its type), or an entry above."""
+    for task, action in cli_actions():
+        flag = action.option_strings[-1]
+        typed = getattr(action.type, "rule", None) is not None or getattr(action.type, "path_kind", None) is not None
+        assert typed or flag in CLI_BAD_TEXT or flag in CLI_FREE, f"{task} {flag}: no bad-input cases"
+
+
+@pytest.mark.parametrize(("task", "argv", "flag"), _cli_cases())
+def test_bad_input_cli(task, argv, flag, cli_files, monkeypatch, capsys, caplog):
+    import pipelines.embedded
+
+    loads = []
+    monkeypatch.setattr(pipelines.embedded, "load_pipeline", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    argv = [a.format(**cli_files) for a in argv]
+    base = _cli_required(task, cli_files["image"], cli_files["out"])
+    if "--prompt" in argv:  # the case's own prompt replaces the required one
+        i = base.index("--prompt")
+        del base[i : i + 2]
+    with caplog.at_level(logging.ERROR, logger="pipelines.cli"):
+        code = cli.main([*base, *argv])
+    assert code == 2 and not loads
+    errors = capsys.readouterr().err.strip().splitlines() + [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1, errors  # one line: no usage block, no traceback
+    assert f"`{flag}`" in errors[0] or f"argument {flag}: invalid choice" in errors[0], errors[0]
+
+
+def _boundary_values(rule: NumberRule) -> dict[str, float]:
+    out = {}
+    if rule.minimum is not None and not rule.open_min:
+        out["min"] = rule.minimum
+    if rule.maximum is not None and not rule.open_max:
+        out["max"] = rule.maximum
+    return {k: (int(v) if rule.integer else float(v)) for k, v in out.items()}
+
+
+#: Flags whose limit also depends on the loaded model (size multiple, 8x the native size): checked once it has
+#: loaded, before it runs (the pipeline's own checks, swept above).
+CLI_MODEL_DEPENDENT = {"--height", "--width"}
+#: Flags only used after generation (``--fps``: writing the video); their range is the writer's (1-60).
+CLI_AFTER_GENERATION = {"--fps"}
+
+
+class _Reached(Exception):
+    """Raised by a UNet pre-hook: the task accepted every value and got to the model."""
+
+
+@pytest.fixture(scope="module")
+def cli_pipes():
+    """The placeholder embedded pipelines, loaded once (their UNet raises :class:`_Reached` when called)."""
+    import os
+
+    from pipelines.embedded import load_pipeline
+
+    saved = os.environ.get("DIFFUSION_ADAPTERS_PLACEHOLDER")
+    os.environ["DIFFUSION_ADAPTERS_PLACEHOLDER"] = "1"
+    cache: dict[str, Any] = {}
+
+    def load(name, **kwargs):
+        if name not in cache:
+            pipe = load_pipeline(name, progress_bar=False)
+
+            def stop(module, args, kwargs=None):
+                raise _Reached
+
+            pipe.unet.register_forward_pre_hook(stop)
+            cache[name] = pipe
+        return cache[name]
+
+    yield load
+    if saved is None:
+        os.environ.pop("DIFFUSION_ADAPTERS_PLACEHOLDER", None)
+    else:
+        os.environ["DIFFUSION_ADAPTERS_PLACEHOLDER"] = saved
+
+
+CLI_BOUNDARY = [
+    pytest.param(task, action.option_strings[-1], value, id=f"{task}-{action.option_strings[-1].lstrip('-')}-{label}")
+    for task, action in cli_actions()
+    if getattr(action.type, "rule", None) is not None
+    and action.option_strings[-1] not in CLI_MODEL_DEPENDENT | CLI_AFTER_GENERATION
+    for label, value in _boundary_values(action.type.rule).items()
+]
+
+
+@pytest.mark.parametrize(("task", "flag", "value"), CLI_BOUNDARY)
+def test_cli_range_matches_the_task(task, flag, value, cli_files, cli_pipes, monkeypatch, caplog):
+    """The ends of each numeric flag's range pass the task's own checks (they reach the UNet): the CLI refuses at
+    parse time exactly what the task would refuse after loading the model, no less."""
+    import pipelines.embedded
+
+    monkeypatch.setattr(pipelines.embedded, "load_pipeline", cli_pipes)
+    argv = _cli_required(task, cli_files["image"], cli_files["out"]) + [flag, str(value)]
+    if flag == "--num-views" or flag == "--frames":
+        argv += ["--height", "32", "--width", "32"]
+    with caplog.at_level(logging.ERROR, logger="pipelines.cli"):
+        code = cli.main(argv)
+    reached = [r for r in caplog.records if r.exc_info and r.exc_info[0] is _Reached]
+    assert code == 1 and reached, [r.getMessage() for r in caplog.records]
+
+
+# --------------------------------------------------------------------- training flags, from the config classes
+# The training scripts' command lines: every int / float option as a flag with the bad values its range refuses (as
+# text), through the script's own entry point (training.core.trainer.main): exit status 2, one error line naming
+# the flag, and the trainer never built (so no model loaded).
+
+TRAIN_FLAG_PARAMS = [
+    pytest.param(script, option, label, str(value), id=f"{script}-{option}-{label}")
+    for script, (module, cls_name, _) in TRAIN_SCRIPTS.items()
+    for option, base in _numeric_options(_config_class(module, cls_name)).items()
+    for label, value in bad_option_values(option, base).items()
+]
+
+
+def _trainer_class(module: str):
+    mod = importlib.import_module(module)
+    from training.core.trainer import AdapterTrainer
+
+    return next(
+        v
+        for v in vars(mod).values()
+        if isinstance(v, type) and issubclass(v, AdapterTrainer) and v.__module__ == module
+    )
+
+
+@pytest.mark.parametrize(("script", "option", "label", "text"), TRAIN_FLAG_PARAMS)
+def test_bad_input_training_flag(script, option, label, text, monkeypatch, capsys, caplog):
+    from training.core import trainer as core
+
+    module, _, extra = TRAIN_SCRIPTS[script]
+    trainer_cls = _trainer_class(module)
+    monkeypatch.setattr(trainer_cls, "__init__", lambda *a, **k: pytest.fail("the trainer was built"))
+    argv = ["--pretrained_model_name_or_path", "assets/base", f"--{option}={text}"]  # = : "-1" is not a flag
+    for key, value in extra.items():
+        argv += [f"--{key}", value]
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as info:
+        core.main(trainer_cls, argv)
+    assert info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines() + [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    ]
+    assert len(errors) == 1, errors
+    assert f"`--{option}`" in errors[0] or f"`{option}`" in errors[0], errors[0]
+
+
+def _input_path_options(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name in INPUT_PATHS]
+
+
+def _choice_options(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if "choices" in f.metadata]
+
+
+TRAIN_OTHER_PARAMS = [
+    pytest.param(script, argv, flag, id=f"{script}-{label}")
+    for script, (module, cls_name, _) in TRAIN_SCRIPTS.items()
+    for flag, label, argv in [
+        *[
+            (f"--{name}", f"{name}-missing", [f"--{name}=no/such/dir/{name}"])
+            for name in _input_path_options(_config_class(module, cls_name))
+        ],
+        *[
+            (f"--{name}", f"{name}-bad_choice", [f"--{name}=nope"])
+            for name in _choice_options(_config_class(module, cls_name))
+        ],
+        ("config", "config-missing", ["--config=no/such/config.yaml"]),
+        ("learning_rate", "config-nan", ["--config={dir}/nan.yaml"]),
+        ("bogus_option", "config-unknown_key", ["--config={dir}/unknown.yaml"]),
+        ("lr_scheduler", "config-bad_choice", ["--config={dir}/choice.yaml"]),
+        ("train_batch_size", "config-float_for_int", ["--config={dir}/float.yaml"]),
+    ]
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "flag"), TRAIN_OTHER_PARAMS)
+def test_bad_input_training_path_choice_or_config(script, argv, flag, tmp_path, monkeypatch, capsys, caplog):
+    """Input paths, choices and config files of every training script: one error line naming the option, exit 2,
+    before the trainer is built."""
+    from training.core import trainer as core
+
+    files = {
+        "nan.yaml": "learning_rate: .nan\n",
+        "unknown.yaml": "bogus_option: 1\n",
+        "choice.yaml": "lr_scheduler: nope\n",
+        "float.yaml": "train_batch_size: 2.0\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    module, _, extra = TRAIN_SCRIPTS[script]
+    trainer_cls = _trainer_class(module)
+    monkeypatch.setattr(trainer_cls, "__init__", lambda *a, **k: pytest.fail("the trainer was built"))
+    full = ["--pretrained_model_name_or_path", "assets/base", *[a.format(dir=tmp_path) for a in argv]]
+    for key, value in extra.items():
+        full += [f"--{key}", value]
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as info:
+        core.main(trainer_cls, full)
+    assert info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines() + [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    ]
+    assert len(errors) == 1, errors
+    assert flag.lstrip("-") in errors[0], errors[0]
+
+
+def test_readme_reliability_section_is_current():
+    """The README's "Reliability" section is what ``python -m tests.reliability_report`` writes from the collected
+    cases (counts only), so no count in it goes stale unnoticed."""
+    node_ids = reliability_report.collect(reliability_report.FILES + reliability_report.SLOW_FILES, "slow or not slow")
+    expected = reliability_report.section(node_ids, reliability_report.known_gaps())
+    assert reliability_report.readme_section() == expected, (
+        "README.md's Reliability section is stale: run `python -m tests.reliability_report --write-readme`"
+    )
