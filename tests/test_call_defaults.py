@@ -184,10 +184,14 @@ def test_a_size_outside_the_trained_range_is_said_on_the_page(real_assets, tmp_p
     warned = []
     monkeypatch.setattr(app.gr, "Warning", lambda message, *a, **k: warned.append(message))
     demo_app = app.DemoApp(app.AppConfig(output_dir=tmp_path))
-    *_, info = demo_app.any_resolution("a cube", "", 0, False, 16, 48, False, 1, 7.5, 1.0, 1.0, progress=None)
+    common = {
+        "prompt": "a cube", "negative_prompt": "", "seed": 0, "randomize": False, "compare_base": False, "steps": 1,
+        "guidance": 7.5, "lora_scale": 1.0, "norm_scale": 1.0, "progress": None,
+    }  # fmt: skip
+    *_, info = demo_app.any_resolution(height=16, width=48, **common)
     assert warned and "aspect ratio" in warned[0] and "48x16" in warned[0] and warned[0] in info
     warned.clear()
-    demo_app.any_resolution("a cube", "", 0, False, 32, 64, False, 1, 7.5, 1.0, 1.0, progress=None)
+    demo_app.any_resolution(height=32, width=64, **common)
     assert warned == []
 
 

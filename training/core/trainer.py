@@ -899,9 +899,10 @@ def silence_unactionable_warnings() -> None:
 
     - transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ..." notice (the
       image processors are not used in training; it is logged by transformers' image-processing auto module).
-    - accelerate's notice that values "were not passed to `accelerate launch` and had defaults used instead"
-      (the defaults -- one process, no mixed precision unless `--mixed_precision` -- are what a single-device run
-      wants; `accelerate config` or the flags change them).
+
+    accelerate's notice that values "were not passed to `accelerate launch` and had defaults used instead" is printed
+    by the launcher's own process, where no filter of ours runs: the README's commands pass the shipped
+    ``--config_file training/configs/accelerate_single.yaml -q`` instead.
     """
     from adapters.log_filters import filter_unactionable_warnings
 
