@@ -36,6 +36,7 @@ from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
 from .checks import check_finite, check_negative_prompt, check_size, check_steps, validate_numbers
+from .utils import is_sdxl
 
 logger = logging.get_logger(__name__)
 
@@ -829,24 +830,6 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         return StableDiffusionXLPipelineOutput(images=image)
 
 
-def _is_sdxl_base(pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> bool:
-    """Whether a local base folder (or hub id, offline cache) holds an SDXL-family model."""
-    path = Path(pretrained_model_name_or_path)
-    index = path / "model_index.json"
-    if index.is_file():
-        data = json.loads(index.read_text())
-        if "text_encoder_2" in data and data.get("text_encoder_2", [None])[0] is not None:
-            return True
-        return "XL" in str(data.get("_class_name", ""))
-    unet_config = path / "unet" / "config.json"
-    if unet_config.is_file():
-        return json.loads(unet_config.read_text()).get("addition_embed_type") == "text_time"
-    from diffusers import DiffusionPipeline
-
-    config = DiffusionPipeline.load_config(str(pretrained_model_name_or_path), **kwargs)
-    return "text_encoder_2" in config
-
-
 class HiPAPipeline:
     """Entry point that picks :class:`HiPASDPipeline` or :class:`HiPAXLPipeline` from the base's config.
 
@@ -883,7 +866,7 @@ class HiPAPipeline:
         **kwargs,
     ) -> HiPASDPipeline | HiPAXLPipeline:
         """Load a base model with the matching HiPA pipeline class; see the class docstring."""
-        pipeline_cls = HiPAXLPipeline if _is_sdxl_base(pretrained_model_name_or_path) else HiPASDPipeline
+        pipeline_cls = HiPAXLPipeline if is_sdxl(pretrained_model_name_or_path) else HiPASDPipeline
         pipe = pipeline_cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
 

@@ -54,6 +54,7 @@ from .checks import (
     check_steps,
     validate_numbers,
 )
+from .utils import is_sdxl_config, size_multiple
 
 logger = logging.get_logger(__name__)
 
@@ -127,10 +128,6 @@ def prepare_reference_image(image: PIL.Image.Image, height: int, width: int, *, 
     top, left = (height - crop.shape[0]) // 2, (width - crop.shape[1]) // 2
     canvas[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
     return _rgba_on_gray(PIL.Image.fromarray(canvas, mode="RGBA"))
-
-
-def _is_xl_config(model_index: dict[str, Any]) -> bool:
-    return "text_encoder_2" in model_index or "XL" in str(model_index.get("_class_name", ""))
 
 
 def _describe_tensor(value) -> str:
@@ -320,7 +317,7 @@ class MVAdapterPipelineMixin:
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (VAE factor x UNet downsampling)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return size_multiple(self)
 
     def check_inputs(
         self,
@@ -936,7 +933,7 @@ class MVAdapterPipeline:
         """The pipeline class for a base (from its ``model_index.json``)."""
         config_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
         model_index = DiffusionPipeline.load_config(pretrained_model_name_or_path, **config_kwargs)
-        if _is_xl_config(model_index):
+        if is_sdxl_config(model_index):
             from .pipeline_mv_adapter_sdxl import MVAdapterXLPipeline
 
             return MVAdapterXLPipeline
