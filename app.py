@@ -367,7 +367,9 @@ def _user_errors(fn: Callable) -> Callable:
             if not err.print_exception:
                 raise
             raise _user_error(fn.__name__, str(err.message)) from err
-        except (ValueError, TypeError, ModelLoadError) as err:
+        # every widget hands its handler a typed value, so a TypeError here is a bug (logged with its traceback
+        # below), not a user's mistake
+        except (ValueError, ModelLoadError) as err:
             raise _user_error(fn.__name__, str(err)) from err
         except Exception as err:  # noqa: BLE001 -- the request fails with a message; the server stays up
             logger.exception(f"{fn.__name__} failed")

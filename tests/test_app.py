@@ -420,13 +420,17 @@ def test_user_errors_are_one_log_line_and_bugs_keep_their_traceback(tmp_path, ca
     assert caplog.records[0].getMessage().startswith("one_step: Seed must be between 0")
     caplog.clear()
 
-    def broken(*args, **kwargs):
-        raise KeyError("a bug")
+    # a KeyError, and a TypeError too (every widget hands its handler a typed value), is a bug: traceback logged
+    for bug in (KeyError("a bug"), TypeError("'NoneType' object is not subscriptable")):
 
-    with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
-        with pytest.raises(app.gr.Error, match="Generation failed: KeyError"):
-            app._user_errors(broken)()
-    assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None  # the traceback is logged
+        def broken(*args, bug=bug, **kwargs):
+            raise bug
+
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="diffusion_adapters.app"):
+            with pytest.raises(app.gr.Error, match=f"Generation failed: {type(bug).__name__}"):
+                app._user_errors(broken)()
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None  # the traceback is logged
 
 
 def test_slider_out_of_range_is_a_message_not_a_traceback(served, caplog):
