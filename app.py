@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import functools
 import importlib
-import json
 import logging
 import os
 import random
@@ -237,15 +236,9 @@ def _base_geometry(source: ModelSource) -> tuple[int, int]:
         if source.base is None:
             return 64, 16  # the placeholder base (see pipelines.embedded)
         return 512, 64
-    from pipelines.utils import native_resolution, size_multiple
+    from pipelines.utils import folder_geometry
 
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 512, 64
-    configs = {"vae_config": vae, "unet_config": unet}
-    return native_resolution(**configs), size_multiple(**configs)
+    return folder_geometry(folder) or (512, 64)
 
 
 def _module_error(module: str) -> str | None:

@@ -287,6 +287,30 @@ def check_args(args: argparse.Namespace) -> None:
                 raise ValueError("`--few-step-lora`: load the HiPA LoRA itself with `--adapter`.")
 
 
+def check_sizes_before_loading(args: argparse.Namespace) -> None:
+    """``--height`` / ``--width`` against the base's size multiple and ``min(4096, 8 x native)``, read from its config
+    files, so a bad size is refused before any weights load (the task checks again on the loaded model)."""
+    from . import checks
+    from .embedded import embedded_info, placeholder_base_path
+    from .utils import folder_geometry
+
+    sizes = [(name, getattr(args, name, None)) for name in ("height", "width")]
+    if all(value is None for _, value in sizes):
+        return
+    model = TASKS[args.task].model
+    folder = args.base or embedded_info(model).parts.get("base") or placeholder_base_path()
+    geometry = folder_geometry(folder) if Path(folder).is_dir() else None
+    if geometry is None:  # a hub id or a folder without configs: the loaded model is checked instead
+        return
+    native, multiple = geometry
+    for name, value in sizes:
+        if value is not None:
+            checks.check_size(
+                f"--{name}", value, multiple=multiple, maximum=min(checks.MAX_IMAGE_SIDE, 8 * native),
+                allow_none=False, explain=" for this model",
+            )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, list[str]]:
     """Run one task; returns ``{"files": [...], ...}`` (also written to ``<out>/result.json``)."""
     from . import tasks
@@ -295,6 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     model = TASKS[args.task].model
     out: Path = args.out
     check_args(args)  # every flag was checked when parsed; these involve several flags. Nothing is loaded yet.
+    check_sizes_before_loading(args)
     out.mkdir(parents=True, exist_ok=True)
     image = getattr(args, "image", None)  # already opened and checked by its flag's type
     pipe = load_pipeline(

@@ -24,6 +24,7 @@ __all__ = [
     "clip_tokenizer",
     "is_sdxl",
     "is_sdxl_config",
+    "folder_geometry",
     "native_resolution",
     "parse_preset_paths",
     "size_multiple",
@@ -113,6 +114,18 @@ def native_resolution(pipe: Any = None, *, vae_config: Any = None, unet_config: 
     sample = _get(unet_config, "sample_size") or 64
     sample = sample[0] if isinstance(sample, (tuple, list)) else sample
     return int(sample) * int(vae_factor or 8)
+
+
+def folder_geometry(folder: str | os.PathLike) -> tuple[int, int] | None:
+    """``(native side, size multiple)`` of a local base folder from its ``unet`` / ``vae`` ``config.json`` only (no
+    weights read), so sizes can be checked before a model loads; ``None`` when the folder has no readable configs."""
+    folder = Path(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return native_resolution(vae_config=vae, unet_config=unet), size_multiple(vae_config=vae, unet_config=unet)
 
 
 def _get(config: Any, key: str) -> Any:

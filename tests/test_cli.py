@@ -83,6 +83,29 @@ def test_bad_input_exits_2_before_loading(tmp_path):
     assert main(["i2v", "--image", str(not_image), "--out", str(tmp_path / "b")]) == 2
 
 
+def test_sizes_are_checked_against_the_base_before_it_loads(tmp_path, tiny_sd15, monkeypatch, caplog):
+    """``--height`` / ``--width`` that the base cannot take (not a multiple of its size factor, above 8x its native
+    side) are refused from the base's config files, before any weights load, with one line naming the flag."""
+    from pipelines import embedded
+    from pipelines.__main__ import main
+    from pipelines.utils import folder_geometry
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the size was checked")
+
+    monkeypatch.setattr(embedded, "load_pipeline", no_loading)
+    native, multiple = folder_geometry(tiny_sd15)
+    bad = [str(multiple + multiple // 2), str(8 * native + multiple)]
+    for flag, value in (("--height", bad[0]), ("--width", bad[1])):
+        argv = ["res", "--prompt", "x", "--base", str(tiny_sd15), flag, value, "--out", str(tmp_path / flag[2:])]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert main(argv) == 2
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and f"`{flag}`" in errors[0].getMessage() and errors[0].exc_info is None
+    assert folder_geometry(tmp_path) is None  # no configs: the loaded model is checked instead
+
+
 def test_module_entry_point_help():
     res = subprocess.run(
         [sys.executable, "-m", "pipelines", "--help"],
@@ -147,7 +170,8 @@ def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, examp
         str(tmp_path / "q_hipa" / n) for n in ("hipa.png", "plain.png")
     ]
 
-    # a user error found once the model has loaded (the size multiple is the model's): one line, no traceback
+    # a size the base cannot take (its size multiple, read from its config files before loading): one line, no
+    # traceback
     from pipelines import __main__ as cli_main
 
     records = []
@@ -160,7 +184,7 @@ def test_errors_are_one_line_bugs_a_traceback_and_quiet_is_quiet(tmp_path, examp
     finally:
         cli_main.logger.removeHandler(handler)
     assert [(r.levelname, r.exc_info) for r in records] == [("ERROR", None)]
-    assert "`height`" in records[0].getMessage() and "\n" not in records[0].getMessage()
+    assert "`--height`" in records[0].getMessage() and "\n" not in records[0].getMessage()
 
     for bug in (KeyError("a bug"), TypeError("unsupported operand")):  # every value was typed: a TypeError is a bug
 
