@@ -221,7 +221,25 @@ class ResAdapterLoaderMixin:
         check_res_adapter_resolution(self, height, width)
 
 
-class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
+class _SavesResAdapterBeside:
+    """``save_pretrained`` / ``from_pretrained`` of the ResAdapter pipelines; listed before the diffusers pipeline in
+    the bases so that ``super()`` is diffusers' own method."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` with the UNet at its base weights (a loaded ResAdapter never goes into the
+        saved UNet) plus the adapter in ``res_adapter/`` beside it, which :meth:`from_pretrained` loads back."""
+        _save_pipeline_with_res_adapter(self, super().save_pretrained, save_directory, args, kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, res_adapter=None, **kwargs):
+        """diffusers' ``from_pretrained`` plus ``res_adapter``: a ResAdapter to load (folder / file / state dict);
+        ``None`` loads the one :meth:`save_pretrained` wrote beside the base (with its scales), ``False`` none."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter)
+        return pipe
+
+
+class ResAdapterPipeline(_SavesResAdapterBeside, StableDiffusionPipeline, ResAdapterLoaderMixin):
     """SD 1.x / 2.x text-to-image with ResAdapter (diffusers' ``StableDiffusionPipeline`` + the loader mixin).
 
     Examples:
@@ -241,21 +259,8 @@ class ResAdapterPipeline(StableDiffusionPipeline, ResAdapterLoaderMixin):
         check_res_adapter_call(self, arguments, StableDiffusionPipeline.__call__)
         return super().__call__(*args, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """diffusers' ``save_pretrained`` with the UNet at its base weights (a loaded ResAdapter never goes into the
-        saved UNet) plus the adapter in ``res_adapter/`` beside it, which :meth:`from_pretrained` loads back."""
-        _save_pipeline_with_res_adapter(self, super().save_pretrained, save_directory, args, kwargs)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, res_adapter=None, **kwargs):
-        """diffusers' ``from_pretrained`` plus ``res_adapter``: a ResAdapter to load (folder / file / state dict);
-        ``None`` loads the one :meth:`save_pretrained` wrote beside the base (with its scales), ``False`` none."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter)
-        return pipe
-
-
-class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
+class ResAdapterXLPipeline(_SavesResAdapterBeside, StableDiffusionXLPipeline, ResAdapterLoaderMixin):
     """SDXL text-to-image with ResAdapter (diffusers' ``StableDiffusionXLPipeline`` + the loader mixin).
 
     Examples:
@@ -273,16 +278,3 @@ class ResAdapterXLPipeline(StableDiffusionXLPipeline, ResAdapterLoaderMixin):
         arguments = bind_call_arguments(StableDiffusionXLPipeline.__call__, (self, *args), kwargs)
         check_res_adapter_call(self, arguments, StableDiffusionXLPipeline.__call__)
         return super().__call__(*args, **kwargs)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """diffusers' ``save_pretrained`` with the UNet at its base weights (a loaded ResAdapter never goes into the
-        saved UNet) plus the adapter in ``res_adapter/`` beside it, which :meth:`from_pretrained` loads back."""
-        _save_pipeline_with_res_adapter(self, super().save_pretrained, save_directory, args, kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, res_adapter=None, **kwargs):
-        """diffusers' ``from_pretrained`` plus ``res_adapter``: a ResAdapter to load (folder / file / state dict);
-        ``None`` loads the one :meth:`save_pretrained` wrote beside the base (with its scales), ``False`` none."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        _load_saved_res_adapter(pipe, pretrained_model_name_or_path, res_adapter)
-        return pipe
