@@ -7,7 +7,10 @@ ground truth: identity to the input on frames 1..N, background change against fr
 motion, each as a ratio to the ground-truth clip's. The chosen setting has the highest identity among those whose
 background change, coherence and motion are within the bands of the quality targets (background and SSIM within 10%
 of the ground truth's or better, motion between 1/3x and 3x); ``(0, 0)`` (prior off) is always in the grid, so the
-prior is only switched on when it helps. The choice is written to the embedded model's stored defaults by hand
+prior is only switched on when it helps. With ``--adapter-off`` every setting is also run with ``adapter_scale=0``
+(same noise): ``identity_off`` and the per-clip gain of the trained branch (``identity_gain``, mean and 95% interval),
+so that a setting where the plumbing alone (the prior, the clean first frame) carries the identity is visible as
+such. The choice is written to the embedded model's stored defaults by hand
 (``assets/README.md`` quotes this command and its table).
 """
 
@@ -76,6 +79,12 @@ def choose(rows: Sequence[dict]) -> dict:
     return min(rows, key=distance)
 
 
+def _animate(pipe, seed: int, **kwargs: object) -> np.ndarray:
+    """One clip ``(F, H, W, 3)`` float32 in [0, 1], the noise seeded with ``seed``."""
+    out = pipe(generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **kwargs).frames[0]
+    return np.asarray(out, dtype=np.float32)
+
+
 def run(
     pipe,
     clf,
@@ -84,9 +93,14 @@ def run(
     data_seed: int = 12345,
     grid: dict[str, Sequence[float]] = DEFAULT_GRID,
     num_frames: int = 8,
+    adapter_off: bool = False,
     **call: object,
 ) -> dict:
-    """Score every grid setting on ``clips`` held-out clips; returns ``{"rows": [...], "chosen": row}``."""
+    """Score every grid setting on ``clips`` held-out clips; returns ``{"rows": [...], "chosen": row}``.
+
+    With ``adapter_off`` each row also holds ``identity_off`` (the same calls with ``adapter_scale=0``) and
+    ``identity_gain`` / ``identity_gain_ci`` (mean per-clip difference and its 95% bootstrap interval)."""
+    from benchmarks.verdicts import mean_ci
     from training.base_model import MINIWORLD_FRAMING
     from training.miniworld import VideoDataset
 
@@ -99,24 +113,25 @@ def run(
     for strength, start in itertools.product(grid["strength"], grid["start"]):
         if strength == 0.0 and start != grid["start"][0]:
             continue  # the prior is off: start is ignored
-        per_clip = []
+        per_clip, off_identity = [], []
         for i, item in enumerate(items):
-            out = pipe(
-                image=truth[i][0],
-                prompt=item["text"],
-                num_frames=num_frames,
-                height=size,
-                width=size,
-                similarity_prior=(strength, start),
-                generator=torch.Generator("cpu").manual_seed(i),
-                output_type="np",
-                **call,
-            ).frames[0]
-            per_clip.append(clip_scores(clf, np.asarray(out, dtype=np.float32), truth[i][0]))
+            kwargs = {"image": truth[i][0], "prompt": item["text"], "similarity_prior": (strength, start), **call}
+            kwargs.update(num_frames=num_frames, height=size, width=size)
+            per_clip.append(clip_scores(clf, _animate(pipe, i, **kwargs), truth[i][0]))
+            if adapter_off:
+                off = _animate(pipe, i, adapter_scale=0.0, **kwargs)
+                off_identity.append(clip_scores(clf, off, truth[i][0])["identity"])
         mean = {k: float(np.mean([s[k] for s in per_clip])) for k in per_clip[0]}
         gt = {k: float(np.mean([s[k] for s in truth_scores])) for k in ("background_change", "ssim", "motion")}
         ratio = {k: mean[k] / max(gt[k], 1e-8) for k in gt}
-        rows.append({"strength": strength, "start": start, **mean, "ratio": ratio})
+        row = {"strength": strength, "start": start, **mean, "ratio": ratio}
+        if adapter_off:
+            gain = np.array([s["identity"] for s in per_clip]) - np.array(off_identity)
+            row["identity_off"] = float(np.mean(off_identity))
+            row["identity_gain"] = float(gain.mean())
+            ci = mean_ci(gain)
+            row["identity_gain_ci"] = [ci["ci_low"], ci["ci_high"]]
+        rows.append(row)
         logger.info("strength %.2f start %.2f: %s ratios %s", strength, start, mean, ratio)
     return {"rows": rows, "chosen": choose(rows), "data_seed": data_seed, "clips": clips}
 
@@ -130,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--data-seed", type=int, default=12345)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--adapter-off", action="store_true", help="also run every setting with adapter_scale=0 (same noise)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from benchmarks.quality import _classifier
@@ -137,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     pipe = load_pipeline("i2v", base=args.base, adapter=args.adapter, motion_adapter=args.motion_adapter)
     pipe.set_progress_bar_config(disable=True)
-    result = run(pipe, _classifier(args.classifier), clips=args.clips, data_seed=args.data_seed)
+    result = run(
+        pipe, _classifier(args.classifier), clips=args.clips, data_seed=args.data_seed, adapter_off=args.adapter_off
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     logger.info("chosen: strength %s start %s", result["chosen"]["strength"], result["chosen"]["start"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from benchmarks.i2v_defaults import choose, run, within_bands
 
@@ -47,3 +49,26 @@ def test_run_scores_every_setting_on_tiny_models(tiny_animatediff, monkeypatch):
     assert settings == [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5)]  # start is ignored with the prior off
     assert result["chosen"] in result["rows"] and result["data_seed"] == 12345
     assert all(np.isfinite(v) for r in result["rows"] for v in r["ratio"].values())
+
+
+def test_adapter_off_arm_isolates_the_trained_branch(tiny_animatediff, monkeypatch):
+    from benchmarks import metrics
+    from pipelines import I2VAdapterPipeline
+
+    monkeypatch.setattr(metrics, "input_identity", lambda clf, clip, image: {"identity": float(np.mean(clip[1:]))})
+    pipe = I2VAdapterPipeline.from_pretrained(tiny_animatediff)
+    pipe.init_i2v_adapter()
+    pipe.set_progress_bar_config(disable=True)
+    grid = {"strength": (0.0,), "start": (0.0,)}
+    kwargs = {"clips": 3, "grid": grid, "num_frames": 3, "num_inference_steps": 2, "adapter_off": True}
+    (row,) = run(pipe, _Classifier(), **kwargs)["rows"]
+    # a fresh adapter is zero-initialised: on and off are the same call, the gain is exactly zero
+    assert row["identity_gain"] == 0.0 and row["identity_off"] == row["identity"]
+    torch.manual_seed(0)
+    for name, param in pipe.unet.named_parameters():
+        if "to_out_i2v" in name:
+            param.data.normal_(0, 0.5)
+    (row,) = run(pipe, _Classifier(), **kwargs)["rows"]
+    low, high = row["identity_gain_ci"]
+    assert row["identity_gain"] != 0.0 and low <= row["identity_gain"] <= high
+    assert row["identity"] - row["identity_off"] == pytest.approx(row["identity_gain"])
