@@ -38,7 +38,7 @@ from diffusers import (
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.models import MultiControlNetModel
 from diffusers.pipelines.animatediff.pipeline_output import AnimateDiffPipelineOutput
-from diffusers.utils import logging
+from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import is_compiled_module
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
@@ -554,6 +554,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
     # ------------------------------------------------------------------------------------------------ call
     @validate_numbers
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: PipelineImageInput = None,
@@ -626,6 +627,8 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         Returns:
             ``AnimateDiffPipelineOutput`` with ``frames``: a list (per video) of PIL lists, or an array/tensor
             ``(B, F, H, W, 3)`` / ``(B, F, 3, H, W)``.
+
+        Examples:
         """
         # 0. Default height and width to the image's size
         check_image_input("image", image)
@@ -957,66 +960,46 @@ def _frames_to_uint8(frames) -> list[np.ndarray]:
 
 
 def export_to_video(frames, output_path: str | os.PathLike, fps: int = 8, quality: float = 9.0) -> str:
-    """Write frames to an mp4 (H.264 via ``imageio-ffmpeg``; install the ``video`` extra).
+    """Write frames to an mp4 with ``diffusers.utils.export_to_video`` (H.264 via ``imageio-ffmpeg``; install the
+    ``video`` extra), accepting every frame type the pipeline returns and sizes of any parity.
 
     Args:
         frames: a list of PIL images, an array ``(F, H, W, 3)`` in [0, 1] or uint8, or a tensor.
-        output_path: the ``.mp4`` path.
+        output_path: the ``.mp4`` path (its folder is created).
         fps: frames per second.
         quality: imageio-ffmpeg quality (0-10).
 
     Returns:
         The path written.
     """
-    try:
-        import imageio.v2 as imageio
-    except ImportError as err:
-        raise ImportError(
-            "mp4 export needs `imageio` and `imageio-ffmpeg`: pip install 'diffusion-adapters[video]'"
-        ) from err
+    from diffusers.utils import export_to_video as diffusers_export_to_video
+    from diffusers.utils.import_utils import is_imageio_available
+
+    if not is_imageio_available():  # diffusers would fall back to OpenCV with a warning; ask for the extra instead
+        raise ImportError("mp4 export needs `imageio` and `imageio-ffmpeg`: pip install 'diffusion-adapters[video]'")
     arrays = _frames_to_uint8(frames)
     h, w = arrays[0].shape[:2]
     if h % 2 or w % 2:  # H.264 with yuv420p needs even sizes: repeat the last row / column
         arrays = [np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for a in arrays]
     output_path = str(output_path)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with imageio.get_writer(output_path, fps=fps, codec="libx264", quality=quality, macro_block_size=1) as writer:
-        for arr in arrays:
-            writer.append_data(arr)
-    return output_path
+    images = [PIL.Image.fromarray(a) for a in arrays]
+    return diffusers_export_to_video(images, output_path, fps=fps, quality=quality, macro_block_size=1)
 
 
-def export_to_gif(frames, output_path: str | os.PathLike, fps: int = 8, loop: int = 0) -> str:
-    """Write frames to an animated GIF with PIL (no extra dependency). Same ``frames`` types as
-    :func:`export_to_video`."""
+def export_to_gif(frames, output_path: str | os.PathLike, fps: int = 8) -> str:
+    """Write frames to a looping animated GIF with ``diffusers.utils.export_to_gif`` (PIL, no extra dependency).
+    Same ``frames`` types as :func:`export_to_video`; the folder of ``output_path`` is created."""
+    from diffusers.utils import export_to_gif as diffusers_export_to_gif
+
     images = [PIL.Image.fromarray(a) for a in _frames_to_uint8(frames)]
     output_path = str(output_path)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    images[0].save(
-        output_path,
-        save_all=True,
-        append_images=images[1:],
-        duration=max(1, round(1000 / fps)),
-        loop=loop,
-        optimize=False,
-        disposal=2,
-    )
-    return output_path
+    return diffusers_export_to_gif(images, output_path, fps=fps)
 
 
 def load_video_frames(path: str | os.PathLike) -> list[PIL.Image.Image]:
-    """Read an mp4/gif (or any format imageio reads) into RGB PIL frames."""
-    path = str(path)
-    if path.lower().endswith(".gif"):
-        frames = []
-        with PIL.Image.open(path) as im:
-            for index in range(getattr(im, "n_frames", 1)):
-                im.seek(index)
-                frames.append(im.convert("RGB"))
-        return frames
-    try:
-        import imageio.v2 as imageio
-    except ImportError as err:
-        raise ImportError("reading videos needs `imageio` and `imageio-ffmpeg`.") from err
-    with imageio.get_reader(path) as reader:
-        return [PIL.Image.fromarray(np.asarray(frame)[..., :3]) for frame in reader]
+    """Read an mp4/gif (or any format imageio reads) into RGB PIL frames (``diffusers.utils.load_video``)."""
+    from diffusers.utils import load_video
+
+    return load_video(str(path), convert_method=lambda frames: [frame.convert("RGB") for frame in frames])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,15 @@ def test_files(tmp_path):
     assert video.shape == (5, 80, 132, 3)  # 4x nearest upscale, even sides for H.264
     assert Image.open(written["gif"]).n_frames == 5
     assert not list(tmp_path.glob("*.tmp*"))
+    # why the app writes its own mp4 rather than diffusers.utils.export_to_video: the index (moov) comes before the
+    # data (mdat), so a browser starts playing before the download ends; diffusers' writer puts it at the end
+    from diffusers.utils import export_to_video
+
+    data = written["mp4"].read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")
+    even = [f.resize((32, 20)) for f in frames]  # (its writer does not pad odd sizes for H.264 either)
+    plain = Path(export_to_video(even, str(tmp_path / "plain.mp4"), fps=5, macro_block_size=1)).read_bytes()
+    assert plain.index(b"moov") > plain.index(b"mdat")
     with pytest.raises(ValueError, match="`frames` is empty"):
         tasks.save_video([], tmp_path / "x.mp4")
     path = tasks.save_views_zip(frames[:2], tmp_path / "z" / "views.zip")
