@@ -64,7 +64,9 @@ __all__ = [
     "trained_size_note",
 ]
 
-#: Most views one multi-view call may produce.
+#: Most views the app's and the CLI's multi-view tasks offer: a choice of these front ends (the multi-view attention
+#: grows with the square of the view count; 12 covers every official ring), below the pipelines' own input limit
+#: :data:`pipelines.checks.MAX_NUM_VIEWS`, which a Python caller may use up to.
 MAX_VIEWS = 12
 #: Most frames one video may have.
 MAX_FRAMES = 32

@@ -167,3 +167,13 @@ def test_call_pipeline_refuses_unknown_keywords():
             return kwargs
 
     assert tasks.call_pipeline(Open(), prompt="a", anything=1) == {"anything": 1}  # **kwargs: the pipeline decides
+
+
+def test_front_end_limits_sit_inside_the_pipelines_own():
+    """The app's / CLI's view and frame limits are front-end choices at or below what the pipelines accept; the
+    pixel limit is the pipelines' own."""
+    assert 6 <= tasks.MAX_VIEWS <= checks.MAX_NUM_VIEWS
+    assert tasks.MAX_FRAMES <= checks.DEFAULT_MAX_NUM_FRAMES
+    assert tasks.MAX_SIDE == checks.MAX_IMAGE_SIDE
+    with pytest.raises(ValueError, match=f"between 1 and {tasks.MAX_VIEWS}"):
+        tasks._multiview_kwargs(None, tasks.MAX_VIEWS + 1, None, 0.0, None, None)
