@@ -7,6 +7,7 @@ Examples::
     python -m pipelines i2v  --image cube.png --prompt "spinning" --frames 8 --out out/i2v   # mp4 + GIF + frames
     python -m pipelines hipa --prompt "a red cube" --compare plain teacher --out out/hipa
     python -m pipelines res  --prompt "a red cube" --height 32 --width 64 --out out/res    # with and without
+    python -m pipelines texture --mesh model.glb --prompt "a red cube" --out out/texture  # textured .glb + views
 
 By default each task runs the embedded model (``pipelines.embedded``); ``--base``, ``--adapter`` and
 ``--motion-adapter`` point it at other checkpoints (local folders or hub ids). A setting left out uses the model's
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import NumberRule, argparse_number
-from .tasks import MAX_FRAMES, MAX_SIDE, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS
+from .tasks import MAX_FRAMES, MAX_SIDE, MAX_VIEWS, ONE_STEP_COMPARISONS, TASKS, TaskSpec
 
 logger = logging.getLogger("pipelines.cli")
 
@@ -77,6 +78,34 @@ def _model_path(flag: str) -> Callable[[str], str]:
     parse.__name__ = "model path"
     parse.path_kind = "model"
     return parse
+
+
+def _mesh_file(flag: str) -> Callable[[str], str]:
+    """argparse ``type=``: a mesh file that loads (:func:`pipelines.texture.read_mesh`: extension, empty file, a file
+    that is not what its extension says, no faces, more than :data:`pipelines.texture.MAX_FACES` faces ...), so a
+    bad mesh is refused before any model loads. Returns the path (the texture job loads it again, timed)."""
+
+    def parse(text: str) -> str:
+        from .texture import read_mesh
+
+        try:
+            read_mesh(text, name=flag)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    parse.__name__ = "mesh file"
+    parse.path_kind = "mesh"  # read by the tests' sweep of path flags
+    return parse
+
+
+def _task(name: str) -> TaskSpec:
+    """The demo task ``name``: one of :data:`pipelines.tasks.TASKS`, or ``texture``."""
+    if name == "texture":
+        from .texture import TEXTURE_TASK
+
+        return TEXTURE_TASK
+    return TASKS[name]
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -254,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
     _number(p, "--lora-scale", _UNIT, 1.0)
     _number(p, "--norm-scale", _UNIT, 1.0)
     p.add_argument("--no-base", action="store_true", help="skip the run without ResAdapter")
+
+    p = sub.add_parser("texture", help="Texture a mesh (MV-Adapter views baked into a UV texture)")
+    p.add_argument("--mesh", required=True, type=_mesh_file("--mesh"), help=".obj/.glb/.gltf/.ply/.stl mesh file")
+    p.add_argument("--image", type=_image_file("--image", keep_alpha=True), help="reference image (image-guided)")
+    common(p, prompt_required=False)
+    _number(p, "--reference-guidance", _GUIDANCE, help="separate image guidance scale (with --image)")
+    _number(
+        p,
+        "--texture-size",
+        NumberRule(integer=True, minimum=16, maximum=4096),
+        help="texture side in pixels (default: 8x the view side, 256-1024)",
+    )
+    p.add_argument(
+        "--fit",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="move the mesh onto the generated object's silhouette (auto: when the views are not geometry-guided)",
+    )
     return parser
 
 
@@ -265,6 +312,8 @@ def check_args(args: argparse.Namespace) -> None:
     """
     if args.task in ("mv", "res") and not args.prompt.strip():
         raise ValueError("`--prompt` is empty: describe what to generate.")
+    if args.task == "texture" and args.image is None and not args.prompt.strip():
+        raise ValueError("`--prompt` is empty: describe the texture, or give a reference `--image`.")
     if args.task in ("mv", "i2mv") and args.azimuths is not None and args.num_views is not None:
         if len(args.azimuths) != args.num_views:
             raise ValueError(
@@ -297,7 +346,7 @@ def check_sizes_before_loading(args: argparse.Namespace) -> None:
     sizes = [(name, getattr(args, name, None)) for name in ("height", "width")]
     if all(value is None for _, value in sizes):
         return
-    model = TASKS[args.task].model
+    model = _task(args.task).model
     folder = args.base or embedded_info(model).parts.get("base") or placeholder_base_path()
     geometry = folder_geometry(folder) if Path(folder).is_dir() else None
     if geometry is None:  # a hub id or a folder without configs: the loaded model is checked instead
@@ -316,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     from . import tasks
     from .embedded import load_pipeline
 
-    model = TASKS[args.task].model
+    model = _task(args.task).model
     out: Path = args.out
     check_args(args)  # every flag was checked when parsed; these involve several flags. Nothing is loaded yet.
     check_sizes_before_loading(args)
@@ -333,6 +382,8 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     )
     if args.task == "hipa" and args.few_step_lora:
         tasks.load_few_step_loras(pipe, dict(args.few_step_lora))
+    if args.task == "texture":
+        return _run_texture(args, pipe)
     files: list[Path] = []
     first = None  # the first output image (its size is checked against the trained range)
     start = time.perf_counter()
@@ -456,6 +507,46 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _run_texture(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
+    """The ``texture`` task: :func:`pipelines.texture.texture_mesh` writes the files and its ``result.json`` (never
+    overwriting: a second run in the same ``--out`` gets ``textured-2.glb``, ``result-2.json`` ...)."""
+    from . import tasks
+    from .call_defaults import get_call_defaults
+    from .texture import texture_mesh
+
+    result = texture_mesh(
+        pipe,
+        args.mesh,
+        args.prompt,
+        image=args.image,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        reference_guidance_scale=args.reference_guidance,
+        seed=args.seed,
+        texture_size=args.texture_size,
+        fit={"auto": None, "on": True, "off": False}[args.fit],
+        output_dir=args.out,
+    )
+    view = result.views[0]
+    note = tasks.trained_size_note(get_call_defaults(pipe).trained_sizes, view.height, view.width)
+    if note:
+        logger.warning(f"texture: {note}")
+    if not result.geometry_guided:
+        logger.info(
+            "texture: this MV-Adapter takes no geometry maps (camera condition): the views are unguided views on its "
+            f"camera ring, and the mesh was fitted to their silhouettes (scale {result.mesh_scale:.2f})."
+        )
+    logger.info("texture: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
+    info = getattr(pipe, "embedded_info", None)
+    summary = result.summary()
+    summary["placeholder_weights"] = bool(info is not None and info.is_placeholder)
+    result.files["result"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
 
 
 def _quiet_libraries() -> None:

@@ -759,6 +759,7 @@ CLI_BAD_TEXT: dict[str, dict[str, str]] = {
     "--dtype": {"float8": "float8", "int": "int8"},
     "--compare": {"unknown": "nope"},
     "--few-step-lora": {"no_equals": "lcm", "no_preset": "=x", "missing_path": "lcm=no/such/dir/lora.safetensors"},
+    "--fit": {"unknown": "maybe"},
 }
 #: Conflicts between flags (checked in ``pipelines.__main__.check_args`` before any model loads).
 CLI_CONFLICTS: list[tuple[str, str, list[str], str]] = [
@@ -771,6 +772,7 @@ CLI_CONFLICTS: list[tuple[str, str, list[str], str]] = [
     ("res", "ratio_and_width", ["--ratio", "2:1", "--width", "64"], "--ratio"),
     ("hipa", "unknown_preset", ["--few-step-lora", "nope={file}"], "--few-step-lora"),
     ("hipa", "hipa_as_few_step", ["--few-step-lora", "hipa={file}"], "--few-step-lora"),
+    ("texture", "empty_prompt_without_image", ["--prompt", " "], "--prompt"),
 ]
 
 
@@ -781,11 +783,13 @@ def cli_actions() -> list[tuple[str, argparse.Action]]:
     return [(task, a) for task, p in sub.choices.items() for a in p._actions if a.option_strings]
 
 
-def _cli_required(task: str, image: str, out: str) -> list[str]:
+def _cli_required(task: str, image: str, out: str, mesh: str = "") -> list[str]:
     argv = [task, "--out", out]
     if task in ("i2mv", "i2v"):
         argv += ["--image", image]
-    if task in ("mv", "hipa", "res"):
+    if task == "texture":
+        argv += ["--mesh", mesh]
+    if task in ("mv", "hipa", "res", "texture"):
         argv += ["--prompt", "a cube"]
     return argv
 
@@ -805,6 +809,15 @@ def _cli_cases() -> list:
             bad = {"missing": "no/such/dir/model", "missing_relative": "./no_such_model"}
         elif kind == "out":
             bad = {"is_a_file": "{file}"}
+        elif kind == "mesh":  # pipelines.texture.read_mesh: one clear error per kind of bad mesh
+            bad = {
+                "missing": "{missing_mesh}",
+                "not_a_mesh_type": "{file}",
+                "empty": "{empty_glb}",
+                "text_renamed_glb": "{text_glb}",
+                "no_faces": "{points_ply}",
+                "above_face_limit": "{huge_ply}",
+            }
         else:
             bad = CLI_BAD_TEXT.get(flag, {})
         for label, text in bad.items():
@@ -820,13 +833,45 @@ def cli_files(tmp_path_factory) -> dict[str, str]:
     _image(32, 32).save(root / "image.png")
     _image(4, 4).save(root / "tiny.png")
     (root / "file.txt").write_text("not an image")
+    write_cli_meshes(root)
     return {
+        "mesh": str(root / "cube.obj"),
+        "missing_mesh": str(root / "missing.glb"),
+        "empty_glb": str(root / "empty.glb"),
+        "text_glb": str(root / "text.glb"),
+        "points_ply": str(root / "points.ply"),
+        "huge_ply": str(root / "huge.ply"),
         "image": str(root / "image.png"),
         "tiny": str(root / "tiny.png"),
         "file": str(root / "file.txt"),
         "missing": str(root / "missing.png"),
         "out": str(root / "out"),
     }
+
+
+def write_cli_meshes(root) -> None:
+    """A good mesh and one of each kind of bad mesh the texture job must refuse (see ``pipelines.texture.read_mesh``)."""
+    from pipelines.texture import MAX_FACES
+
+    (root / "cube.obj").write_text(
+        "".join(f"v {x} {y} {z}\n" for x in (0, 1) for y in (0, 1) for z in (0, 1))
+        + "f 1 2 4\nf 1 4 3\nf 5 7 8\nf 5 8 6\nf 1 5 6\nf 1 6 2\nf 3 4 8\nf 3 8 7\nf 1 3 7\nf 1 7 5\nf 2 6 8\nf 2 8 4\n"
+    )
+    (root / "empty.glb").write_bytes(b"")
+    (root / "text.glb").write_text("this is a text file, not a mesh")
+    (root / "points.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+        "0 0 0\n1 0 0\n0 1 0\n"
+    )
+    faces = MAX_FACES + 1  # one face above the limit: binary PLY, every face the same triangle (cheap to write)
+    header = (
+        "ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+        f"property float z\nelement face {faces}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode()
+    records = np.zeros(faces, dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    records["n"], records["i"] = 3, (0, 1, 2)
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype="<f4").tobytes()
+    (root / "huge.ply").write_bytes(header + vertices + records.tobytes())
 
 
 def test_every_cli_flag_has_bad_input_cases():
@@ -844,7 +889,7 @@ def test_bad_input_cli(task, argv, flag, cli_files, monkeypatch, capsys, caplog)
     loads = []
     monkeypatch.setattr(pipelines.embedded, "load_pipeline", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
     argv = [a.format(**cli_files) for a in argv]
-    base = _cli_required(task, cli_files["image"], cli_files["out"])
+    base = _cli_required(task, cli_files["image"], cli_files["out"], cli_files["mesh"])
     if "--prompt" in argv:  # the case's own prompt replaces the required one
         i = base.index("--prompt")
         del base[i : i + 2]
@@ -921,7 +966,7 @@ def test_cli_range_matches_the_task(task, flag, value, cli_files, cli_pipes, mon
     import pipelines.embedded
 
     monkeypatch.setattr(pipelines.embedded, "load_pipeline", cli_pipes)
-    argv = _cli_required(task, cli_files["image"], cli_files["out"]) + [flag, str(value)]
+    argv = _cli_required(task, cli_files["image"], cli_files["out"], cli_files["mesh"]) + [flag, str(value)]
     if flag == "--num-views" or flag == "--frames":
         argv += ["--height", "32", "--width", "32"]
     with caplog.at_level(logging.ERROR, logger="pipelines.cli"):
