@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils import logging
@@ -36,6 +37,7 @@ from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
 from .checks import check_finite, check_negative_prompt, check_size, check_steps, validate_numbers
+from .ip_adapter import check_ip_adapter_inputs, ip_adapter_embeds_per_sample
 from .utils import is_sdxl
 
 logger = logging.get_logger(__name__)
@@ -260,6 +262,13 @@ class HiPAPipelineMixin:
             raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
         check_finite("latents", latents)
 
+    def _set_call_timesteps(self, preset: FewStepPreset, num_inference_steps: int, device: torch.device) -> None:
+        """Set this call's schedule before the noise is drawn, as diffusers does: a sigma-based scheduler's
+        ``init_noise_sigma`` (Euler, DPM-Solver with Karras sigmas) depends on it, and would otherwise be the previous
+        call's (or, on a first call, the untruncated schedule's). The one-step x0 path has no schedule."""
+        if not (preset.one_step_x0 and num_inference_steps == 1):
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+
     def _sample(
         self,
         latents: torch.Tensor,
@@ -326,6 +335,41 @@ class HiPAPipelineMixin:
                 state[key] = outputs[key]
         return outputs.get("latents", latents)
 
+    def _check_ip_adapter(
+        self, prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
+    ) -> None:
+        """The IP-Adapter checks of :func:`pipelines.ip_adapter.check_ip_adapter_inputs` for this call's batch."""
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return
+        if isinstance(prompt, str):
+            batch_size = 1
+        elif isinstance(prompt, list):
+            batch_size = len(prompt)
+        elif isinstance(prompt_embeds, torch.Tensor):
+            batch_size = int(prompt_embeds.shape[0])
+        else:
+            batch_size = 1
+        do_cfg = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        check_ip_adapter_inputs(
+            self, ip_adapter_image, ip_adapter_image_embeds, batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_cfg,
+        )  # fmt: skip
+
+    def _ip_adapter_image_embeds(
+        self, ip_adapter_image, ip_adapter_image_embeds, *, device, dtype, batch_size, num_images_per_prompt, do_cfg
+    ) -> list[torch.Tensor] | None:
+        """The UNet's ``added_cond_kwargs["image_embeds"]``: per IP-Adapter ``(2 * samples or samples, n, ...)``,
+        negative rows first under guidance (the order of the UNet batch); ``None`` without IP-Adapter inputs."""
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return None
+        negative, positive = ip_adapter_embeds_per_sample(
+            self, ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=dtype, batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_cfg,
+        )  # fmt: skip
+        if negative is None:
+            return positive
+        return [torch.cat([neg, pos]) for neg, pos in zip(negative, positive)]
+
     @staticmethod
     def _guided(model_output: torch.Tensor, do_cfg: bool, guidance_scale: float) -> torch.Tensor:
         if not do_cfg:
@@ -363,14 +407,19 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         preset_steps: bool = True,
+        num_images_per_prompt: int = 1,
     ):
         """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
-        negative prompt list length and finite ``latents`` (ValueError / TypeError naming the argument)."""
+        negative prompt list length, finite ``latents`` and the IP-Adapter inputs' shapes
+        (:func:`pipelines.ip_adapter.check_ip_adapter_inputs`) (ValueError / TypeError naming the argument)."""
         if preset is not None:
             self._check_hipa_inputs(
                 preset, num_inference_steps, guidance_scale, eta, height, width,
                 prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
             )  # fmt: skip
+        self._check_ip_adapter(
+            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
+        )
         super().check_inputs(
             prompt,
             height,
@@ -401,6 +450,8 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -419,6 +470,11 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             negative_prompt: used only with guidance.
             eta: ``scheduler.step`` eta (TCD's gamma); default from the preset.
             generator, latents: noise control; `latents` is ``(B, 4, height / f, width / f)``.
+            ip_adapter_image: image(s) for the IP-Adapter(s) loaded with ``load_ip_adapter`` (one per IP-Adapter).
+            ip_adapter_image_embeds: precomputed image embeddings instead: a list with one tensor per IP-Adapter,
+                ``(B, num_images, D)`` (or ``(B, num_images, tokens, D)`` for IP-Adapter Plus), ``B`` = 1, one per
+                prompt or one per sample; under guidance ``2 * B`` rows, negatives first (what
+                ``prepare_ip_adapter_image_embeds(..., do_classifier_free_guidance=True)`` returns).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (values in [0, 1]) or ``"latent"``.
             cross_attention_kwargs: forwarded to the UNet (``{"scale": s}`` scales all LoRAs).
             preset: ``"hipa"``, ``"lcm"``, ``"tcd"``, ``"lightning"`` or ``"hyper-sd"``; ``None`` keeps the last
@@ -453,6 +509,8 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             negative_prompt,
             prompt_embeds,
             negative_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             preset=preset,
             num_inference_steps=num_inference_steps,
@@ -460,6 +518,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             eta=eta,
             latents=latents,
             preset_steps=preset_steps,
+            num_images_per_prompt=num_images_per_prompt,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
@@ -491,8 +550,14 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             clip_skip=clip_skip,
         )
         state = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+        image_embeds = self._ip_adapter_image_embeds(
+            ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=prompt_embeds.dtype,
+            batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, do_cfg=do_cfg,
+        )  # fmt: skip
+        added_cond_kwargs = {"image_embeds": image_embeds} if image_embeds is not None else None
 
-        # 4. Prepare latent variables (pure noise, scaled by the scheduler's init_noise_sigma)
+        # 4. Prepare latent variables (pure noise, scaled by the init_noise_sigma of this call's schedule)
+        self._set_call_timesteps(preset, num_inference_steps, device)
         latents = self.prepare_latents(
             batch_size * num_images_per_prompt,
             self.unet.config.in_channels,
@@ -516,6 +581,7 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
                 t,
                 encoder_hidden_states=embeds,
                 cross_attention_kwargs=self.cross_attention_kwargs,
+                added_cond_kwargs=added_cond_kwargs,
                 return_dict=False,
             )[0]
             return self._guided(output, do_cfg, guidance_scale)
@@ -592,9 +658,14 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         preset_steps: bool = True,
+        num_images_per_prompt: int = 1,
     ):
         """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
-        negative prompt list lengths and finite ``latents`` (ValueError / TypeError naming the argument)."""
+        negative prompt list lengths, finite ``latents`` and the IP-Adapter inputs' shapes
+        (:func:`pipelines.ip_adapter.check_ip_adapter_inputs`) (ValueError / TypeError naming the argument)."""
+        self._check_ip_adapter(
+            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
+        )
         if preset is not None:
             self._check_hipa_inputs(
                 preset, num_inference_steps, guidance_scale, eta, height, width,
@@ -641,6 +712,8 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -654,7 +727,8 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
     ):
         r"""Generate SDXL images in one step (default) or a few steps.
 
-        Args are those of :meth:`HiPASDPipeline.__call__` plus SDXL's `prompt_2`, `negative_prompt_2`, pooled
+        Args are those of :meth:`HiPASDPipeline.__call__` (``ip_adapter_image`` / ``ip_adapter_image_embeds`` included)
+        plus SDXL's `prompt_2`, `negative_prompt_2`, pooled
         embeddings ``(B, D_pool)`` and micro-conditioning (`original_size`, `crops_coords_top_left`, `target_size`).
 
         Returns:
@@ -689,6 +763,8 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             negative_prompt_embeds,
             pooled_prompt_embeds,
             negative_pooled_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             preset=preset,
             num_inference_steps=num_inference_steps,
@@ -696,6 +772,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             eta=eta,
             latents=latents,
             preset_steps=preset_steps,
+            num_images_per_prompt=num_images_per_prompt,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
@@ -738,6 +815,7 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         )
 
         # 4. Prepare latent variables and added conditions (pooled text embeds, micro-conditioning time ids)
+        self._set_call_timesteps(preset, num_inference_steps, device)
         latents = self.prepare_latents(
             batch_size * num_images_per_prompt,
             self.unet.config.in_channels,
@@ -769,6 +847,10 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
             "add_time_ids": add_time_ids,
         }
+        image_embeds = self._ip_adapter_image_embeds(
+            ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=prompt_embeds.dtype,
+            batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, do_cfg=do_cfg,
+        )  # fmt: skip
 
         # 5. Sample: one closed-form x0 step (hipa) or the preset's scheduler loop
         def unet_forward(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -778,12 +860,15 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
                 text_embeds = torch.cat([state["negative_pooled_prompt_embeds"].to(device), text_embeds])
                 time_ids = torch.cat([time_ids, time_ids])
                 model_input = torch.cat([model_input] * 2)
+            added_cond_kwargs = {"text_embeds": text_embeds, "time_ids": time_ids}
+            if image_embeds is not None:
+                added_cond_kwargs["image_embeds"] = image_embeds
             output = self.unet(
                 model_input,
                 t,
                 encoder_hidden_states=embeds,
                 cross_attention_kwargs=self.cross_attention_kwargs,
-                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+                added_cond_kwargs=added_cond_kwargs,
                 return_dict=False,
             )[0]
             return self._guided(output, do_cfg, guidance_scale)

@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -43,6 +44,7 @@ from adapters.mv_adapter import (
     load_mv_adapter,
     shifted_snr_scheduler,
 )
+from adapters.processors import exposed_base_processors
 
 from .checks import (
     MAX_NUM_VIEWS,
@@ -54,6 +56,7 @@ from .checks import (
     check_steps,
     validate_numbers,
 )
+from .ip_adapter import check_ip_adapter_inputs, ip_adapter_embeds_per_sample
 from .utils import is_sdxl_config, size_multiple
 
 logger = logging.get_logger(__name__)
@@ -235,6 +238,25 @@ class MVAdapterPipelineMixin:
     def _adapter_detached(self):
         return self.mv_adapter.detached() if self.mv_adapter is not None else contextlib.nullcontext()
 
+    def load_ip_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``load_ip_adapter`` (same arguments), with the MV-Adapter kept attached.
+
+        diffusers' loader re-creates every attention processor by its class (the self-attention ones without
+        arguments), which an MV-Adapter processor cannot be. The load runs with the UNet's base processors exposed
+        (:func:`adapters.processors.exposed_base_processors`): diffusers replaces those, puts its IP-Adapter
+        processors on the cross-attention layers (``attn2``), and each MV-Adapter processor then wraps the new
+        self-attention processor of its layer. The two compose: the MV branches sit beside ``attn1``, the image
+        branch beside ``attn2``, each with its own scale (``set_adapter_scale`` / ``set_ip_adapter_scale``).
+        """
+        with exposed_base_processors(self.unet):
+            return super().load_ip_adapter(*args, **kwargs)
+
+    def unload_ip_adapter(self) -> None:
+        """diffusers' ``unload_ip_adapter``, with the MV-Adapter kept attached (its processors are the same objects
+        before and after, wrapping the self-attention processors diffusers puts back)."""
+        with exposed_base_processors(self.unet):
+            return super().unload_ip_adapter()
+
     def enable_xformers_memory_efficient_attention(self, *args: Any, **kwargs: Any) -> None:
         """xformers for the base attention; the adapter stays attached around the new processors."""
         with self._adapter_detached():
@@ -342,13 +364,17 @@ class MVAdapterPipelineMixin:
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        num_images_per_prompt: int = 1,
     ) -> None:
         """Validate a call's arguments before any model runs; each error names the argument and what is allowed.
 
         Limits: ``1 <= num_views <= max_num_views`` (:data:`pipelines.checks.MAX_NUM_VIEWS`, 32), ``height`` /
         ``width`` multiples of :attr:`size_multiple` up to :data:`pipelines.checks.MAX_IMAGE_SIDE` (4096),
         ``num_inference_steps >= 1``; ``image`` a PIL image / array / tensor (or a list of them); ``latents``,
-        ``condition_maps``, ``position_map``, ``normal_map`` and image tensors finite (no NaN / inf).
+        ``condition_maps``, ``position_map``, ``normal_map`` and image tensors finite (no NaN / inf); IP-Adapter
+        inputs as :func:`pipelines.ip_adapter.check_ip_adapter_inputs` (one row per prompt or sample, never per view).
 
         Raises:
             TypeError: an argument of the wrong type.
@@ -423,6 +449,14 @@ class MVAdapterPipelineMixin:
             raise ValueError(
                 "The MV-Adapter has no condition encoder; register one with `register_condition_encoder`."
             )
+        if prompt_embeds is not None:
+            num_prompts = int(prompt_embeds.shape[0])
+        else:
+            num_prompts = 1 if isinstance(prompt, str) else len(prompt)
+        check_ip_adapter_inputs(
+            self, ip_adapter_image, ip_adapter_image_embeds, batch_size=num_prompts,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=guidance_scale > 1.0,
+        )  # fmt: skip
         if callback_on_step_end_tensor_inputs is not None:
             bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if bad:
@@ -591,6 +625,8 @@ class MVAdapterPipelineMixin:
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -636,6 +672,15 @@ class MVAdapterPipelineMixin:
             prompt_embeds, negative_prompt_embeds: ``(P, tokens, dim)`` text embeddings from :meth:`encode_prompt`
                 instead of ``prompt`` / ``negative_prompt`` (SDXL also takes ``pooled_prompt_embeds`` /
                 ``negative_pooled_prompt_embeds`` ``(P, dim)``).
+            ip_adapter_image: image(s) for the IP-Adapter(s) loaded with ``load_ip_adapter`` (one image per
+                IP-Adapter; the same for every sample and view).
+            ip_adapter_image_embeds: precomputed image embeddings instead: a list with one tensor per IP-Adapter,
+                ``(B, num_images, D)`` (or ``(B, num_images, tokens, D)`` for IP-Adapter Plus) with ``B`` = 1, ``P``
+                (one per prompt) or ``P * num_images_per_prompt`` (one per sample); under guidance (``guidance_scale
+                > 1``) ``2 * B`` rows, negatives first, as ``prepare_ip_adapter_image_embeds(...,
+                do_classifier_free_guidance=True)`` returns. Embeddings are per sample, never per view: each sample's
+                row is repeated for its ``num_views`` views (the UNet batch is samples x views). The reference pass of
+                image-to-multi-view uses the positive rows.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: ``fn(pipe, step, t, tensors) -> dict`` (may replace ``latents``).
             cross_attention_kwargs: passed to the UNet (e.g. ``{"scale": lora_scale}``).
@@ -682,6 +727,8 @@ class MVAdapterPipelineMixin:
             guidance_scale, reference_guidance_scale, mv_scale, ref_scale, noise_shift,
             callback_on_step_end_tensor_inputs, latents=latents, condition_maps=condition_maps,
             negative_prompt=negative_prompt, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            num_images_per_prompt=num_images_per_prompt,
         )  # fmt: skip
         if azimuth_deg is not None and len(azimuth_deg) != num_views:
             raise ValueError(f"`azimuth_deg` has {len(azimuth_deg)} values but `num_views` is {num_views}.")
@@ -739,6 +786,19 @@ class MVAdapterPipelineMixin:
         added = None
         if text["pos"][1] is not None:
             added = {k: torch.cat([text[b][1][k] for b in branches]) for k in text["pos"][1]}
+        ip_embeds = None  # {"neg" / "pos": per IP-Adapter (samples, n, ...)}
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            negative, positive = ip_adapter_embeds_per_sample(
+                self, ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=prompt_embeds.dtype,
+                batch_size=num_prompts, num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_cfg,
+            )  # fmt: skip
+            ip_embeds = {"pos": positive, "neg": negative}
+            # the UNet batch: branches x samples x views, each sample's row repeated for its views
+            added = dict(added or {})
+            added["image_embeds"] = [
+                torch.cat([ip_embeds[b][i].repeat_interleave(views, dim=0) for b in branches])
+                for i in range(len(positive))
+            ]
 
         # 4. Timesteps (shifted-SNR schedule)
         if noise_shift is None:
@@ -791,7 +851,8 @@ class MVAdapterPipelineMixin:
         ref_states = None
         if image is not None:
             ref_states = self._reference_states(image, samples, num_images_per_prompt, views, text, height, width,
-                                                generator, cross_attention_kwargs)  # fmt: skip
+                                                generator, cross_attention_kwargs,
+                                                ip_embeds["pos"] if ip_embeds is not None else None)  # fmt: skip
             ref_states = {
                 k: torch.cat([torch.zeros_like(v) if (b == "neg" and j == 0) else v for j, b in enumerate(branches)])
                 for k, v in ref_states.items()
@@ -873,6 +934,7 @@ class MVAdapterPipelineMixin:
         width: int,
         generator,
         cross_attention_kwargs: dict[str, Any] | None,
+        image_embeds: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{attn1 name: (samples, tokens, C)}``: the attn1 inputs of the reference image's UNet pass at t=0.
 
@@ -880,6 +942,7 @@ class MVAdapterPipelineMixin:
         reference is encoded at its own size (rounded down to a multiple of the VAE factor), as the official pipeline
         does: ``height``/``width`` (the output size) only set the SDXL micro-conditioning, which ``text`` already
         holds. Use :func:`prepare_reference_image` to centre and resize a reference like the official scripts.
+        ``image_embeds`` (per IP-Adapter, ``(samples, n, ...)``) are the positive IP-Adapter embeddings of the samples.
         """
         images = image if isinstance(image, list) else [image]
         if isinstance(image, torch.Tensor) and image.ndim == 4:
@@ -906,6 +969,8 @@ class MVAdapterPipelineMixin:
         embeds, added = text["pos"]
         embeds = embeds[::views]
         added = {k: v[::views] for k, v in added.items()} if added is not None else None
+        if image_embeds is not None:
+            added = {**(added or {}), "image_embeds": image_embeds}
         ref_latents = ref_latents.to(dtype=embeds.dtype)
         state = self._require_adapter().state
         cache: dict[str, torch.Tensor] = {}

@@ -50,6 +50,39 @@ def perturb_(params, seed: int = 0, std: float = 0.1) -> None:
             p.add_(torch.randn(p.shape, generator=gen).to(p) * std)
 
 
+def ip_adapter_state_dict(unet: torch.nn.Module, image_embed_dim: int, seed: int = 0) -> dict[str, dict]:
+    """Random IP-Adapter weights for ``unet`` in the official (h94) nested layout that ``load_ip_adapter`` takes as a
+    dict: ``image_proj`` (``proj`` / ``norm``: ``image_embed_dim`` -> 4 tokens) and ``ip_adapter``
+    (``{k}.to_{k,v}_ip.weight``, k = 1, 3, 5, ... over the cross-attention processors in ``attn_processors`` order,
+    motion modules skipped, as diffusers' loader numbers them)."""
+    gen = torch.Generator().manual_seed(seed)
+    cross_dim = unet.config.cross_attention_dim
+    num_tokens = 4
+    image_proj = {
+        "proj.weight": torch.randn(num_tokens * cross_dim, image_embed_dim, generator=gen) * 0.1,
+        "proj.bias": torch.randn(num_tokens * cross_dim, generator=gen) * 0.1,
+        "norm.weight": torch.ones(cross_dim),
+        "norm.bias": torch.zeros(cross_dim),
+    }
+    ip, key_id = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden = attn.to_q.in_features
+        for kv in ("k", "v"):
+            ip[f"{key_id}.to_{kv}_ip.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.3
+        key_id += 2
+    return {"image_proj": image_proj, "ip_adapter": ip}
+
+
+def wrapping_processors(pipe) -> dict[str, object]:
+    """``{layer: processor}`` of the adapter processors that wrap a base processor (MV- / I2V-Adapter ``attn1``)."""
+    return {
+        name: proc for name, proc in pipe.unet.attn_processors.items() if getattr(proc, "wraps_base_processor", False)
+    }
+
+
 def max_diff(a: Any, b: Any) -> float:
     a, b = as_array(a), as_array(b)
     assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
@@ -326,6 +359,53 @@ class PipelineConformance:
         batch = as_array(pipe(**inputs)[0])
         second = self.run(pipe, generator=torch.Generator().manual_seed(8))
         assert max_diff(batch[1:2], second) < 1e-4
+
+    # ------------------------------------------------------------------------------------------------ IP-Adapter
+    #: size of the image embeddings of the test IP-Adapter (diffusers' tests use the cross-attention size)
+    ip_adapter_embed_dim: int = 32
+
+    def ip_adapter_embeds(self, cfg: bool = True, seed: int = 0) -> list[torch.Tensor]:
+        """One IP-Adapter's embeddings ``(2 or 1, 1, D)`` (negative first under guidance), as diffusers' tests."""
+        embeds = torch.randn(1, 1, self.ip_adapter_embed_dim, generator=torch.Generator().manual_seed(seed))
+        return [torch.cat([torch.zeros_like(embeds), embeds]) if cfg else embeds]
+
+    def load_test_ip_adapter(self, pipe) -> None:
+        pipe.load_ip_adapter(
+            ip_adapter_state_dict(pipe.unet, self.ip_adapter_embed_dim), subfolder="", weight_name="",
+            image_encoder_folder=None,
+        )  # fmt: skip
+
+    def test_ip_adapter(self):
+        """diffusers' ``IPAdapterTesterMixin.test_ip_adapter``: ``load_ip_adapter`` works (with the adapter loaded: the
+        adapter's processors stay, the same objects), IP-Adapter scale 0 gives the output without an IP-Adapter
+        (exact), scale 42 changes it, and ``unload_ip_adapter`` restores the pre-load output (exact) and processors."""
+        if "ip_adapter_image_embeds" not in self.call_parameters:
+            pytest.fail(f"{self.pipeline_class.__name__}.__call__ has no `ip_adapter_image_embeds`")
+        pipe = self.make_pipe()
+        expected = self.run(pipe)
+        own = wrapping_processors(pipe)
+        self.load_test_ip_adapter(pipe)
+        assert wrapping_processors(pipe) == own and all(pipe.unet.attn_processors[k] is v for k, v in own.items())
+        assert any(type(p).__name__.startswith("IPAdapter") for p in pipe.unet.attn_processors.values())
+        pipe.set_ip_adapter_scale(0.0)
+        assert max_diff(self.run(pipe, ip_adapter_image_embeds=self.ip_adapter_embeds()), expected) == 0
+        pipe.set_ip_adapter_scale(42.0)
+        assert max_diff(self.run(pipe, ip_adapter_image_embeds=self.ip_adapter_embeds()), expected) > 1e-3
+        pipe.unload_ip_adapter()
+        assert all(pipe.unet.attn_processors[k] is v for k, v in own.items())
+        assert not any(type(p).__name__.startswith("IPAdapter") for p in pipe.unet.attn_processors.values())
+        assert max_diff(self.run(pipe), expected) == 0
+
+    def test_ip_adapter_cfg(self):
+        """diffusers' ``test_ip_adapter_cfg``: without guidance (``guidance_scale=1``) one row of embeddings per
+        sample is accepted and the embeddings steer the output. (Malformed embeddings are refused by name by our
+        MV-Adapter and HiPA pipelines: ``tests/test_ip_adapter_mv_hipa.py``.)"""
+        pipe = self.make_pipe()
+        self.load_test_ip_adapter(pipe)
+        pipe.set_ip_adapter_scale(1.0)
+        plain = self.run(pipe, ip_adapter_image_embeds=self.ip_adapter_embeds(cfg=False, seed=1), guidance_scale=1.0)
+        other = self.run(pipe, ip_adapter_image_embeds=self.ip_adapter_embeds(cfg=False, seed=2), guidance_scale=1.0)
+        assert np.isfinite(plain).all() and max_diff(plain, other) > 1e-4
 
     def test_scheduler_swap(self):
         """A swapped-in scheduler (Euler, Euler ancestral, DPM-Solver++ with Karras sigmas) is used as given: the
