@@ -2,8 +2,8 @@
 
 ``MVAdapterPipeline.from_pretrained(base, adapter=...)`` picks :class:`MVAdapterSDPipeline` or
 :class:`MVAdapterXLPipeline` from the base's config (like diffusers' AutoPipeline). The mode of a call follows its
-inputs: ``image`` -> image-to-multi-view (I2MV), ``position_map``/``normal_map`` -> geometry-guided (G2MV), else
-text-to-multi-view with camera maps (T2MV).
+inputs: ``image`` -> image-to-multi-view (I2MV), ``mesh`` or ``position_map``/``normal_map`` -> geometry-guided
+(G2MV; a mesh is rendered into the maps for the call's cameras), else text-to-multi-view with camera maps (T2MV).
 
 The shared generation code lives in :class:`MVAdapterPipelineMixin`; the SD and SDXL variants only encode prompts.
 
@@ -36,12 +36,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from adapters.mv_adapter import (
     WEIGHT_NAME,
     Cameras,
+    GeometryMaps,
+    Mesh,
     MVAdapter,
     camera_maps,
     default_cameras,
     encode_condition,
+    geometry_cameras,
     geometry_maps,
+    load_mesh,
     load_mv_adapter,
+    render_geometry,
     shifted_snr_scheduler,
 )
 from adapters.processors import exposed_base_processors
@@ -367,6 +372,7 @@ class MVAdapterPipelineMixin:
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         num_images_per_prompt: int = 1,
+        mesh: Any = None,
     ) -> None:
         """Validate a call's arguments before any model runs; each error names the argument and what is allowed.
 
@@ -431,8 +437,10 @@ class MVAdapterPipelineMixin:
             raise ValueError(f"`noise_shift` must be > 0 (1 = no shift), got {noise_shift}.")
         if (position_map is None) != (normal_map is None):
             raise ValueError("`position_map` and `normal_map` must be given together (geometry mode).")
+        if mesh is not None:
+            self._check_mesh_input(mesh, position_map, normal_map, condition_maps)
         if adapter is None:
-            given = [n for n, v in (("image", image), ("position_map", position_map),
+            given = [n for n, v in (("image", image), ("mesh", mesh), ("position_map", position_map),
                                     ("condition_maps", condition_maps)) if v is not None]  # fmt: skip
             if given:
                 raise ValueError(
@@ -463,6 +471,69 @@ class MVAdapterPipelineMixin:
                 raise ValueError(
                     f"`callback_on_step_end_tensor_inputs` {bad} are not in {self._callback_tensor_inputs}."
                 )
+
+    def _check_mesh_input(self, mesh, position_map, normal_map, condition_maps) -> None:
+        """``mesh`` is a path, a trimesh object or a :class:`~adapters.mv_adapter.Mesh`, given alone (not with maps),
+        to a pipeline whose MV-Adapter is geometry-guided."""
+        if position_map is not None or normal_map is not None:
+            raise ValueError(
+                "Pass either `mesh` or `position_map` / `normal_map`, not both: the mesh is rendered into those maps."
+            )
+        if condition_maps is not None:
+            raise ValueError("Pass either `mesh` or `condition_maps`, not both.")
+        is_trimesh = type(mesh).__module__.split(".")[0] == "trimesh"
+        if not (isinstance(mesh, (str, os.PathLike, Mesh)) or is_trimesh):
+            raise TypeError(
+                "`mesh` must be a mesh file path (.obj / .glb / .gltf / .ply / .stl), a trimesh.Trimesh / Scene or an "
+                f"adapters.mv_adapter.Mesh, got {type(mesh).__name__}."
+            )
+        adapter = self.mv_adapter
+        if adapter is None:
+            raise ValueError(
+                "`mesh` needs a geometry-guided MV-Adapter and none is loaded: load a tg2mv / ig2mv adapter with "
+                "`load_mv_adapter(...)` (or `init_mv_adapter(variant='tg2mv')` to train one)."
+            )
+        if adapter.config.condition != "geometry" or adapter.cond_encoder is None:
+            raise ValueError(
+                f"`mesh` needs a geometry condition encoder, but the loaded MV-Adapter (variant "
+                f"{adapter.config.variant or 'custom'}) is conditioned on {adapter.config.condition!r} maps: load a "
+                "geometry-guided adapter (tg2mv / ig2mv) with `load_mv_adapter(...)`."
+            )
+
+    def prepare_mesh_maps(
+        self,
+        mesh: Any,
+        num_views: int,
+        cameras: Cameras | None,
+        azimuth_deg: Sequence[float] | None,
+        elevation_deg: float | Sequence[float] | None,
+        distance: float | Sequence[float] | None,
+        fov: float | Sequence[float] | None,
+        height: int,
+        width: int,
+    ) -> GeometryMaps:
+        """Render a mesh's position / normal maps ``(V, height, width, 3)`` for a call's cameras.
+
+        ``mesh`` is loaded with :func:`~adapters.mv_adapter.load_mesh` (normalised into the official unit box) unless
+        it already is a :class:`~adapters.mv_adapter.Mesh`. The cameras are ``cameras`` when given, else
+        :func:`~adapters.mv_adapter.geometry_cameras` with the call's ``azimuth_deg`` / ``elevation_deg`` /
+        ``distance`` / ``fov``: for 6 views and no angles the official geometry ring (front, right, back, left, top,
+        bottom: the layout of the tg2mv / ig2mv ``row_col`` attention), else an even orthographic ring at elevation 0.
+        Maps are rendered at the output size on the execution device (nvdiffrast when installed and on a GPU).
+        """
+        if not isinstance(mesh, Mesh):
+            mesh = load_mesh(mesh)
+        if cameras is None:
+            cameras = geometry_cameras(
+                num_views,
+                azimuth_deg=azimuth_deg,
+                elevation_deg=elevation_deg,
+                distance=1.8 if distance is None else distance,
+                fov_deg=fov,
+            )
+        if len(cameras) != num_views:
+            raise ValueError(f"The mesh's cameras are {len(cameras)} views but `num_views` is {num_views}.")
+        return render_geometry(mesh.to(self._execution_device), cameras, height, width)
 
     def prepare_cameras(
         self,
@@ -605,6 +676,7 @@ class MVAdapterPipelineMixin:
         image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | None = None,
         position_map=None,
         normal_map=None,
+        mesh: str | os.PathLike | Any | None = None,
         num_views: int | None = None,
         azimuth_deg: Sequence[float] | None = None,
         elevation_deg: float | Sequence[float] | None = None,
@@ -649,6 +721,12 @@ class MVAdapterPipelineMixin:
                 resizes it to the output size like the official scripts.
             position_map, normal_map: per-view geometry for G2MV (arrays ``(V, H, W, 3)`` or lists of arrays or PIL
                 images, see :func:`adapters.mv_adapter.geometry_maps`).
+            mesh: instead of the maps, a mesh for geometry-guided generation: a ``.obj`` / ``.glb`` / ``.gltf`` /
+                ``.ply`` / ``.stl`` path, a ``trimesh.Trimesh`` / ``Scene`` or an :class:`~adapters.mv_adapter.Mesh`.
+                It is normalised into the official unit box and its position / normal maps are rendered at the output
+                size for this call's cameras (:meth:`prepare_mesh_maps`: ``cameras``, else ``azimuth_deg`` /
+                ``elevation_deg`` / ``distance`` / ``fov``, else the official 6-view geometry ring). Needs a
+                geometry-guided adapter (tg2mv / ig2mv); not together with ``position_map`` / ``normal_map``.
             num_views: views per sample, 1 to :attr:`max_num_views` (32) (default: from the cameras/maps, else the
                 adapter's ``num_views``).
             azimuth_deg, elevation_deg, distance, fov: cameras on a sphere (azimuth 0 = front; ``fov`` in degrees
@@ -725,7 +803,7 @@ class MVAdapterPipelineMixin:
         self.check_inputs(
             prompt, image, position_map, normal_map, num_views, cameras, height, width, num_inference_steps,
             guidance_scale, reference_guidance_scale, mv_scale, ref_scale, noise_shift,
-            callback_on_step_end_tensor_inputs, latents=latents, condition_maps=condition_maps,
+            callback_on_step_end_tensor_inputs, latents=latents, condition_maps=condition_maps, mesh=mesh,
             negative_prompt=negative_prompt, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             num_images_per_prompt=num_images_per_prompt,
@@ -834,6 +912,11 @@ class MVAdapterPipelineMixin:
             if maps.shape[-2:] != (height, width):
                 maps = torch.nn.functional.interpolate(maps, size=(height, width), mode="bilinear")
         else:
+            if mesh is not None:  # rendered like `render_geometry` by hand, then the same path as given maps
+                rendered = self.prepare_mesh_maps(
+                    mesh, views, cameras, azimuth_deg, elevation_deg, distance, fov, height, width
+                )
+                position_map, normal_map = rendered.position.cpu(), rendered.normal.cpu()
             if position_map is None:
                 cameras = cameras or self.prepare_cameras(views, None, azimuth_deg, elevation_deg, distance, fov)
             maps = self.prepare_condition(
