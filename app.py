@@ -540,6 +540,87 @@ class DemoApp:
         info += self._size_note(pipe, views[0], "the MV-Adapter")
         return _gallery(views, "view"), str(zip_path), seed, info
 
+    def texture_mesh(
+        self,
+        *,
+        mesh: str | None,
+        prompt: str,
+        image: str | None,
+        negative_prompt: str,
+        seed: Any,
+        randomize: bool,
+        steps: int,
+        guidance: float,
+        texture_size: str,
+        fit: str,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        from pipelines import texture
+
+        if not mesh:
+            raise gr.Error(f"Mesh is missing: upload a {' / '.join(texture.MESH_EXTENSIONS)} file first.")
+        limit = int(self.config.max_upload_mb * 2**20)
+        if Path(mesh).is_file() and Path(mesh).stat().st_size > limit:
+            size = Path(mesh).stat().st_size / 2**20
+            raise gr.Error(f"Mesh is too large: {size:.1f} MB, the limit is {limit / 2**20:.1f} MB.")
+        try:  # the mesh is checked before the model loads: one message per kind of bad mesh
+            texture.read_mesh(mesh, name="Mesh")
+        except ValueError as err:
+            raise gr.Error(str(err).replace("`", "")) from err
+        reference = self.read_image(image, "Reference image", required=False, keep_alpha=True)
+        if reference is None and not (prompt or "").strip():
+            raise gr.Error("Prompt is empty: describe the texture, or upload a reference image.")
+        seed = _pick_seed(seed, randomize)
+        sizes = {"auto": None} | {str(n): n for n in TEXTURE_SIZES}
+        if str(texture_size) not in sizes:
+            raise gr.Error(f"Texture size must be one of {', '.join(sizes)}, got {texture_size!r}.")
+        fits = {"auto": None, "on": True, "off": False}
+        if fit not in fits:
+            raise gr.Error(f"Fit must be one of {', '.join(fits)}, got {fit!r}.")
+
+        def stage(fraction: float, description: str) -> None:
+            if progress is not None:
+                with contextlib.suppress(Exception):  # progress reporting must never fail a request
+                    progress(fraction, desc=description)
+
+        start = time.perf_counter()
+        with self.using("mv", progress) as pipe:
+            result = texture.texture_mesh(
+                pipe,
+                mesh,
+                prompt or "",
+                image=reference,
+                negative_prompt=negative_prompt,
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance),
+                seed=seed,
+                texture_size=sizes[str(texture_size)],
+                fit=fits[fit],
+                output_dir=self.run_dir("texture"),
+                progress=stage,
+            )
+        from pipelines.tasks import save_views_zip
+
+        folder = result.glb.parent
+        zip_path = save_views_zip(result.views, folder / "views.zip")
+        mode = (
+            "views guided by the mesh's position / normal maps"
+            if result.geometry_guided
+            else f"unguided views on the camera ring, mesh fitted to them (scale {result.mesh_scale:.2f})"
+        )
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
+        text = (
+            f"{result.mesh.num_faces:,} faces textured from {len(result.views)} views ({mode}); "
+            f"{result.coverage:.0%} of the texture seen, the rest filled. Stages: {stages}. Done"
+        )
+        info = self._info(pipe, text, time.perf_counter() - start)
+        info += self._size_note(pipe, result.views[0], "the MV-Adapter")
+        gallery = _gallery(
+            [*result.views, result.texture], [f"view {i}" for i in range(len(result.views))] + ["texture"]
+        )
+        files = [str(result.glb), str(result.files["texture"]), str(zip_path)]
+        return str(result.glb), files, gallery, seed, info
+
     def image_to_video(
         self,
         *,
@@ -938,6 +1019,93 @@ def _image_multiview_tab(tab: _Tab) -> None:
     )
 
 
+#: Texture sizes the texture tab offers ("auto": 8x the view side, 256-1024).
+TEXTURE_SIZES = (256, 512, 1024, 2048)
+
+
+def _texture_note(source: ModelSource) -> str:
+    """What the texture tab can do with the MV-Adapter it runs on (read from the adapter file, nothing loaded)."""
+    from pipelines.texture import adapter_condition
+
+    condition = adapter_condition(source.adapter) if source.adapter or source.is_embedded else None
+    if condition == "geometry":
+        return "This MV-Adapter is geometry-guided: the views follow the mesh's position and normal maps."
+    which = "The shipped MV-Adapter" if source.is_embedded else "This MV-Adapter"
+    if condition == "camera":
+        return (
+            f"{which} takes camera maps, not geometry maps (it is not a tg2mv / ig2mv adapter), so the views here are "
+            "plain text- or image-guided views on its camera ring, not guided by the mesh: the mesh is scaled and "
+            "moved onto the generated object's silhouette, then the views are baked onto it. A geometry-guided "
+            "adapter (`--mv-adapter` with a tg2mv / ig2mv file) makes the views follow the mesh."
+        )
+    return (
+        "A geometry-guided adapter (tg2mv / ig2mv) makes the views follow the mesh's position and normal maps; other "
+        "adapters texture from plain views on their camera ring, with the mesh fitted to the generated object."
+    )
+
+
+def _texture_tab(tab: _Tab) -> None:
+    """Texture a mesh: MV-Adapter views baked into a UV texture, the textured .glb shown and offered."""
+    from pipelines.texture import MAX_FACES, MESH_EXTENSIONS, example_meshes
+
+    d = tab.defaults
+    tab.intro(
+        "Upload a mesh and describe its texture (or give a reference image): views are generated around it and "
+        f"baked into a UV texture; the textured .glb is shown and offered for download (up to {MAX_FACES:,} faces). "
+        + _texture_note(tab.source)
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            inputs = {
+                "mesh": gr.File(
+                    label=f"Mesh ({', '.join(MESH_EXTENSIONS)})",
+                    file_types=list(MESH_EXTENSIONS),
+                    type="filepath",
+                    height=110,
+                    elem_id="texture-mesh",
+                ),
+                "prompt": gr.Textbox(label="Prompt", value="a red cube", lines=2, elem_id="texture-prompt"),
+                "image": _image_input(
+                    "Reference image (optional)",
+                    "Reference image",
+                    image_mode=None,
+                    height=180,
+                    elem_id="texture-image",
+                ),
+                "negative_prompt": gr.Textbox(label="Negative prompt", value="", lines=1),
+            }
+            inputs["seed"], inputs["randomize"] = _seed_row()
+            with gr.Accordion("Advanced", open=False, elem_id="texture-advanced"):
+                inputs["steps"], inputs["guidance"] = _steps_guidance_sliders(d, "texture")
+                inputs["texture_size"] = gr.Dropdown(
+                    ["auto", *(str(n) for n in TEXTURE_SIZES)], value="auto", label="Texture size (pixels)"
+                )
+                inputs["fit"] = gr.Radio(
+                    ["auto", "on", "off"],
+                    value="auto",
+                    label="Fit the mesh to the generated object (auto: when the views are not geometry-guided)",
+                )
+            button = _generate_button("texture")
+        with gr.Column(scale=3):
+            model = gr.Model3D(label="Textured mesh", height=380, elem_id="texture-model", interactive=False)
+            files = gr.File(
+                label="Download (.glb, texture, views)", file_count="multiple", height=130, elem_id="texture-files"
+            )
+            gallery = _gallery_output("texture", "Views and texture")
+            info = _status("texture")
+    examples = None
+    try:
+        samples = [[str(path), prompt] for path, prompt in example_meshes()]
+    except (ImportError, OSError, ValueError) as err:
+        logger.warning(f"No example meshes: {err}")
+        samples = []
+    if samples:
+        examples = gr.Examples(
+            samples, inputs=[inputs["mesh"], inputs["prompt"]], label="Example meshes", elem_id="texture-examples"
+        )
+    _connect(tab.state.texture_mesh, button, inputs, [model, files, gallery], info, "texture_mesh", examples=examples)
+
+
 def _video_tab(tab: _Tab) -> None:
     """Image to video (I2V-Adapter on AnimateDiff)."""
     from pipelines.tasks import MAX_FRAMES
@@ -1078,10 +1246,12 @@ def _any_resolution_tab(tab: _Tab) -> None:
     )
 
 
-#: One builder per tab, in page order (keys are ``pipelines.tasks.TASKS`` keys and the tabs' ids).
+#: One builder per tab, in page order (keys are ``pipelines.tasks.TASKS`` keys, or ``texture`` for
+#: ``pipelines.texture.TEXTURE_TASK``, and the tabs' ids).
 TAB_BUILDERS: dict[str, Callable[[_Tab], None]] = {
     "mv": _multiview_tab,
     "i2mv": _image_multiview_tab,
+    "texture": _texture_tab,
     "i2v": _video_tab,
     "hipa": _one_step_tab,
     "res": _any_resolution_tab,
@@ -1094,11 +1264,12 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     The app's own files go under ``config.output_dir``; Gradio's upload/cache folder is ``$GRADIO_TEMP_DIR``
     (:func:`use_output_dir` points it below ``output_dir``; ``main`` does so before building).
     """
-    from pipelines.tasks import TASKS
+    from pipelines.tasks import TASKS, TaskSpec
 
     config = config or AppConfig()
     state = DemoApp(config)
-    errors = {key: _module_error(spec.module) for key, spec in TASKS.items()}
+    specs = {**TASKS, "texture": TaskSpec("texture", "Texture a mesh", "mv", "pipelines.texture")}
+    errors = {key: _module_error(spec.module) for key, spec in specs.items()}
     try:
         from pipelines.embedded import example_entries
 
@@ -1111,14 +1282,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         with gr.Column(elem_id="da-header"):
             gr.Markdown(f"# {TITLE}\n{INTRO}")
         for key, build in TAB_BUILDERS.items():
-            spec = TASKS[key]
+            spec = specs[key]
             with gr.Tab(spec.title, id=key):
                 if errors[key]:
                     _unavailable(spec.title, spec.module, errors[key])
                     continue
                 source = config.source(spec.model)
                 native, multiple = _base_geometry(source)
-                defaults = _tab_defaults(key, spec.model, source)
+                defaults = _tab_defaults("mv" if key == "texture" else key, spec.model, source)  # the MV defaults
                 build(_Tab(state, spec.model, source, native, multiple, defaults, entries))
 
         # A number typed into a slider's box outside its range is clamped by the browser when the box loses focus; the

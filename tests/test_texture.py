@@ -239,6 +239,10 @@ def test_example_meshes_are_the_miniworld_primitives(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(sphere.vertices, axis=1), 1.0, atol=1e-6)
     cone = load_mesh(tmp_path / "yellow_cone.glb", rescale=False)  # glTF y-up -> the z-up world: apex on +z
     assert float(cone.vertices[:, 2].max()) == pytest.approx(1.0) and float(cone.vertices[:, 2].min()) == -1.0
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "examples"
+    for path in paths:  # the shipped copies are exactly what the documented command writes
+        if (shipped / path.name).is_file():
+            assert (shipped / path.name).read_bytes() == path.read_bytes(), path.name
     mtimes = [p.stat().st_mtime_ns for p in paths]
     texture.write_example_meshes(tmp_path)  # existing files are kept
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
