@@ -246,3 +246,45 @@ def test_example_meshes_are_the_miniworld_primitives(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in paths]
     texture.write_example_meshes(tmp_path)  # existing files are kept
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
+
+
+def test_readme_texture_example_runs(tiny_sd15, meshes, tmp_path, monkeypatch):
+    """The README's "Texture a mesh" Python block, as written (the embedded model replaced by the tiny pipeline)."""
+    import re
+    import shutil
+
+    from PIL import Image
+
+    import pipelines
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Texture a mesh\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets" / "examples").mkdir(parents=True)
+    shutil.copy(meshes["red_cube"], tmp_path / "assets" / "examples" / "red_cube.glb")
+    shutil.copy(meshes["cube"], tmp_path / "model.obj")
+    Image.new("RGB", (32, 32), (20, 200, 20)).save(tmp_path / "reference.png")
+    from pipelines.call_defaults import set_call_defaults
+
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"use_ref": True})
+    pipe.set_progress_bar_config(disable=True)
+    set_call_defaults(pipe, {"num_inference_steps": 1, "height": 32, "width": 32})  # as the embedded model's file
+    monkeypatch.setattr(pipelines, "load_embedded", lambda name: pipe)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["result"].files["glb"] == Path("out/texture/textured-2.glb")  # the second run: a new name
+    assert (tmp_path / "out" / "texture" / "textured.glb").is_file()
+
+
+def test_bench_mesh_texture_job_rows(tiny_pipes):
+    from benchmarks import bench_mesh
+
+    payload = bench_mesh.run_texture_job(
+        "tiny", pipe=tiny_pipes["camera"], repeats=1, write=False, num_inference_steps=1, height=32, width=32
+    )
+    rows = payload["rows"]
+    assert [r["stage"] for r in rows] == ["model load (once, not in total)", *texture.STAGES, "total"]
+    assert rows[1]["faces"] == 12 and rows[1]["views"] == 6 and rows[1]["view_px"] == 32
+    stages = {r["stage"]: r["median_s"] for r in rows[1:]}
+    assert sum(stages[s] for s in texture.STAGES) <= stages["total"] and rows[-1]["share"] == 1.0
