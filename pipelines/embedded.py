@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from diffusers.utils import logging
 
-from .utils import clip_bpe, clip_tokenizer, is_sdxl, write_clip_tokenizer_files
+from .utils import clip_bpe, clip_tokenizer, is_sdxl, motion_adapter_config, write_clip_tokenizer_files
 
 logger = logging.get_logger(__name__)
 
@@ -171,17 +171,7 @@ PLACEHOLDER_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
-PLACEHOLDER_MOTION_ADAPTER_CONFIG: dict[str, Any] = {
-    "block_out_channels": PLACEHOLDER_UNET_CONFIG["block_out_channels"],
-    "motion_layers_per_block": PLACEHOLDER_UNET_CONFIG["layers_per_block"],
-    "motion_transformer_layers_per_block": 1,
-    "motion_mid_block_layers_per_block": 1,
-    "motion_transformer_layers_per_mid_block": 1,
-    "motion_num_attention_heads": 2,
-    "motion_norm_num_groups": 8,
-    "motion_max_seq_length": 32,
-    "use_motion_mid_block": True,
-}
+PLACEHOLDER_MOTION_ADAPTER_CONFIG: dict[str, Any] = motion_adapter_config(PLACEHOLDER_UNET_CONFIG)
 
 
 @dataclass

@@ -49,7 +49,14 @@ from typing import Any
 
 import torch
 
-from pipelines.utils import BOS_TOKEN, EOS_TOKEN, clip_bpe, clip_tokenizer, write_clip_tokenizer_files
+from pipelines.utils import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    clip_bpe,
+    clip_tokenizer,
+    motion_adapter_config,
+    write_clip_tokenizer_files,
+)
 
 __all__ = [
     "randomise_",
@@ -309,17 +316,7 @@ ANIMATEDIFF_SCHEDULER_CONFIG: dict[str, Any] = {
     "timestep_spacing": "linspace",
 }
 
-MOTION_ADAPTER_CONFIG: dict[str, Any] = {
-    "block_out_channels": SD15_UNET_CONFIG["block_out_channels"],
-    "motion_layers_per_block": SD15_UNET_CONFIG["layers_per_block"],
-    "motion_transformer_layers_per_block": 1,
-    "motion_mid_block_layers_per_block": 1,
-    "motion_transformer_layers_per_mid_block": 1,
-    "motion_num_attention_heads": 2,
-    "motion_norm_num_groups": 8,
-    "motion_max_seq_length": 32,
-    "use_motion_mid_block": True,
-}
+MOTION_ADAPTER_CONFIG: dict[str, Any] = motion_adapter_config(SD15_UNET_CONFIG)
 
 #: T2IAdapter configs by ``adapter_type`` (in_channels is a parameter). One feature per UNet down block (plus the mid
 #: block for XL), at the resolutions the tiny UNets expect: ``downscale_factor`` = VAE factor (SD) or 2x it (XL).

@@ -24,6 +24,7 @@ __all__ = [
     "clip_tokenizer",
     "is_sdxl",
     "is_sdxl_config",
+    "motion_adapter_config",
     "folder_geometry",
     "native_resolution",
     "parse_preset_paths",
@@ -264,3 +265,20 @@ def clip_tokenizer(
             unk_token=EOS_TOKEN,
             local_files_only=True,
         )
+
+
+def motion_adapter_config(unet_config: Mapping[str, Any], num_attention_heads: int = 2) -> dict[str, Any]:
+    """The config of a small AnimateDiff ``MotionAdapter`` matching a 2D UNet config (its channels and layers per
+    block): one temporal transformer layer per block and in the mid block, 32 frames of positional encoding. Used by
+    the embedded placeholder and the tiny test models."""
+    return {
+        "block_out_channels": list(unet_config["block_out_channels"]),
+        "motion_layers_per_block": unet_config["layers_per_block"],
+        "motion_transformer_layers_per_block": 1,
+        "motion_mid_block_layers_per_block": 1,
+        "motion_transformer_layers_per_mid_block": 1,
+        "motion_num_attention_heads": num_attention_heads,
+        "motion_norm_num_groups": 8,
+        "motion_max_seq_length": 32,
+        "use_motion_mid_block": True,
+    }
