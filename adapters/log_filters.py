@@ -1,4 +1,4 @@
-"""Filters for library warnings a user of this suite cannot act on (issue 18); every other warning stays.
+"""Filters for library warnings a user of this suite cannot act on; every other warning stays.
 
 Each filter is attached to the logger that emits the message (its source), and matches that one message only:
 

@@ -1,4 +1,4 @@
-"""GPU benchmark: every adapter against its own base at full size, fp16, in one short run (issue 22).
+"""GPU benchmark: every adapter against its own base at full size, fp16, in one short run.
 
 ``python -m benchmarks.gpu`` writes ``benchmarks/results/gpu.md`` + ``gpu.json``. On one H100 / H200 it is meant to
 finish in under 8 minutes, model construction included. Bases are random-initialised from the published configs

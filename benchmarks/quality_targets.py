@@ -1,4 +1,4 @@
-"""The targets of the quality report (issue 25), each decided from a 95% CI by :mod:`benchmarks.verdicts`.
+"""The targets of the quality report, each decided from a 95% CI by :mod:`benchmarks.verdicts`.
 
 Pure functions from per-seed measurements to rows ``{"target", "figure", "verdict"}`` of the report's summary table
 (``python -m benchmarks.quality``); a section's claim holds when every one of its rows holds

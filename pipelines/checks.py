@@ -1,4 +1,4 @@
-"""Input checks shared by every pipeline's ``check_inputs`` (issue 12: refuse bad input early and clearly).
+"""Input checks shared by every pipeline's ``check_inputs``: refuse bad input early and clearly.
 
 Each function raises ``TypeError`` (wrong type) or ``ValueError`` (wrong value) whose message names the argument,
 the value it got and what is allowed, the way diffusers' ``check_inputs`` does. They only look at the arguments: no
@@ -12,7 +12,7 @@ Documented limits (module constants, overridable per pipeline through the class 
   (they do: ``unet.config.motion_max_seq_length``, the length of their positional embedding);
 * :data:`MAX_IMAGES_PER_PROMPT` -- the most samples per prompt of one call.
 
-Numbers (issue 18): one rule wherever a number or size enters. ``None`` means "the default"; any other value is used
+Numbers: one rule wherever a number or size enters. ``None`` means "the default"; any other value is used
 as given or refused with a ``TypeError`` / ``ValueError`` naming the argument and the accepted range -- zero or
 negative where not allowed, NaN, +/-inf, a bool passed as a number, a float where an int is required, a string, a
 value out of range or a list of the wrong length. :data:`NUMBER_RULES` holds each argument's range, by name;

@@ -1,4 +1,4 @@
-"""torch.compile readiness (issue 11): every attention processor / hook-based layer of ours traces with
+"""torch.compile readiness: every attention processor / hook-based layer of ours traces with
 ``torch._dynamo`` in one graph (no graph breaks) on a tiny layer, and its compiled output matches eager.
 
 ``torch._dynamo.explain`` traces without compiling (no C++ toolchain needed); graph breaks of diffusers' own layers are

@@ -1,4 +1,4 @@
-"""IP-Adapter on the MV-Adapter and HiPA pipelines (issue 23): tiny IP-Adapter weights in the official h94 layout
+"""IP-Adapter on the MV-Adapter and HiPA pipelines: tiny IP-Adapter weights in the official h94 layout
 with a tiny ``CLIPVisionModelWithProjection`` (:func:`tests.tiny_models.tiny_ip_adapter_path`), loaded with diffusers'
 ``load_ip_adapter`` onto pipelines with their own adapter loaded (random, so it changes the output)."""
 

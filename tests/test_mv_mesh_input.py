@@ -1,4 +1,4 @@
-"""``mesh=`` on the MV-Adapter pipelines (issue 20 item 2): a mesh instead of precomputed position / normal maps.
+"""``mesh=`` on the MV-Adapter pipelines: a mesh instead of precomputed position / normal maps.
 
 The pipeline renders the maps with the mesh module for its own cameras and size; the output must be exactly the one
 of passing those maps rendered by hand (``load_mesh`` -> ``geometry_cameras`` -> ``render_geometry``)."""

@@ -1,4 +1,4 @@
-"""Structural performance regression checks (issue 11): counts of attention calls, model passes, host syncs, hooks
+"""Structural performance regression checks: counts of attention calls, model passes, host syncs, hooks
 and graph breaks on the tiny models. Nothing here measures time.
 """
 

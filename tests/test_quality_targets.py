@@ -1,4 +1,4 @@
-"""The quality report's controls and verdicts (issue 25): the new metrics (identity on frames 1..N, temporal
+"""The quality report's controls and verdicts: the new metrics (identity on frames 1..N, temporal
 coherence, background stability and agreement, Wilson / ratio / gap-closed intervals), the pure verdict functions
 (benchmarks/verdicts.py), the per-section targets (benchmarks/quality_targets.py), including the cases where a claim
 must come out as not holding, and the I2V adapter-off arm on the tiny AnimateDiff model."""

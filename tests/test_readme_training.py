@@ -1,4 +1,4 @@
-"""The README's "## Training" commands run as written on the embedded base (issue 18), one or two steps each.
+"""The README's "## Training" commands run as written on the embedded base, one or two steps each.
 
 Each command of the README's training code block is run in-process (``runpy``, as ``python -m``; ``accelerate launch
 -m X`` is the single-process ``python -m X``) in a temporary folder holding links to ``assets/`` and ``training/``,
