@@ -1,7 +1,8 @@
 """The "Texture a mesh" tab in a real browser (headless Chromium through Playwright, as ``tests/test_browser.py``).
 
 Uploads an example mesh, types a prompt, clicks Generate and waits for the textured ``.glb`` in the ``gr.Model3D``
-viewer, the download links and the views; then uploads a text file renamed ``.glb`` and sees the one-line message.
+viewer (the file it loads is fetched and read back with trimesh: 12 faces, a 512 px texture; headless Chromium
+without a GPU may draw nothing, so the pixels are not judged), the download links and the views; then uploads a text file renamed ``.glb`` and sees the one-line message.
 Skips, with the reason, when Playwright or Chromium is missing.
 """
 
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.browser
 
 
 def test_texture_tab_uploads_a_mesh_and_shows_the_textured_model(page, tmp_path):  # noqa: F811
+    import trimesh
+
     from pipelines.texture import example_meshes
 
     mesh, prompt = example_meshes()[0]
@@ -36,8 +39,16 @@ def test_texture_tab_uploads_a_mesh_and_shows_the_textured_model(page, tmp_path)
     set_slider(page, "texture-steps", 2)
     page.locator("#texture-generate").click()
     expect(page.locator("#texture-info")).to_contain_text("faces textured from 6 views", timeout=TIMEOUT_MS)
-    model = page.locator("#texture-model canvas")
-    model.first.wait_for(timeout=TIMEOUT_MS)
+    page.locator("#texture-model canvas").first.wait_for(timeout=TIMEOUT_MS)
+    # the viewer holds the textured .glb: fetch what it loads and read it back
+    href = page.locator("#texture-model [data-testid=model3d-download-link]").get_attribute("href")
+    assert href and href.endswith("textured.glb"), href
+    body = page.request.get(href).body()
+    assert body[:4] == b"glTF"
+    glb = tmp_path / "shown.glb"
+    glb.write_bytes(body)
+    (mesh,) = trimesh.load(glb).geometry.values()
+    assert len(mesh.faces) == 12 and mesh.visual.material.baseColorTexture.size == (512, 512)
     links = page.locator("#texture-files a")
     hrefs = [links.nth(i).get_attribute("href") or "" for i in range(links.count())]
     assert any(h.endswith("textured.glb") for h in hrefs) and any(h.endswith("texture.png") for h in hrefs), hrefs
