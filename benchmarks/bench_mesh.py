@@ -1,4 +1,4 @@
-"""Mesh rasteriser benchmark: geometry maps of a ~100k-face mesh at 768 px, six views (issue 20's performance goal).
+"""Mesh rasteriser benchmark: geometry maps of a ~100k-face mesh at 768 px, six views (goal: seconds on a CPU).
 
 Timed: :func:`adapters.mv_adapter.mesh.rasterize` (z-buffer, face ids, barycentrics, depth) and
 :func:`~adapters.mv_adapter.mesh.render_geometry` (the same plus the position / normal maps) for the official

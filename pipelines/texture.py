@@ -1,4 +1,4 @@
-"""Texture a user's mesh with MV-Adapter: a mesh file in, a textured ``.glb`` out, on any machine (issue 20).
+"""Texture a user's mesh with MV-Adapter: a mesh file in, a textured ``.glb`` out, on any machine.
 
 :func:`texture_mesh` runs the whole job in five timed stages:
 
