@@ -137,11 +137,17 @@ def test_single_adapter_trains_on_the_shipped_base_and_resumes(tmp_path):
         Path(step.produces.format(**paths)).touch()
     calls.clear()
     rp.reproduce(["base"], runs, out, run=_fake_runner(recipes, paths, calls))
-    assert [c[0] for c in calls] == ["training.train_base_vae"] * 2 + ["training.train_base"] * 3
+    vae, unet = "training.train_base_vae", "training.train_base"
+    assert [c[0] for c in calls] == [vae, vae, unet, unet, unet, vae, unet, vae]
     assert [c[c.index("--output_dir") + 1] for c in calls] == [
-        str(runs / n) for n in ("base-vae-dec", "base-vae-ms", "base", "base-long", "base-5000")
+        str(runs / n)
+        for n in ("base-vae-dec", "base-vae-ms", "base", "base-long", "base-5000", "base-vae-full", "base-v2")
+        + ("base-vae-full-ms",)
     ]
-    assert calls[-1][1] == "export"  # the shipped step of the continuation
+    assert calls[4][1] == "export"  # v1, the start of the whole-VAE fine-tune
+    # v2 continues on the fine-tuned VAE, and its decoder stage starts from that VAE too (same latent space)
+    assert calls[6][calls[6].index("--pretrained_model_name_or_path") + 1] == str(runs / "base-vae-full")
+    assert calls[7][calls[7].index("--pretrained_model_name_or_path") + 1] == str(runs / "base-vae-full")
 
 
 def test_existing_output_is_never_replaced_without_overwrite(tmp_path):

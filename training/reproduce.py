@@ -125,19 +125,47 @@ RECIPES: tuple[Recipe, ...] = (
                 f"--checkpointing_steps 1000 --checkpoints_total_limit 2 {_RESUME}",
                 "{runs}/base-long/unet/diffusion_pytorch_model.safetensors",
             ),
-            # the shipped base is the EMA weights of step 5000 of that 6000-step cosine run
+            # v1 (shipped until session 19): the EMA weights of step 5000 of that run, with the 16-64 px decoder
             Step(
                 "training.train_base",
-                "export --checkpoint {runs}/base-long/checkpoint-5000 --base {runs}/base --output_dir {runs}/base-5000",
+                "export --checkpoint {runs}/base-long/checkpoint-5000 --base {runs}/base-vae-ms "
+                "--output_dir {runs}/base-5000",
                 "{runs}/base-5000/unet/diffusion_pytorch_model.safetensors",
             ),
+            # v2: the whole VAE fine-tuned (its encoder was undertrained: the v1 VAE kept colour 0.86 of held-out
+            # renders), then the UNet and text encoder continued on the new latent space, then a 16-64 px decoder
+            # stage (same encoder, same latent space)
+            Step(
+                "training.train_base_vae",
+                "--pretrained_model_name_or_path {runs}/base-5000 --output_dir {runs}/base-vae-full --object_weight 4 "
+                "--resolution 32 --train_batch_size 32 --max_train_steps 2000 --learning_rate 5e-4 "
+                "--lr_scheduler cosine --lr_warmup_steps 50 --num_samples 16384 --seed 14 --checkpointing_steps 500 "
+                f"--checkpoints_total_limit 2 {_RESUME}",
+                "{runs}/base-vae-full/vae/diffusion_pytorch_model.safetensors",
+            ),
+            Step(
+                "training.train_base",
+                "--pretrained_model_name_or_path {runs}/base-vae-full --output_dir {runs}/base-v2 --resolution 32 "
+                "--train_batch_size 32 --max_train_steps 6000 --learning_rate 3e-4 --lr_scheduler cosine "
+                "--lr_warmup_steps 100 --use_ema --ema_decay 0.999 --snr_gamma 5 --num_samples 32768 --seed 15 "
+                f"--checkpointing_steps 500 --checkpoints_total_limit 3 {_RESUME}",
+                "{runs}/base-v2/unet/diffusion_pytorch_model.safetensors",
+            ),
+            Step(
+                "training.train_base_vae",
+                "--pretrained_model_name_or_path {runs}/base-vae-full --output_dir {runs}/base-vae-full-ms "
+                "--decoder_only --object_weight 4 --resolution 32 --sizes 16 24 32 48 64 --train_batch_size 32 "
+                "--max_train_steps 600 --learning_rate 5e-4 --lr_scheduler cosine --lr_warmup_steps 20 "
+                f"--num_samples 4096 --seed 3 {_RESUME}",
+                "{runs}/base-vae-full-ms/vae/diffusion_pytorch_model.safetensors",
+            ),
         ),
-        # the UNet and text encoder trained on the first VAE; its decoder-only fine-tunes share the latent space
+        # the UNet and text encoder of v2 (EMA, step 6000); the decoder stage shares their latent space
         tuple(
-            (f"{{runs}}/base-5000/{part}", part)
+            (f"{{runs}}/base-v2/{part}", part)
             for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet")
         )
-        + (("{runs}/base-vae-ms/vae", "vae"),),
+        + (("{runs}/base-vae-full-ms/vae", "vae"),),
         defaults={"num_inference_steps": 25, "guidance_scale": 7.5, "trained_sizes": {"min_side": 32, "max_side": 32}},
     ),
     Recipe(
@@ -154,10 +182,20 @@ RECIPES: tuple[Recipe, ...] = (
                 f"--init_adapter training/init/res_adapter_v1 {_RESUME}",
                 "{runs}/res/pytorch_lora_weights.safetensors",
             ),
+            # continued at a lower learning rate: lower held-out loss than step 2000 at every size, native included
+            # (`benchmarks.res_adapter_heldout`, assets/README.md)
+            Step(
+                "training.train_res_adapter",
+                "--pretrained_model_name_or_path {base} --output_dir {runs}/res-cont --dataset miniworld --min_side 16 "
+                "--max_side 64 --bucket_step 8 --max_aspect_ratio 2 --resolution 32 --train_batch_size 16 "
+                "--max_train_steps 1000 --learning_rate 3e-4 --lr_scheduler cosine --lr_warmup_steps 20 --rank 64 "
+                f"--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 1 --init_adapter {{runs}}/res {_RESUME}",
+                "{runs}/res-cont/pytorch_lora_weights.safetensors",
+            ),
         ),
         (
-            ("{runs}/res/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
-            ("{runs}/res/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"),
+            ("{runs}/res-cont/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
+            ("{runs}/res-cont/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"),
         ),
         defaults={
             "num_inference_steps": 20,
@@ -186,6 +224,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "motion",
         "motion_adapter",
+        # shipped: trained on the v2 base at step 1500 of its 6000 steps (`training.train_base export` of
+        # checkpoint-1500), started before the base finished; a motion module transfers across fine-tunes of one
+        # base, and this recipe trains it on the finished base
         (
             Step(
                 "training.train_motion",
@@ -211,7 +252,7 @@ RECIPES: tuple[Recipe, ...] = (
                 "training.train_mv_adapter",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/mv --mode i2mv --dataset miniworld "
                 "--num_views 6 --resolution 32 --train_batch_size 2 --max_train_steps 5000 --learning_rate 3e-4 "
-                "--noise_shift 1 --snr_gamma 1 --drop_text 0.3 --lr_scheduler constant_with_warmup "
+                "--noise_shift 1 --snr_gamma 1 --drop_text 0.5 --lr_scheduler constant_with_warmup "
                 f"--lr_warmup_steps 20 --seed 1 {_RESUME}",
                 "{runs}/mv/adapter_model.safetensors",
             ),
@@ -235,14 +276,13 @@ RECIPES: tuple[Recipe, ...] = (
                 "training.train_i2v_adapter",
                 "--pretrained_model_name_or_path {base} --motion_adapter_path {motion_adapter} --output_dir {runs}/i2v "
                 "--dataset miniworld --num_frames 8 --frame_stride 1 --resolution 32 --train_batch_size 4 "
-                "--max_train_steps 3000 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 "
+                "--max_train_steps 2000 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 "
                 "--snr_gamma 1 --motion_caption 0.3 --caption_dropout 0.1 --num_samples 8192 --seed 10 "
                 f"{_RESUME}",
                 "{runs}/i2v/adapter_model.safetensors",
             ),
         ),
-        # shipped: step 1500 of the 2500-step cosine run (stopped there for time; assets/README.md)
-        (("{runs}/i2v/checkpoint-1500/adapter_model.safetensors", "i2v_adapter.safetensors"),),
+        (("{runs}/i2v/adapter_model.safetensors", "i2v_adapter.safetensors"),),
         defaults={
             "num_inference_steps": 20,
             "guidance_scale": 7.5,
