@@ -1,4 +1,4 @@
-"""Reliability sweep (issue 12): bad inputs to every public pipeline and bad weight files to every loader.
+"""Reliability sweep: bad inputs to every public pipeline and bad weight files to every loader.
 
 Every bad-input case either succeeds (output shape checked) or raises ``ValueError`` / ``TypeError`` whose message
 names the argument, *before* the UNet runs (a forward pre-hook counts UNet calls). Every weight-file fault raises
@@ -246,7 +246,7 @@ XFAIL: dict[str, tuple[str, ...]] = {}
 
 def _marks(case: str, name: str) -> list:
     if name in XFAIL.get(case, ()):
-        return [pytest.mark.xfail(reason="known gap (issue 12), see tests/reliability_report.py", strict=False)]
+        return [pytest.mark.xfail(reason="known gap, see tests/reliability_report.py", strict=False)]
     return []
 
 
@@ -409,7 +409,7 @@ FAULT_PARAMS = [
         kind,
         fault,
         id=f"{kind}-{fault}",
-        marks=[pytest.mark.xfail(reason="known gap (issue 12)", strict=False)] if (kind, fault) in FAULT_XFAIL else [],
+        marks=[pytest.mark.xfail(reason="known gap", strict=False)] if (kind, fault) in FAULT_XFAIL else [],
     )
     for kind in ["res", "mv", "i2v", "hipa"]
     for fault in FAULTS
@@ -531,7 +531,7 @@ def test_checks_accept_good_values():
 
 
 # ------------------------------------------------------------------------------ numbers, generated from signatures
-# Issue 18: every numeric argument of every entry point (read from its signature with checks.call_number_rules) gets
+# Every numeric argument of every entry point (read from its signature with checks.call_number_rules) gets
 # the bad values its rule refuses -- NaN, +/-inf, a bool, a string, a float for an int, zero / negative / below the
 # minimum, above the maximum, wrong-length lists -- each refused before the UNet runs, naming the argument, with the
 # pipeline left as it was (scheduler, UNet output).
@@ -607,7 +607,7 @@ def test_bad_input_number(rigs, name, arg, label, value):
     ids=lambda v: str(v),
 )
 def test_bad_input_zero_size_not_replaced(rigs, name, arg):
-    """issue 18: ``height=0`` / ``width=0`` used to be replaced by the default size; now refused."""
+    """``height=0`` / ``width=0`` used to be replaced by the default size; now refused."""
     rig = rigs[name]
     with pytest.raises(ValueError, match=f"`{arg}`"):
         rig.call(**{arg: 0})
