@@ -97,18 +97,18 @@ class MVAdapterPipelineOutput(BaseOutput):
 
 
 def make_multiview_grid(views: Sequence[PIL.Image.Image], rows: int = 1, cols: int | None = None) -> PIL.Image.Image:
-    """Paste ``views`` (PIL images of one size) into a ``rows x cols`` grid (default: one row)."""
+    """Paste ``views`` (PIL images of one size) into a ``rows x cols`` grid (default: one row) with
+    ``diffusers.utils.make_image_grid``; a grid larger than the views is filled with black."""
+    from diffusers.utils import make_image_grid
+
     views = list(views)
     if not views:
         raise ValueError("`views` is empty.")
     cols = cols or -(-len(views) // rows)
     if rows * cols < len(views):
         raise ValueError(f"A {rows}x{cols} grid cannot hold {len(views)} views.")
-    w, h = views[0].size
-    grid = PIL.Image.new("RGB", (cols * w, rows * h))
-    for i, view in enumerate(views):
-        grid.paste(view, ((i % cols) * w, (i // cols) * h))
-    return grid
+    blank = PIL.Image.new("RGB", views[0].size)
+    return make_image_grid(views + [blank] * (rows * cols - len(views)), rows=rows, cols=cols)
 
 
 def prepare_reference_image(image: PIL.Image.Image, height: int, width: int, *, fill: float = 0.9) -> PIL.Image.Image:

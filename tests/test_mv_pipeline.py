@@ -219,3 +219,17 @@ def test_noise_shift_defaults_to_the_adapters_trained_value(sd15):
         assert np.array_equal(sd15("a red cube", **kw).images[0], plain)
     finally:
         sd15.mv_adapter.config.extra.pop("noise_shift")
+
+
+def test_multiview_grid_is_diffusers_make_image_grid():
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    views = [Image.new("RGB", (8, 6), (40 * i, 255 - 40 * i, 7)) for i in range(5)]
+    full = make_multiview_grid(views[:4], rows=2)
+    assert np.array_equal(np.asarray(full), np.asarray(make_image_grid(views[:4], rows=2, cols=2)))
+    partial = np.asarray(make_multiview_grid(views, rows=2))  # 2x3 for 5 views: the last cell stays black
+    assert partial.shape == (12, 24, 3) and not partial[6:, 16:].any()
+    assert np.array_equal(partial[6:, 8:16], np.asarray(views[4]))
+    with pytest.raises(ValueError, match="cannot hold 5 views"):
+        make_multiview_grid(views, rows=2, cols=2)
