@@ -225,7 +225,12 @@ def test_one_step_tab_and_error_message(page, tmp_path):
     # An error: 13 cameras on the multi-view tab -> the message is shown, and the page keeps working.
     page.get_by_role("tab", name="Text to multi-view").click()
     open_advanced(page, "mv")
-    page.locator("#mv-azimuths textarea, #mv-azimuths input").first.fill(",".join(str(20 * i) for i in range(13)))
+    azimuths = page.locator("#mv-azimuths textarea, #mv-azimuths input").first
+    thirteen = ",".join(str(20 * i) for i in range(13))
+    azimuths.fill(thirteen)
+    azimuths.press("Tab")  # the box loses focus: its value is committed before the click (a busy CPU once lost it)
+    expect(azimuths).to_have_value(thirteen)
+    page.wait_for_timeout(300)
     page.locator("#mv-generate").click()
     page.get_by_text("must be between 1 and 12").first.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(800)  # let the toast finish fading in
