@@ -251,6 +251,13 @@ def _module_error(module: str) -> str | None:
     return None
 
 
+def _report(progress: Any, fraction: float, description: str) -> None:
+    """Report ``fraction`` / ``description`` through a Gradio ``progress`` (if any); reporting never fails a request."""
+    if progress is not None:
+        with contextlib.suppress(Exception):
+            progress(fraction, desc=description)
+
+
 def _pick_seed(seed: Any, randomize: bool) -> int:
     if randomize:
         return random.randint(0, MAX_SEED)
@@ -413,10 +420,8 @@ class DemoApp:
     @contextlib.contextmanager
     def using(self, key: str, progress: Any = None) -> Iterator[Any]:
         """The model ``key`` held for one request; reports "Loading the model" / "Waiting" through ``progress``."""
-        if progress is not None:
-            first = key not in self.models.loaded
-            with contextlib.suppress(Exception):  # progress reporting must never fail a request
-                progress(0, desc="Loading the model (first use)..." if first else "Waiting for the model...")
+        first = key not in self.models.loaded
+        _report(progress, 0, "Loading the model (first use)..." if first else "Waiting for the model...")
         with self.models.use(key) as pipe:
             yield pipe
 
@@ -579,9 +584,7 @@ class DemoApp:
             raise gr.Error(f"Fit must be one of {', '.join(fits)}, got {fit!r}.")
 
         def stage(fraction: float, description: str) -> None:
-            if progress is not None:
-                with contextlib.suppress(Exception):  # progress reporting must never fail a request
-                    progress(fraction, desc=description)
+            _report(progress, fraction, description)
 
         start = time.perf_counter()
         with self.using("mv", progress) as pipe:
