@@ -999,22 +999,29 @@ def _trainer_class(module: str):
     )
 
 
-@pytest.mark.parametrize(("script", "option", "label", "text"), TRAIN_FLAG_PARAMS)
-def test_bad_input_training_flag(script, option, label, text, monkeypatch, capsys, caplog):
+def _training_refusal(script, argv, monkeypatch, capsys, caplog) -> list[str]:
+    """Run training script ``script`` on the embedded base with ``argv`` (plus its required flags); it must exit
+    with code 2 before the trainer is built. Returns the error lines (stderr and error log records)."""
     from training.core import trainer as core
 
     module, _, extra = TRAIN_SCRIPTS[script]
     trainer_cls = _trainer_class(module)
     monkeypatch.setattr(trainer_cls, "__init__", lambda *a, **k: pytest.fail("the trainer was built"))
-    argv = ["--pretrained_model_name_or_path", "assets/base", f"--{option}={text}"]  # = : "-1" is not a flag
+    full = ["--pretrained_model_name_or_path", "assets/base", *argv]
     for key, value in extra.items():
-        argv += [f"--{key}", value]
+        full += [f"--{key}", value]
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as info:
-        core.main(trainer_cls, argv)
+        core.main(trainer_cls, full)
     assert info.value.code == 2
-    errors = capsys.readouterr().err.strip().splitlines() + [
+    return capsys.readouterr().err.strip().splitlines() + [
         r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
     ]
+
+
+@pytest.mark.parametrize(("script", "option", "label", "text"), TRAIN_FLAG_PARAMS)
+def test_bad_input_training_flag(script, option, label, text, monkeypatch, capsys, caplog):
+
+    errors = _training_refusal(script, [f"--{option}={text}"], monkeypatch, capsys, caplog)  # = : "-1" is no flag
     assert len(errors) == 1, errors
     assert f"`--{option}`" in errors[0] or f"`{option}`" in errors[0], errors[0]
 
@@ -1052,7 +1059,6 @@ TRAIN_OTHER_PARAMS = [
 def test_bad_input_training_path_choice_or_config(script, argv, flag, tmp_path, monkeypatch, capsys, caplog):
     """Input paths, choices and config files of every training script: one error line naming the option, exit 2,
     before the trainer is built."""
-    from training.core import trainer as core
 
     files = {
         "nan.yaml": "learning_rate: .nan\n",
@@ -1062,18 +1068,7 @@ def test_bad_input_training_path_choice_or_config(script, argv, flag, tmp_path, 
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    module, _, extra = TRAIN_SCRIPTS[script]
-    trainer_cls = _trainer_class(module)
-    monkeypatch.setattr(trainer_cls, "__init__", lambda *a, **k: pytest.fail("the trainer was built"))
-    full = ["--pretrained_model_name_or_path", "assets/base", *[a.format(dir=tmp_path) for a in argv]]
-    for key, value in extra.items():
-        full += [f"--{key}", value]
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as info:
-        core.main(trainer_cls, full)
-    assert info.value.code == 2
-    errors = capsys.readouterr().err.strip().splitlines() + [
-        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
-    ]
+    errors = _training_refusal(script, [a.format(dir=tmp_path) for a in argv], monkeypatch, capsys, caplog)
     assert len(errors) == 1, errors
     assert flag.lstrip("-") in errors[0], errors[0]
 
