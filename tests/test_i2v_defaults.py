@@ -40,6 +40,7 @@ def test_run_scores_every_setting_on_tiny_models(tiny_animatediff, monkeypatch):
     from pipelines import I2VAdapterPipeline
 
     monkeypatch.setattr(metrics, "input_identity", lambda clf, clip, image: {"identity": float(np.mean(clip[1:]))})
+    monkeypatch.setattr(metrics, "prompt_accuracy", lambda clf, frames, text: {"colors_ok": np.ones(len(frames))})
     pipe = I2VAdapterPipeline.from_pretrained(tiny_animatediff)
     pipe.init_i2v_adapter()
     pipe.set_progress_bar_config(disable=True)
@@ -56,6 +57,7 @@ def test_adapter_off_arm_isolates_the_trained_branch(tiny_animatediff, monkeypat
     from pipelines import I2VAdapterPipeline
 
     monkeypatch.setattr(metrics, "input_identity", lambda clf, clip, image: {"identity": float(np.mean(clip[1:]))})
+    monkeypatch.setattr(metrics, "prompt_accuracy", lambda clf, frames, text: {"colors_ok": np.ones(len(frames))})
     pipe = I2VAdapterPipeline.from_pretrained(tiny_animatediff)
     pipe.init_i2v_adapter()
     pipe.set_progress_bar_config(disable=True)
@@ -72,3 +74,31 @@ def test_adapter_off_arm_isolates_the_trained_branch(tiny_animatediff, monkeypat
     low, high = row["identity_gain_ci"]
     assert row["identity_gain"] != 0.0 and low <= row["identity_gain"] <= high
     assert row["identity"] - row["identity_off"] == pytest.approx(row["identity_gain"])
+
+
+def test_guidance_axis_and_motion_word_prompt(tiny_animatediff, monkeypatch):
+    from benchmarks import metrics
+    from pipelines import I2VAdapterPipeline
+
+    prompts = []
+    monkeypatch.setattr(metrics, "input_identity", lambda clf, clip, image: {"identity": float(np.mean(clip[1:]))})
+    monkeypatch.setattr(metrics, "prompt_accuracy", lambda clf, frames, text: {"colors_ok": np.ones(len(frames))})
+    pipe = I2VAdapterPipeline.from_pretrained(tiny_animatediff)
+    pipe.init_i2v_adapter()
+    pipe.set_progress_bar_config(disable=True)
+    call = pipe.__call__
+
+    def spy(*args, **kwargs):
+        prompts.append((kwargs["prompt"], kwargs.get("guidance_scale")))
+        return call(*args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: spy(*a, **k))  # pipe(...) looks up the class
+    grid = {"strength": (0.0,), "start": (0.0,)}
+    kwargs = {"clips": 2, "grid": grid, "num_frames": 3, "num_inference_steps": 2}
+    result = run(pipe, _Classifier(), guidance_scales=(1.0, 3.0), prompt="motion", **kwargs)
+    assert [r["guidance_scale"] for r in result["rows"]] == [1.0, 3.0] and result["prompt"] == "motion"
+    assert all(r["colour_kept"] == 1.0 for r in result["rows"])
+    # the motion word alone: a single word, never the scene's caption
+    assert all(len(text.split()) == 1 for text, _ in prompts) and {g for _, g in prompts} == {1.0, 3.0}
+    with pytest.raises(ValueError, match="`prompt`"):
+        run(pipe, _Classifier(), prompt="scene", **kwargs)
