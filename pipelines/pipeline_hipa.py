@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -27,13 +28,11 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
-from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
-from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils import logging
 
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_scale
 from adapters.hipa.loader import _current_weight as _lora_weight
-from adapters.hipa.one_step import last_timestep, predict_x0
+from adapters.hipa.one_step import is_one_step_scheduler, one_step_scheduler
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
 from .checks import check_finite, check_negative_prompt, check_size, check_steps, validate_numbers
@@ -205,7 +204,9 @@ class HiPAPipelineMixin:
                 )
         super().fuse_qkv_projections(*args, **kwargs)
 
-    # ------------------------------------------------------------------ shared pieces of __call__
+    # ------------------------------------------------------------------ the call: a preset on diffusers' own __call__
+
+    _hipa_ip_layout: tuple[int, int, torch.dtype] | None = None
 
     def _resolve_preset(self, preset: str | FewStepPreset | None) -> tuple[FewStepPreset, bool]:
         """The preset giving this call's defaults and whether its step range applies; puts the call's scheduler on
@@ -226,6 +227,24 @@ class HiPAPipelineMixin:
             return self._hipa_preset, True
         return self._hipa_preset or get_preset("hipa"), False
 
+    @staticmethod
+    def _preset_defaults(
+        preset: FewStepPreset, num_inference_steps: int | None, guidance_scale: float | None, eta: float | None
+    ) -> tuple[int, float, float]:
+        """``(num_inference_steps, guidance_scale, eta)``: the call's values, the preset's where ``None``."""
+        return (
+            preset.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            preset.guidance_scale if guidance_scale is None else float(guidance_scale),
+            preset.eta if eta is None else float(eta),
+        )
+
+    def _use_one_step_scheduler(self, preset: FewStepPreset, num_inference_steps: int) -> None:
+        """One step of a one-step preset (``hipa``) is the closed-form x0 at ``T - 1`` on any ``pipe.scheduler`` (the
+        pipeline's own, or one swapped in): the call runs on :func:`adapters.hipa.one_step.one_step_scheduler` built
+        from its config, unless it is such a scheduler already (the preset's own)."""
+        if preset.one_step_x0 and num_inference_steps == 1 and not is_one_step_scheduler(self.scheduler):
+            object.__setattr__(self, "scheduler", one_step_scheduler(self.scheduler.config))
+
     def _check_hipa_inputs(
         self,
         preset: FewStepPreset,
@@ -240,8 +259,9 @@ class HiPAPipelineMixin:
         latents: torch.Tensor | None = None,
         preset_steps: bool = True,
     ) -> None:
-        """The preset's step range (any count >= 1 with ``preset_steps=False``), guidance >= 0, eta in [0, 1], sizes (ints, multiples of 8, <= 4096), a
-        ``negative_prompt`` list with one entry per prompt and finite ``latents`` (see :mod:`pipelines.checks`)."""
+        """The preset's step range (any count >= 1 with ``preset_steps=False``), guidance >= 0, eta in [0, 1], sizes
+        (ints, multiples of 8, <= 4096), a ``negative_prompt`` list with one entry per prompt and finite ``latents``
+        (see :mod:`pipelines.checks`). diffusers' own ``check_inputs`` runs after these, in its ``__call__``."""
         if preset_steps:
             check_steps(
                 num_inference_steps,
@@ -262,78 +282,16 @@ class HiPAPipelineMixin:
             raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
         check_finite("latents", latents)
 
-    def _set_call_timesteps(self, preset: FewStepPreset, num_inference_steps: int, device: torch.device) -> None:
-        """Set this call's schedule before the noise is drawn, as diffusers does: a sigma-based scheduler's
-        ``init_noise_sigma`` (Euler, DPM-Solver with Karras sigmas) depends on it, and would otherwise be the previous
-        call's (or, on a first call, the untruncated schedule's). The one-step x0 path has no schedule."""
-        if not (preset.one_step_x0 and num_inference_steps == 1):
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-
-    def _sample(
-        self,
-        latents: torch.Tensor,
-        unet_forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        *,
-        preset: FewStepPreset,
-        num_inference_steps: int,
-        device: torch.device,
-        extra_step_kwargs: dict[str, Any],
-        callback_on_step_end: Callable | None,
-        callback_on_step_end_tensor_inputs: list[str],
-        callback_state: dict[str, Any],
-    ) -> torch.Tensor:
-        """Run the preset's sampler from noise ``latents`` ``(B, C, h, w)``; returns the clean latents.
-
-        ``unet_forward(latent_model_input, t)`` returns the (guided) model output for ``latents``-shaped input.
-        """
-        if preset.one_step_x0 and num_inference_steps == 1:
-            timestep = torch.tensor(last_timestep(self.scheduler), device=device, dtype=torch.long)
-            self._num_timesteps = 1
-            with self.progress_bar(total=1) as progress_bar:
-                model_input = self.scheduler.scale_model_input(latents, timestep)
-                model_output = unet_forward(model_input, timestep)
-                latents = predict_x0(
-                    model_output,
-                    latents,
-                    timestep,
-                    self.scheduler.alphas_cumprod.to(device),
-                    self.scheduler.config.prediction_type,
-                ).to(latents.dtype)
-                latents = self._step_callback(
-                    callback_on_step_end, callback_on_step_end_tensor_inputs, 0, timestep, latents, callback_state
-                )
-                progress_bar.update()
-            return latents
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                model_input = self.scheduler.scale_model_input(latents, t)
-                model_output = unet_forward(model_input, t)
-                latents_dtype = latents.dtype
-                latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
-                latents = latents.to(latents_dtype)
-                latents = self._step_callback(
-                    callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents, callback_state
-                )
-                progress_bar.update()
-        return latents
-
-    def _step_callback(self, callback, tensor_inputs, i, t, latents, state):
-        if callback is None:
-            return latents
-        callback_kwargs = {k: (latents if k == "latents" else state[k]) for k in tensor_inputs}
-        outputs = callback(self, i, t, callback_kwargs) or {}
-        for key in list(state):
-            if key in outputs:
-                state[key] = outputs[key]
-        return outputs.get("latents", latents)
+    @staticmethod
+    def _batch_size(prompt, prompt_embeds) -> int:
+        """Number of prompts of a call (as diffusers counts them)."""
+        if isinstance(prompt, str):
+            return 1
+        if isinstance(prompt, list):
+            return len(prompt)
+        if isinstance(prompt_embeds, torch.Tensor):
+            return int(prompt_embeds.shape[0])
+        return 1
 
     def _check_ip_adapter(
         self, prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
@@ -341,41 +299,41 @@ class HiPAPipelineMixin:
         """The IP-Adapter checks of :func:`pipelines.ip_adapter.check_ip_adapter_inputs` for this call's batch."""
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
             return
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        elif isinstance(prompt_embeds, torch.Tensor):
-            batch_size = int(prompt_embeds.shape[0])
-        else:
-            batch_size = 1
         do_cfg = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
         check_ip_adapter_inputs(
-            self, ip_adapter_image, ip_adapter_image_embeds, batch_size=batch_size,
+            self, ip_adapter_image, ip_adapter_image_embeds, batch_size=self._batch_size(prompt, prompt_embeds),
             num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_cfg,
         )  # fmt: skip
 
-    def _ip_adapter_image_embeds(
-        self, ip_adapter_image, ip_adapter_image_embeds, *, device, dtype, batch_size, num_images_per_prompt, do_cfg
-    ) -> list[torch.Tensor] | None:
-        """The UNet's ``added_cond_kwargs["image_embeds"]``: per IP-Adapter ``(2 * samples or samples, n, ...)``,
-        negative rows first under guidance (the order of the UNet batch); ``None`` without IP-Adapter inputs."""
-        if ip_adapter_image is None and ip_adapter_image_embeds is None:
-            return None
+    @contextlib.contextmanager
+    def _ip_adapter_layout(self, prompt, prompt_embeds, num_images_per_prompt: int):
+        """Within a call: the batch layout :meth:`prepare_ip_adapter_image_embeds` expands embeddings to."""
+        self._hipa_ip_layout = (self._batch_size(prompt, prompt_embeds), num_images_per_prompt, self.unet.dtype)
+        try:
+            yield
+        finally:
+            self._hipa_ip_layout = None
+
+    def prepare_ip_adapter_image_embeds(
+        self, ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
+    ):
+        """diffusers' own, except within a call: there embeddings given one per prompt or one per sample are laid out
+        one row per sample (negatives first under guidance; :func:`pipelines.ip_adapter.ip_adapter_embeds_per_sample`)
+        in the UNet's dtype. diffusers repeats every given row once per sample, which is right only for one row
+        (``tests/test_hipa_stock_call.py::test_ip_adapter_embeds``)."""
+        layout, self._hipa_ip_layout = self._hipa_ip_layout, None  # the helper below calls diffusers' own via this
+        if layout is None:
+            return super().prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
+            )
+        batch_size, per_prompt, dtype = layout
         negative, positive = ip_adapter_embeds_per_sample(
             self, ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=dtype, batch_size=batch_size,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_cfg,
+            num_images_per_prompt=per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
         )  # fmt: skip
         if negative is None:
             return positive
         return [torch.cat([neg, pos]) for neg, pos in zip(negative, positive)]
-
-    @staticmethod
-    def _guided(model_output: torch.Tensor, do_cfg: bool, guidance_scale: float) -> torch.Tensor:
-        if not do_cfg:
-            return model_output
-        uncond, cond = model_output.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
 
 
 class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
@@ -388,54 +346,8 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def check_inputs(
-        self,
-        prompt,
-        height,
-        width,
-        callback_steps=None,
-        negative_prompt=None,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        ip_adapter_image=None,
-        ip_adapter_image_embeds=None,
-        callback_on_step_end_tensor_inputs=None,
-        *,
-        preset: FewStepPreset | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
-        eta: float = 0.0,
-        latents: torch.Tensor | None = None,
-        preset_steps: bool = True,
-        num_images_per_prompt: int = 1,
-    ):
-        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
-        negative prompt list length, finite ``latents`` and the IP-Adapter inputs' shapes
-        (:func:`pipelines.ip_adapter.check_ip_adapter_inputs`) (ValueError / TypeError naming the argument)."""
-        if preset is not None:
-            self._check_hipa_inputs(
-                preset, num_inference_steps, guidance_scale, eta, height, width,
-                prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
-            )  # fmt: skip
-        self._check_ip_adapter(
-            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
-        )
-        super().check_inputs(
-            prompt,
-            height,
-            width,
-            callback_steps,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
-        )
-
     @validate_numbers
     @_restoring_scheduler
-    @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -460,7 +372,9 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
-        r"""Generate images in one step (default) or a few steps.
+        r"""Generate images in one step (default) or a few steps: diffusers' [`StableDiffusionPipeline`] call on the
+        preset's scheduler, with the preset's defaults and HiPA's input checks first
+        (``tests/test_hipa_stock_call.py`` compares the two calls bitwise).
 
         Args:
             prompt: prompt(s); or pass `prompt_embeds` ``(B, 77, D)``.
@@ -478,146 +392,61 @@ class HiPASDPipeline(HiPAPipelineMixin, StableDiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (values in [0, 1]) or ``"latent"``.
             cross_attention_kwargs: forwarded to the UNet (``{"scale": s}`` scales all LoRAs).
             preset: ``"hipa"``, ``"lcm"``, ``"tcd"``, ``"lightning"`` or ``"hyper-sd"``; ``None`` keeps the last
-                applied one (``"hipa"`` defaults before any). A preset given here runs on a scheduler of its kind for this
-                call only; ``pipe.scheduler`` is never replaced by a call (use :meth:`set_preset` for that). Without
-                one, a scheduler swapped into ``pipe.scheduler`` is used as given, with any step count >= 1.
-            callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
+                applied one (``"hipa"`` defaults before any). A preset given here runs on a scheduler of its kind for
+                this call only; ``pipe.scheduler`` is never replaced by a call (use :meth:`set_preset` for that).
+                Without one, a scheduler swapped into ``pipe.scheduler`` is used as given, with any step count >= 1
+                (one ``hipa`` step is always the x0 prediction at ``T - 1``).
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers (under guidance
+                ``prompt_embeds`` holds the negative rows first, as diffusers passes it).
 
         Returns:
             [`StableDiffusionPipelineOutput`] or a tuple ``(images, nsfw_content_detected)``.
         """
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-
-        # 0. Preset and defaults
+        # 0. Preset (its scheduler for this call) and its defaults
         preset, preset_steps = self._resolve_preset(preset)
-        num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
-        guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
-        eta = preset.eta if eta is None else float(eta)
+        num_inference_steps, guidance_scale, eta = self._preset_defaults(
+            preset, num_inference_steps, guidance_scale, eta
+        )
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height  # 0 is refused (validate_numbers), never replaced
         width = native if width is None else width
 
-        # 1. Check inputs
-        self.check_inputs(
-            prompt,
-            height,
-            width,
-            None,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            preset=preset,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            latents=latents,
-            preset_steps=preset_steps,
-            num_images_per_prompt=num_images_per_prompt,
-        )
-        self._guidance_scale = guidance_scale
-        self._guidance_rescale = 0.0
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
-
-        # 2. Define call parameters
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
-        device = self._execution_device
-        do_cfg = self.do_classifier_free_guidance
-
-        # 3. Encode input prompt
-        lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            device,
-            num_images_per_prompt,
-            do_cfg,
-            negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale,
-            clip_skip=clip_skip,
-        )
-        state = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
-        image_embeds = self._ip_adapter_image_embeds(
-            ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=prompt_embeds.dtype,
-            batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, do_cfg=do_cfg,
+        # 1. HiPA's checks (diffusers' own follow in its call)
+        self._check_hipa_inputs(
+            preset, num_inference_steps, guidance_scale, eta, height, width,
+            prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
         )  # fmt: skip
-        added_cond_kwargs = {"image_embeds": image_embeds} if image_embeds is not None else None
-
-        # 4. Prepare latent variables (pure noise, scaled by the init_noise_sigma of this call's schedule)
-        self._set_call_timesteps(preset, num_inference_steps, device)
-        latents = self.prepare_latents(
-            batch_size * num_images_per_prompt,
-            self.unet.config.in_channels,
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            latents,
+        self._check_ip_adapter(
+            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
         )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        self._use_one_step_scheduler(preset, num_inference_steps)
 
-        # 5. Sample: one closed-form x0 step (hipa) or the preset's scheduler loop
-        def unet_forward(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            embeds = state["prompt_embeds"]
-            if do_cfg:
-                embeds = torch.cat([state["negative_prompt_embeds"], embeds])
-                model_input = torch.cat([model_input] * 2)
-            output = self.unet(
-                model_input,
-                t,
-                encoder_hidden_states=embeds,
-                cross_attention_kwargs=self.cross_attention_kwargs,
-                added_cond_kwargs=added_cond_kwargs,
-                return_dict=False,
-            )[0]
-            return self._guided(output, do_cfg, guidance_scale)
-
-        latents = self._sample(
-            latents,
-            unet_forward,
-            preset=preset,
-            num_inference_steps=num_inference_steps,
-            device=device,
-            extra_step_kwargs=extra_step_kwargs,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            callback_state=state,
-        )
-
-        # 6. Decode
-        has_nsfw_concept = None
-        if output_type != "latent":
-            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[
-                0
-            ]
-            image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
-        else:
-            image = latents
-        if has_nsfw_concept is None:
-            do_denormalize = [True] * image.shape[0]
-        else:
-            do_denormalize = [not has_nsfw for has_nsfw in has_nsfw_concept]
-        if output_type != "latent":
-            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image, has_nsfw_concept)
-        return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
+        # 2. diffusers' call
+        with self._ip_adapter_layout(prompt, prompt_embeds, num_images_per_prompt):
+            return super().__call__(
+                prompt=prompt,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                negative_prompt=negative_prompt,
+                num_images_per_prompt=num_images_per_prompt,
+                eta=eta,
+                generator=generator,
+                latents=latents,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                ip_adapter_image=ip_adapter_image,
+                ip_adapter_image_embeds=ip_adapter_image_embeds,
+                output_type=output_type,
+                return_dict=return_dict,
+                cross_attention_kwargs=cross_attention_kwargs,
+                clip_skip=clip_skip,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=(
+                    ["latents"] if callback_on_step_end_tensor_inputs is None else callback_on_step_end_tensor_inputs
+                ),
+            )
 
 
 class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
@@ -635,65 +464,8 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         "add_time_ids",
     ]
 
-    def check_inputs(
-        self,
-        prompt,
-        prompt_2,
-        height,
-        width,
-        callback_steps=None,
-        negative_prompt=None,
-        negative_prompt_2=None,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        pooled_prompt_embeds=None,
-        negative_pooled_prompt_embeds=None,
-        ip_adapter_image=None,
-        ip_adapter_image_embeds=None,
-        callback_on_step_end_tensor_inputs=None,
-        *,
-        preset: FewStepPreset | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
-        eta: float = 0.0,
-        latents: torch.Tensor | None = None,
-        preset_steps: bool = True,
-        num_images_per_prompt: int = 1,
-    ):
-        """diffusers' prompt checks plus the preset's step range, guidance >= 0, eta in [0, 1], sizes up to 4096,
-        negative prompt list lengths, finite ``latents`` and the IP-Adapter inputs' shapes
-        (:func:`pipelines.ip_adapter.check_ip_adapter_inputs`) (ValueError / TypeError naming the argument)."""
-        self._check_ip_adapter(
-            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
-        )
-        if preset is not None:
-            self._check_hipa_inputs(
-                preset, num_inference_steps, guidance_scale, eta, height, width,
-                prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
-            )  # fmt: skip
-            check_negative_prompt(
-                prompt_2 if prompt_2 is not None else prompt, negative_prompt_2, name="negative_prompt_2"
-            )
-        super().check_inputs(
-            prompt,
-            prompt_2,
-            height,
-            width,
-            callback_steps,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
-        )
-
     @validate_numbers
     @_restoring_scheduler
-    @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -725,194 +497,72 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
-        r"""Generate SDXL images in one step (default) or a few steps.
+        r"""Generate SDXL images in one step (default) or a few steps: diffusers' [`StableDiffusionXLPipeline`] call
+        on the preset's scheduler, with the preset's defaults and HiPA's input checks first
+        (``tests/test_hipa_stock_call.py`` compares the two calls bitwise).
 
         Args are those of :meth:`HiPASDPipeline.__call__` (``ip_adapter_image`` / ``ip_adapter_image_embeds`` included)
-        plus SDXL's `prompt_2`, `negative_prompt_2`, pooled
-        embeddings ``(B, D_pool)`` and micro-conditioning (`original_size`, `crops_coords_top_left`, `target_size`).
+        plus SDXL's `prompt_2`, `negative_prompt_2`, pooled embeddings ``(B, D_pool)`` and micro-conditioning
+        (`original_size`, `crops_coords_top_left`, `target_size`).
 
         Returns:
             [`StableDiffusionXLPipelineOutput`] or a tuple ``(images,)``.
         """
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-
-        # 0. Preset and defaults
+        # 0. Preset (its scheduler for this call) and its defaults
         preset, preset_steps = self._resolve_preset(preset)
-        num_inference_steps = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
-        guidance_scale = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
-        eta = preset.eta if eta is None else float(eta)
+        num_inference_steps, guidance_scale, eta = self._preset_defaults(
+            preset, num_inference_steps, guidance_scale, eta
+        )
         native = self.default_sample_size * self.vae_scale_factor
         height = native if height is None else height  # 0 is refused (validate_numbers), never replaced
         width = native if width is None else width
-        original_size = original_size or (height, width)
-        target_size = target_size or (height, width)
 
-        # 1. Check inputs
-        self.check_inputs(
-            prompt,
-            prompt_2,
-            height,
-            width,
-            None,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            preset=preset,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            latents=latents,
-            preset_steps=preset_steps,
-            num_images_per_prompt=num_images_per_prompt,
+        # 1. HiPA's checks (diffusers' own follow in its call)
+        self._check_ip_adapter(
+            prompt, prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt, guidance_scale
         )
-        self._guidance_scale = guidance_scale
-        self._guidance_rescale = 0.0
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._denoising_end = None
-        self._interrupt = False
-
-        # 2. Define call parameters
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
-        device = self._execution_device
-        do_cfg = self.do_classifier_free_guidance
-
-        # 3. Encode input prompt
-        lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
-        (
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-        ) = self.encode_prompt(
-            prompt=prompt,
-            prompt_2=prompt_2,
-            device=device,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=do_cfg,
-            negative_prompt=negative_prompt,
-            negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            lora_scale=lora_scale,
-            clip_skip=clip_skip,
-        )
-
-        # 4. Prepare latent variables and added conditions (pooled text embeds, micro-conditioning time ids)
-        self._set_call_timesteps(preset, num_inference_steps, device)
-        latents = self.prepare_latents(
-            batch_size * num_images_per_prompt,
-            self.unet.config.in_channels,
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            latents,
-        )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        if self.text_encoder_2 is None:
-            text_encoder_projection_dim = int(pooled_prompt_embeds.shape[-1])
-        else:
-            text_encoder_projection_dim = self.text_encoder_2.config.projection_dim
-        add_time_ids = self._get_add_time_ids(
-            original_size,
-            crops_coords_top_left,
-            target_size,
-            dtype=prompt_embeds.dtype,
-            text_encoder_projection_dim=text_encoder_projection_dim,
-        )
-        total = batch_size * num_images_per_prompt
-        add_time_ids = add_time_ids.to(device).repeat(total, 1)
-        state = {
-            "prompt_embeds": prompt_embeds.to(device),
-            "negative_prompt_embeds": negative_prompt_embeds,
-            "add_text_embeds": pooled_prompt_embeds.to(device),
-            "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
-            "add_time_ids": add_time_ids,
-        }
-        image_embeds = self._ip_adapter_image_embeds(
-            ip_adapter_image, ip_adapter_image_embeds, device=device, dtype=prompt_embeds.dtype,
-            batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, do_cfg=do_cfg,
+        self._check_hipa_inputs(
+            preset, num_inference_steps, guidance_scale, eta, height, width,
+            prompt=prompt, negative_prompt=negative_prompt, latents=latents, preset_steps=preset_steps,
         )  # fmt: skip
-
-        # 5. Sample: one closed-form x0 step (hipa) or the preset's scheduler loop
-        def unet_forward(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            embeds, text_embeds, time_ids = state["prompt_embeds"], state["add_text_embeds"], state["add_time_ids"]
-            if do_cfg:
-                embeds = torch.cat([state["negative_prompt_embeds"].to(device), embeds])
-                text_embeds = torch.cat([state["negative_pooled_prompt_embeds"].to(device), text_embeds])
-                time_ids = torch.cat([time_ids, time_ids])
-                model_input = torch.cat([model_input] * 2)
-            added_cond_kwargs = {"text_embeds": text_embeds, "time_ids": time_ids}
-            if image_embeds is not None:
-                added_cond_kwargs["image_embeds"] = image_embeds
-            output = self.unet(
-                model_input,
-                t,
-                encoder_hidden_states=embeds,
-                cross_attention_kwargs=self.cross_attention_kwargs,
-                added_cond_kwargs=added_cond_kwargs,
-                return_dict=False,
-            )[0]
-            return self._guided(output, do_cfg, guidance_scale)
-
-        latents = self._sample(
-            latents,
-            unet_forward,
-            preset=preset,
-            num_inference_steps=num_inference_steps,
-            device=device,
-            extra_step_kwargs=extra_step_kwargs,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            callback_state=state,
+        check_negative_prompt(
+            prompt_2 if prompt_2 is not None else prompt, negative_prompt_2, name="negative_prompt_2"
         )
+        self._use_one_step_scheduler(preset, num_inference_steps)
 
-        # 6. Decode (upcasting an fp16 VAE that needs it, honouring latents_mean / latents_std)
-        if output_type != "latent":
-            needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-            if needs_upcasting:
-                self.vae.to(dtype=torch.float32)
-            latents = latents.to(self.vae.dtype)
-            latents_mean = getattr(self.vae.config, "latents_mean", None)
-            latents_std = getattr(self.vae.config, "latents_std", None)
-            if latents_mean is not None and latents_std is not None:
-                channels = latents.shape[1]
-                mean = torch.tensor(latents_mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
-                std = torch.tensor(latents_std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
-                latents = latents * std / self.vae.config.scaling_factor + mean
-            else:
-                latents = latents / self.vae.config.scaling_factor
-            image = self.vae.decode(latents, return_dict=False)[0]
-            if needs_upcasting:
-                self.vae.to(dtype=torch.float16)
-            if self.watermark is not None:
-                image = self.watermark.apply_watermark(image)
-            image = self.image_processor.postprocess(image, output_type=output_type)
-        else:
-            image = latents
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return StableDiffusionXLPipelineOutput(images=image)
+        # 2. diffusers' call
+        with self._ip_adapter_layout(prompt, prompt_embeds, num_images_per_prompt):
+            return super().__call__(
+                prompt=prompt,
+                prompt_2=prompt_2,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                negative_prompt=negative_prompt,
+                negative_prompt_2=negative_prompt_2,
+                num_images_per_prompt=num_images_per_prompt,
+                eta=eta,
+                generator=generator,
+                latents=latents,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                ip_adapter_image=ip_adapter_image,
+                ip_adapter_image_embeds=ip_adapter_image_embeds,
+                output_type=output_type,
+                return_dict=return_dict,
+                cross_attention_kwargs=cross_attention_kwargs,
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                target_size=target_size,
+                clip_skip=clip_skip,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=(
+                    ["latents"] if callback_on_step_end_tensor_inputs is None else callback_on_step_end_tensor_inputs
+                ),
+            )
 
 
 class HiPAPipeline:
