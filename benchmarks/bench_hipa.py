@@ -61,7 +61,7 @@ def run(
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from adapters.hipa import ATTENTION_TARGETS, FEED_FORWARD_TARGETS
-    from pipelines.pipeline_hipa import HiPAPipeline
+    from pipelines.auto_pipeline import HiPAPipeline
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if base is None:

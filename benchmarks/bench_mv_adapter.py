@@ -84,7 +84,9 @@ def run(
         extra["unet"] = _mid_unet(base).to(dtype)
     base_pipe = StableDiffusionPipeline.from_pretrained(base, **load, **extra).to(device)
     mv_pipe = MVAdapterSDPipeline.from_pretrained(base, **load, **extra).to(device)
-    full_pipe = MVAdapterSDPipeline.from_pretrained(base, **load, **extra, adapter_config={"attention_mode": "full"})
+    full_pipe = MVAdapterSDPipeline.from_pretrained(
+        base, **load, **extra, mv_adapter_config={"attention_mode": "full"}
+    )
     full_pipe.to(device)
     for pipe in (mv_pipe, full_pipe):
         gen = torch.Generator().manual_seed(0)

@@ -426,7 +426,7 @@ def section_hipa(s: Settings) -> list[dict]:
 
     from adapters.hipa import ATTENTION_TARGETS, FEED_FORWARD_TARGETS
     from benchmarks.bench_hipa import GOAL_SPEEDUP, _random_lora
-    from pipelines.pipeline_hipa import HiPAPipeline
+    from pipelines.auto_pipeline import HiPAPipeline
 
     comps = build_components("sd15", s.size, s.device, s.dtype)
     teacher = StableDiffusionPipeline(**comps, requires_safety_checker=False)

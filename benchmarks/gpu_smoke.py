@@ -88,7 +88,7 @@ def _build(name: str) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
 
         from adapters.hipa import ATTENTION_TARGETS, FEED_FORWARD_TARGETS
         from benchmarks.bench_hipa import _random_lora
-        from pipelines.pipeline_hipa import HiPAPipeline
+        from pipelines.auto_pipeline import HiPAPipeline
 
         base = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline)(**components)
         pipe = HiPAPipeline.from_pipe(base)

@@ -380,6 +380,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "content_scale": _SCALE,
     "adapter_scale": _SCALE,
     "i2v_adapter_scale": _SCALE,
+    "hipa_lora_scale": _SCALE,
     "mv_scale": _SCALE,
     "ref_scale": _SCALE,
     "mv": _SCALE,

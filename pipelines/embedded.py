@@ -493,12 +493,12 @@ def _load_res(base, adapter, motion_adapter, dtype):
 
 
 def _load_mv(base, adapter, motion_adapter, dtype):
-    from .pipeline_mv_adapter import MVAdapterPipeline
+    from .auto_pipeline import MVAdapterPipeline
 
     if adapter:
-        return MVAdapterPipeline.from_pretrained(base, adapter=adapter, **dtype_kwargs(dtype))
+        return MVAdapterPipeline.from_pretrained(base, mv_adapter=adapter, **dtype_kwargs(dtype))
     # A fresh adapter with the reference branch, so text and image (and geometry) modes all run.
-    return MVAdapterPipeline.from_pretrained(base, adapter_config={"variant": "i2mv"}, **dtype_kwargs(dtype))
+    return MVAdapterPipeline.from_pretrained(base, mv_adapter_config={"variant": "i2mv"}, **dtype_kwargs(dtype))
 
 
 def _weights_file(path: str | os.PathLike, hint: str) -> str:
@@ -530,9 +530,9 @@ def _load_i2v(base, adapter, motion_adapter, dtype):
 
 
 def _load_hipa(base, adapter, motion_adapter, dtype):
-    from .pipeline_hipa import HiPAPipeline
+    from .auto_pipeline import HiPAPipeline
 
-    return HiPAPipeline.from_pretrained(base, lora=adapter, **_sd_kwargs(base, dtype))
+    return HiPAPipeline.from_pretrained(base, hipa_lora=adapter, **_sd_kwargs(base, dtype))
 
 
 _LOADERS: dict[str, Callable[..., Any]] = {

@@ -8,10 +8,13 @@ scheduler a few-step LoRA was distilled for.
 
 Example::
 
-    pipe = HiPAPipeline.from_pretrained("path/to/sd15", lora="path/to/hipa_lora")
+    pipe = HiPAPipeline.from_pretrained("path/to/sd15", hipa_lora="path/to/hipa_lora")
     image = pipe("a red cube on a table").images[0]             # one step
     pipe.load_hipa_lora("path/to/lcm_lora", adapter_name="lcm")   # any diffusers LoRA
     image = pipe("a red cube on a table", preset="lcm").images[0]
+
+:class:`HiPAPipeline` (the factory picking :class:`HiPASDPipeline` or :class:`HiPAXLPipeline`) lives in
+:mod:`pipelines.auto_pipeline`; importing it from here still works.
 """
 
 from __future__ import annotations
@@ -30,18 +33,25 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import logging
 
-from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, load_hipa_lora, set_hipa_scale
+from adapters.deprecation import deprecated_name
+from adapters.hipa.loader import (
+    DEFAULT_ADAPTER_NAME,
+    fuse_hipa_lora,
+    load_hipa_lora,
+    set_hipa_lora_scale,
+    unfuse_hipa_lora,
+    unload_hipa_lora,
+)
 from adapters.hipa.loader import _current_weight as _lora_weight
 from adapters.hipa.one_step import is_one_step_scheduler, one_step_scheduler
 from adapters.hipa.presets import FewStepPreset, get_preset, make_scheduler
 
 from .checks import check_finite, check_negative_prompt, check_size, check_steps, validate_numbers
 from .ip_adapter import check_ip_adapter_inputs, ip_adapter_embeds_per_sample
-from .utils import is_sdxl
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["HIPA_LORA_SUBFOLDER", "HiPAPipeline", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
+__all__ = ["HIPA_LORA_SUBFOLDER", "HiPASDPipeline", "HiPAXLPipeline", "HiPAPipelineMixin"]
 
 #: ``save_pretrained`` writes the UNet's LoRAs here (one folder per adapter name, diffusers' LoRA format, plus
 #: ``adapters.json`` with their weights), beside the plain base; ``from_pretrained`` of the folder loads them back.
@@ -126,9 +136,28 @@ class HiPAPipelineMixin:
         return load_hipa_lora(self, pretrained, adapter_name=adapter_name, scale=scale, weight_name=weight_name)
 
     @validate_numbers
+    def set_hipa_lora_scale(self, scale: float, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+        """Set the weight of a loaded LoRA (``0`` = off); the other loaded LoRAs keep theirs."""
+        set_hipa_lora_scale(self, scale, adapter_name=adapter_name)
+
+    @validate_numbers
     def set_hipa_scale(self, scale: float, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
-        """Set the weight of a loaded LoRA (``0`` = off)."""
-        set_hipa_scale(self, scale, adapter_name=adapter_name)
+        """Deprecated: :meth:`set_hipa_lora_scale`."""
+        deprecated_name("set_hipa_scale", "set_hipa_lora_scale", stacklevel=5)
+        set_hipa_lora_scale(self, scale, adapter_name=adapter_name)
+
+    def fuse_hipa_lora(self, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+        """Merge the LoRA, at its current weight, into the UNet's weights (diffusers' ``fuse_lora`` for that LoRA)."""
+        fuse_hipa_lora(self, adapter_name=adapter_name)
+
+    def unfuse_hipa_lora(self) -> None:
+        """Undo :meth:`fuse_hipa_lora` (to float tolerance); the LoRAs stay loaded."""
+        unfuse_hipa_lora(self)
+
+    def unload_hipa_lora(self, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+        """Remove the LoRA; when it was the last one, the pipeline is bit for bit as before loading (a fused LoRA is
+        refused: :meth:`unfuse_hipa_lora` first)."""
+        unload_hipa_lora(self, adapter_name=adapter_name)
 
     # ------------------------------------------------------------------ saving / loading with the base
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
@@ -178,13 +207,25 @@ class HiPAPipelineMixin:
         self.set_adapters(active, adapter_weights=[index["weights"][name] for name in active])
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+    @validate_numbers
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args,
+        hipa_lora: str | os.PathLike | dict | None = None,
+        hipa_lora_scale: float = 1.0,
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        **kwargs,
+    ):
         """diffusers' ``from_pretrained``; the LoRAs :meth:`save_pretrained` wrote beside the base are loaded back
-        (same names, weights and active set)."""
+        (same names, weights and active set), then ``hipa_lora`` (a HiPA or other few-step LoRA: file, folder or
+        state dict) if given, as ``adapter_name`` with weight ``hipa_lora_scale``."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         folder = Path(str(pretrained_model_name_or_path)) / HIPA_LORA_SUBFOLDER
         if (folder / _LORAS_INDEX).is_file():
             pipe._load_saved_loras(folder)
+        if hipa_lora is not None:
+            pipe.load_hipa_lora(hipa_lora, adapter_name=adapter_name, scale=hipa_lora_scale)
         return pipe
 
     def fuse_qkv_projections(self, *args, **kwargs) -> None:
@@ -565,63 +606,11 @@ class HiPAXLPipeline(HiPAPipelineMixin, StableDiffusionXLPipeline):
             )
 
 
-class HiPAPipeline:
-    """Entry point that picks :class:`HiPASDPipeline` or :class:`HiPAXLPipeline` from the base's config.
+def __getattr__(name: str):
+    # ``from pipelines.pipeline_hipa import HiPAPipeline`` keeps working; the factory lives in auto_pipeline (which
+    # imports this module, hence the lazy import).
+    if name == "HiPAPipeline":
+        from .auto_pipeline import HiPAPipeline
 
-    ``HiPAPipeline.from_pretrained(base, lora=None, lora_scale=1.0, preset="hipa", **kwargs)`` loads the base with
-    the matching class, applies ``preset`` and, if given, loads ``lora`` (a HiPA or other few-step LoRA in
-    diffusers format) with ``lora_scale``. ``HiPAPipeline.from_pipe(pipe, ...)`` does the same from a loaded
-    SD / SDXL pipeline's components.
-    """
-
-    def __init__(self, *args, **kwargs):
-        raise OSError(
-            "HiPAPipeline is an entry point: use HiPAPipeline.from_pretrained(base, ...) or "
-            "HiPAPipeline.from_pipe(pipe, ...), or instantiate HiPASDPipeline / HiPAXLPipeline directly."
-        )
-
-    @staticmethod
-    def _finish(pipe, lora, lora_scale: float, preset: str | None, adapter_name: str):
-        if preset is not None:
-            pipe.set_preset(preset)
-        if lora is not None:
-            pipe.load_hipa_lora(lora, adapter_name=adapter_name, scale=lora_scale)
-        return pipe
-
-    @classmethod
-    @validate_numbers
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        lora: str | os.PathLike | dict | None = None,
-        lora_scale: float = 1.0,
-        preset: str | None = "hipa",
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-        **kwargs,
-    ) -> HiPASDPipeline | HiPAXLPipeline:
-        """Load a base model with the matching HiPA pipeline class; see the class docstring."""
-        pipeline_cls = HiPAXLPipeline if is_sdxl(pretrained_model_name_or_path) else HiPASDPipeline
-        pipe = pipeline_cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
-
-    @classmethod
-    @validate_numbers
-    def from_pipe(
-        cls,
-        pipeline,
-        *,
-        lora: str | os.PathLike | dict | None = None,
-        lora_scale: float = 1.0,
-        preset: str | None = "hipa",
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-    ) -> HiPASDPipeline | HiPAXLPipeline:
-        """Wrap a loaded SD / SDXL pipeline's components (shared, not copied) in the matching HiPA class."""
-        components = dict(pipeline.components)
-        is_xl = "text_encoder_2" in components
-        pipeline_cls = HiPAXLPipeline if is_xl else HiPASDPipeline
-        expected = set(pipeline_cls._get_signature_keys(pipeline_cls)[0]) | set(
-            pipeline_cls._get_signature_keys(pipeline_cls)[1]
-        )
-        pipe = pipeline_cls(**{k: v for k, v in components.items() if k in expected})
-        return cls._finish(pipe, lora, lora_scale, preset, adapter_name)
+        return HiPAPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """MV-Adapter pipelines: text / image / geometry to consistent multi-view images on SD 1.5/2.1 and SDXL.
 
-``MVAdapterPipeline.from_pretrained(base, adapter=...)`` picks :class:`MVAdapterSDPipeline` or
-:class:`MVAdapterXLPipeline` from the base's config (like diffusers' AutoPipeline). The mode of a call follows its
+``MVAdapterPipeline.from_pretrained(base, mv_adapter=...)`` (:mod:`pipelines.auto_pipeline`) picks
+:class:`MVAdapterSDPipeline` or :class:`MVAdapterXLPipeline` from the base's config (like diffusers' AutoPipeline). The mode of a call follows its
 inputs: ``image`` -> image-to-multi-view (I2MV), ``mesh`` or ``position_map``/``normal_map`` -> geometry-guided
 (G2MV; a mesh is rendered into the maps for the call's cameras), else text-to-multi-view with camera maps (T2MV).
 
@@ -10,7 +10,7 @@ The shared generation code lives in :class:`MVAdapterPipelineMixin`; the SD and 
 Example::
 
     pipe = MVAdapterPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0",
-                                             adapter="mvadapter_t2mv_sdxl.safetensors")
+                                             mv_adapter="mvadapter_t2mv_sdxl.safetensors")
     views = pipe("a corgi", num_views=6).images[0]        # list of 6 PIL images
     make_multiview_grid(views).save("corgi.png")
 """
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.image_processor import PipelineImageInput
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from adapters.deprecation import deprecated_kwarg, deprecated_name
 from adapters.mv_adapter import (
     WEIGHT_NAME,
     Cameras,
@@ -62,13 +62,12 @@ from .checks import (
     validate_numbers,
 )
 from .ip_adapter import check_ip_adapter_inputs, ip_adapter_embeds_per_sample
-from .utils import is_sdxl_config, size_multiple
+from .utils import size_multiple
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
-    "MVAdapterPipeline",
     "MVAdapterPipelineMixin",
     "MVAdapterPipelineOutput",
     "make_multiview_grid",
@@ -163,6 +162,17 @@ def _rgba_on_gray(image: PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.fromarray((rgb * 255.0).clip(0, 255).astype(np.uint8))
 
 
+def _mv_adapter_kwargs(
+    kwargs: dict[str, Any], mv_adapter: Any, weight_name: str | None, config: dict[str, Any] | None
+) -> tuple[Any, str | None, dict[str, Any] | None]:
+    """``(mv_adapter, mv_adapter_weight_name, mv_adapter_config)`` with the deprecated ``adapter`` /
+    ``adapter_weight_name`` / ``adapter_config`` taken out of ``kwargs`` (each warns)."""
+    mv_adapter = deprecated_kwarg(kwargs, "adapter", "mv_adapter", mv_adapter)
+    weight_name = deprecated_kwarg(kwargs, "adapter_weight_name", "mv_adapter_weight_name", weight_name)
+    config = deprecated_kwarg(kwargs, "adapter_config", "mv_adapter_config", config)
+    return mv_adapter, weight_name, config
+
+
 class MVAdapterPipelineMixin:
     """The MV-Adapter generation loop and adapter management, shared by the SD and SDXL variants.
 
@@ -231,9 +241,16 @@ class MVAdapterPipelineMixin:
             self.mv_adapter = None
 
     @validate_numbers
+    def set_mv_adapter_scale(self, scale: float | None = None, ref_scale: float | None = None) -> None:
+        """Default scales of the multi-view (``scale``) and reference (``ref_scale``) branches; ``None`` keeps one
+        (0 switches a branch off exactly; a call's ``mv_scale`` / ``ref_scale`` override them for that call)."""
+        self._require_adapter().set_scale(scale, ref_scale)
+
+    @validate_numbers
     def set_adapter_scale(self, mv: float | None = None, ref: float | None = None) -> None:
-        """Default scales of the multi-view and reference branches (per call: ``mv_scale``/``ref_scale``)."""
-        self._require_adapter().set_adapter_scale(mv=mv, ref=ref)
+        """Deprecated: :meth:`set_mv_adapter_scale` (``mv`` -> ``scale``, ``ref`` -> ``ref_scale``)."""
+        deprecated_name("set_adapter_scale", "set_mv_adapter_scale(scale=..., ref_scale=...)", stacklevel=5)
+        self._require_adapter().set_scale(mv, ref)
 
     def _require_adapter(self) -> MVAdapter:
         if self.mv_adapter is None:
@@ -251,7 +268,7 @@ class MVAdapterPipelineMixin:
         (:func:`adapters.processors.exposed_base_processors`): diffusers replaces those, puts its IP-Adapter
         processors on the cross-attention layers (``attn2``), and each MV-Adapter processor then wraps the new
         self-attention processor of its layer. The two compose: the MV branches sit beside ``attn1``, the image
-        branch beside ``attn2``, each with its own scale (``set_adapter_scale`` / ``set_ip_adapter_scale``).
+        branch beside ``attn2``, each with its own scale (``set_mv_adapter_scale`` / ``set_ip_adapter_scale``).
         """
         with exposed_base_processors(self.unet):
             return super().load_ip_adapter(*args, **kwargs)
@@ -287,25 +304,30 @@ class MVAdapterPipelineMixin:
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
         *args: Any,
-        adapter: str | os.PathLike | dict | bool | None = None,
-        adapter_weight_name: str | None = None,
-        adapter_config: dict[str, Any] | None = None,
+        mv_adapter: str | os.PathLike | dict | bool | None = None,
+        mv_adapter_weight_name: str | None = None,
+        mv_adapter_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         """Load the base pipeline and an adapter.
 
         Args:
-            adapter: a weight file / folder / state dict; ``None`` loads ``<base>/mv_adapter/`` when present and
-                otherwise attaches a fresh zero-initialised adapter (``adapter_config`` fields); ``False`` attaches
-                nothing.
-            adapter_weight_name: file name inside an ``adapter`` folder.
-            adapter_config: :class:`~adapters.mv_adapter.MVAdapterConfig` overrides (e.g. ``{"variant": "ig2mv"}``).
+            mv_adapter: a weight file / folder / state dict; ``None`` loads ``<base>/mv_adapter/`` when present and
+                otherwise attaches a fresh zero-initialised adapter (``mv_adapter_config`` fields); ``False``
+                attaches nothing.
+            mv_adapter_weight_name: file name inside an ``mv_adapter`` folder.
+            mv_adapter_config: :class:`~adapters.mv_adapter.MVAdapterConfig` overrides (e.g. ``{"variant": "ig2mv"}``).
+
+        ``adapter`` / ``adapter_weight_name`` / ``adapter_config`` are the deprecated names of these three.
         """
+        mv_adapter, mv_adapter_weight_name, mv_adapter_config = _mv_adapter_kwargs(
+            kwargs, mv_adapter, mv_adapter_weight_name, mv_adapter_config
+        )
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        overrides = dict(adapter_config or {})
-        if adapter is False:
+        overrides = dict(mv_adapter_config or {})
+        if mv_adapter is False:
             return pipe
-        if adapter is None:
+        if mv_adapter is None:
             saved = Path(str(pretrained_model_name_or_path)) / ADAPTER_SUBFOLDER / WEIGHT_NAME
             if saved.is_file():
                 pipe.load_mv_adapter(saved, **overrides)
@@ -313,7 +335,7 @@ class MVAdapterPipelineMixin:
                 logger.info("No MV-Adapter given: attaching a fresh zero-initialised adapter (output == base).")
                 pipe.init_mv_adapter(**overrides)
         else:
-            pipe.load_mv_adapter(adapter, weight_name=adapter_weight_name, **overrides)
+            pipe.load_mv_adapter(mv_adapter, weight_name=mv_adapter_weight_name, **overrides)
         return pipe
 
     # ------------------------------------------------------------------------------------------------------------
@@ -1069,28 +1091,11 @@ class MVAdapterPipelineMixin:
         return cache
 
 
-class MVAdapterPipeline:
-    """Auto pipeline: ``MVAdapterPipeline.from_pretrained(base, adapter=...)`` returns an
-    :class:`MVAdapterSDPipeline` (SD 1.x/2.x base) or :class:`MVAdapterXLPipeline` (SDXL base)."""
+def __getattr__(name: str):
+    # ``from pipelines.pipeline_mv_adapter import MVAdapterPipeline`` keeps working; the factory lives in
+    # auto_pipeline, which imports the SD / SDXL variants (and they import this module): imported lazily.
+    if name == "MVAdapterPipeline":
+        from .auto_pipeline import MVAdapterPipeline
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        raise OSError("Use `MVAdapterPipeline.from_pretrained(base, adapter=...)`.")
-
-    @staticmethod
-    def variant_class(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> type:
-        """The pipeline class for a base (from its ``model_index.json``)."""
-        config_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
-        model_index = DiffusionPipeline.load_config(pretrained_model_name_or_path, **config_kwargs)
-        if is_sdxl_config(model_index):
-            from .pipeline_mv_adapter_sdxl import MVAdapterXLPipeline
-
-            return MVAdapterXLPipeline
-        from .pipeline_mv_adapter_sd import MVAdapterSDPipeline
-
-        return MVAdapterSDPipeline
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load the right variant; see :meth:`MVAdapterPipelineMixin.from_pretrained` for ``adapter`` arguments."""
-        variant = cls.variant_class(pretrained_model_name_or_path, **kwargs)
-        return variant.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return MVAdapterPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

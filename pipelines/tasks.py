@@ -592,7 +592,7 @@ def one_step(
         raise ValueError(f"`compare` entries must be among {list(ONE_STEP_COMPARISONS)}, got {unknown}.")
     height, width = _resolve_size(pipe, height, width)
     common = {"prompt": prompt, **_negative(negative_prompt), "height": height, "width": width}
-    loaded = list(getattr(pipe.unet, "peft_config", None) or {}) if hasattr(pipe, "set_hipa_scale") else []
+    loaded = list(getattr(pipe.unet, "peft_config", None) or {}) if hasattr(pipe, "set_hipa_lora_scale") else []
     has_hipa = DEFAULT_ADAPTER_NAME in loaded
     results: list[tuple[str, Image.Image, float]] = []
 
@@ -600,7 +600,7 @@ def one_step(
         """Only LoRA ``active`` on (HiPA at ``lora_scale``, others at 1); ``None`` = every LoRA off."""
         for name in loaded:
             weight = (float(lora_scale) if name == DEFAULT_ADAPTER_NAME else 1.0) if name == active else 0.0
-            pipe.set_hipa_scale(weight, adapter_name=name)
+            pipe.set_hipa_lora_scale(weight, adapter_name=name)
 
     def run(label: str, active: str | None, fn) -> None:
         activate(active)

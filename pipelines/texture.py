@@ -464,7 +464,7 @@ def texture_mesh(
     """Texture ``mesh`` with the MV-Adapter pipeline ``pipe`` (see the module docstring for the stages).
 
     Args:
-        pipe: an :class:`~pipelines.pipeline_mv_adapter.MVAdapterPipeline` with an adapter (e.g.
+        pipe: an :class:`~pipelines.auto_pipeline.MVAdapterPipeline` with an adapter (e.g.
             ``load_embedded("mv")``); a geometry adapter (``tg2mv`` / ``ig2mv``) follows the mesh, a camera adapter
             (``t2mv`` / ``i2mv``) textures from plain views on its ring (:func:`geometry_guided`).
         mesh: a ``.obj`` / ``.glb`` / ``.gltf`` / ``.ply`` / ``.stl`` path, a ``trimesh`` object or a loaded

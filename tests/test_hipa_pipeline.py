@@ -96,9 +96,9 @@ def test_zero_lora_is_bitwise_base_and_scale(bases, name):
     _randomize_lora(pipe.unet)
     adapted = _latents(pipe)
     assert not torch.allclose(adapted, base)
-    pipe.set_hipa_scale(0.0)
+    pipe.set_hipa_lora_scale(0.0)
     assert torch.equal(_latents(pipe), base)
-    pipe.set_hipa_scale(1.0)
+    pipe.set_hipa_lora_scale(1.0)
     assert torch.equal(_latents(pipe), adapted)
 
 
@@ -143,12 +143,12 @@ def test_stock_format_lora_loads_in_hipa_pipeline(bases, tmp_path):
     pipe.load_hipa_lora(tmp_path / "stock", scale=1.0)
     adapted = _latents(pipe)
     assert not torch.allclose(adapted, base)
-    pipe.set_hipa_scale(0.5)
+    pipe.set_hipa_lora_scale(0.5)
     half = _latents(pipe)
     assert not torch.allclose(half, adapted) and not torch.allclose(half, base)
 
-    # HiPAPipeline.from_pretrained(..., lora=...) gives the same result.
-    direct = _load(bases["sd15"], lora=tmp_path / "stock", lora_scale=0.5)
+    # HiPAPipeline.from_pretrained(..., hipa_lora=...) gives the same result.
+    direct = _load(bases["sd15"], hipa_lora=tmp_path / "stock", hipa_lora_scale=0.5)
     torch.testing.assert_close(_latents(direct), half)
     with pytest.raises(ValueError, match="adapter_name"):
         direct.load_hipa_lora(tmp_path / "stock")  # "hipa" is taken

@@ -90,7 +90,7 @@ def test_trained_lora_loads_in_stock_and_hipa_pipelines(trained_sd15, tiny_sd15)
     assert stock.unet.peft_config["default_0"].lora_alpha == 8.0
 
     # HiPAPipeline with the trained LoRA reproduces the trainer's one-step student on a cached sample.
-    pipe = HiPAPipeline.from_pretrained(tiny_sd15, lora=out, safety_checker=None, requires_safety_checker=False)
+    pipe = HiPAPipeline.from_pretrained(tiny_sd15, hipa_lora=out, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     batch = {k: v[:1] for k, v in trainer.cache.tensors.items()}
     with torch.no_grad():

@@ -381,7 +381,7 @@ def test_pipeline_matches_official_inference(family, variant, ref_size, tiny_sd2
     if image is not None:
         assert expected["stats"]["ref"] > 1e-2
 
-    pipe = MVAdapterPipeline.from_pretrained(base_dir, adapter=weights_file).to(dtype=DTYPE)
+    pipe = MVAdapterPipeline.from_pretrained(base_dir, mv_adapter=weights_file).to(dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
     mode = "row_col" if geometry else "row"
     assert pipe.mv_adapter.config.variant == variant and pipe.mv_adapter.config.attention_mode == mode

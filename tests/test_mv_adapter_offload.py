@@ -31,7 +31,7 @@ def _randomise(adapter, seed=0, std=0.05):
 
 
 def _pipe(base, **config):
-    pipe = MVAdapterPipeline.from_pretrained(base, adapter_config=config)
+    pipe = MVAdapterPipeline.from_pretrained(base, mv_adapter_config=config)
     pipe.set_progress_bar_config(disable=True)
     _randomise(pipe.mv_adapter)
     return pipe
@@ -104,7 +104,7 @@ def test_adapter_loaded_after_enabling_offload(tiny_sd21, tmp_path):
     plain.mv_adapter.save(path, format="official")
     expected = _call(plain)
 
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter=False)
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_model_cpu_offload(device="cpu")
     pipe.load_mv_adapter(path)
@@ -117,6 +117,6 @@ def test_offload_without_accelerator_needs_explicit_device(tiny_sd21):
     """Documented diffusers behaviour the CPU test relies on: no accelerator and no device -> RuntimeError."""
     if torch.cuda.is_available():
         pytest.skip("an accelerator is present")
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter=False)
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter=False)
     with pytest.raises(RuntimeError, match="accelerator"):
         pipe.enable_model_cpu_offload()

@@ -152,7 +152,7 @@ def test_fresh_adapter_is_base_and_unload_restores(unet):
     for p in adapter.trainable_parameters():
         torch.nn.init.normal_(p, std=0.05)
     assert not torch.equal(unet(x, t, ehs, **kw).sample, base)
-    adapter.set_adapter_scale(mv=0.0, ref=0.0)
+    adapter.set_scale(0.0, ref_scale=0.0)
     assert torch.equal(unet(x, t, ehs, **kw).sample, base)
     adapter.unload()
     now = {name: attn.processor for name, attn in unet.named_modules() if isinstance(attn, Attention)}

@@ -10,7 +10,7 @@ from benchmarks.mv_heldout import evaluate
 def test_zero_reference_branch_measures_nothing_and_a_trained_one_does(tiny_sd21):
     from pipelines import MVAdapterPipeline
 
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter_config={"use_ref": True})
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter_config={"use_ref": True})
     pipe.set_progress_bar_config(disable=True)
     kwargs = {"num_items": 3, "num_views": 2, "size": 16, "timesteps": (500,)}
     fresh = evaluate(pipe, [None], **kwargs)["loaded"]

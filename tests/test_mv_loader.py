@@ -39,7 +39,7 @@ def official_state_dict(unet, *, use_ref: bool, xl: bool, vae_scale_factor: int 
 
 @pytest.fixture(scope="module")
 def sd21_pipe(tiny_sd21):
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter=False)
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -63,7 +63,7 @@ def test_official_file_loads_all_keys_and_saves_back(sd21_pipe, tmp_path, varian
 
 
 def test_geometry_variant_on_sdxl(tiny_sdxl, tmp_path):
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sdxl, adapter=False)
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sdxl, mv_adapter=False)
     sd = official_state_dict(pipe.unet, use_ref=True, xl=True)
     path = tmp_path / "mvadapter_ig2mv_sdxl.safetensors"
     save_file(sd, str(path))
@@ -110,7 +110,7 @@ def test_our_format_roundtrip_and_family_check(sd21_pipe, tiny_sd15, tmp_path):
     loaded = sd21_pipe.load_mv_adapter(path)
     assert loaded.config == adapter.config
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in adapter.state_dict().items())
-    other = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter=False)
+    other = MVAdapterPipeline.from_pretrained(tiny_sd15, mv_adapter=False)
     with pytest.raises(AdapterWeightsError, match="sd2"):
         other.load_mv_adapter(path)
     assert other.mv_adapter is None

@@ -31,7 +31,7 @@ def _randomise(adapter, seed=0, std=0.05):
 
 def test_auto_pipeline_picks_variant(sd15, tiny_sdxl):
     assert type(sd15) is MVAdapterSDPipeline and sd15.mv_adapter is not None
-    xl = MVAdapterPipeline.from_pretrained(tiny_sdxl, adapter=False)
+    xl = MVAdapterPipeline.from_pretrained(tiny_sdxl, mv_adapter=False)
     assert type(xl) is MVAdapterXLPipeline and xl.mv_adapter is None
 
 
@@ -69,7 +69,7 @@ def test_scales_zero_and_cameras(sd15):
 
 
 def test_image_to_multiview_cache_equals_recomputation(tiny_sd21):
-    pipe = _quiet(MVAdapterPipeline.from_pretrained(tiny_sd21, adapter_config={"use_ref": True}))
+    pipe = _quiet(MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter_config={"use_ref": True}))
     _randomise(pipe.mv_adapter)
     ref_image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     calls = {"unet": 0, "steps": 0}
@@ -107,7 +107,7 @@ def test_image_to_multiview_cache_equals_recomputation(tiny_sd21):
 
 
 def test_sdxl_image_and_geometry_modes(tiny_sdxl):
-    pipe = _quiet(MVAdapterPipeline.from_pretrained(tiny_sdxl, adapter_config={"variant": "ig2mv"}))
+    pipe = _quiet(MVAdapterPipeline.from_pretrained(tiny_sdxl, mv_adapter_config={"variant": "ig2mv"}))
     assert pipe.mv_adapter.config.attention_mode == "row_col"
     _randomise(pipe.mv_adapter)
     rng = np.random.default_rng(0)

@@ -263,7 +263,7 @@ def test_i2v_fused_path_matches_generic_path_and_zero_init_is_bitwise_base(motio
 def test_i2mv_reference_condition_and_text_computed_once_per_call(tiny_sd21):
     from pipelines import MVAdapterPipeline
 
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter_config={"use_ref": True})
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter_config={"use_ref": True})
     pipe.set_progress_bar_config(disable=True)
     tiny_models.randomise_(pipe.mv_adapter.trainable_parameters(), std=0.05)
     assert pipe.mv_adapter.cond_encoder is not None
@@ -353,7 +353,7 @@ def test_denoising_loops_add_no_host_reads_per_step(tiny_sd21, tiny_sd15, tiny_a
     from pipelines import HiPAPipeline, I2VAdapterPipeline, MVAdapterPipeline
 
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    mv = MVAdapterPipeline.from_pretrained(tiny_sd21, adapter_config={"use_ref": True})
+    mv = MVAdapterPipeline.from_pretrained(tiny_sd21, mv_adapter_config={"use_ref": True})
     motion = MotionAdapter.from_pretrained(tiny_animatediff / "motion_adapter")
     i2v = I2VAdapterPipeline.from_pretrained(tiny_animatediff, motion_adapter=motion, i2v_adapter="fresh")
     hipa = HiPAPipeline.from_pretrained(tiny_sd15, safety_checker=None, requires_safety_checker=False)

@@ -77,7 +77,7 @@ def rigs(tiny_sd15, tiny_animatediff) -> dict[str, Rig]:
     res = tiny_models.make_pipeline("sd15", pipeline_cls=ResAdapterPipeline)
     res_m = resolution_multiple(res)
 
-    mv = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"use_ref": True})
+    mv = MVAdapterPipeline.from_pretrained(tiny_sd15, mv_adapter_config={"use_ref": True})
     mv.set_progress_bar_config(disable=True)
 
     motion = MotionAdapter.from_pretrained(tiny_animatediff / "motion_adapter")
@@ -125,7 +125,7 @@ def rigs(tiny_sd15, tiny_animatediff) -> dict[str, Rig]:
 def mvxl_rig(tiny_sdxl) -> Rig:
     """The SDXL variant of MV-Adapter (built only when one of its cases runs)."""
     torch.manual_seed(0)
-    mvxl = MVAdapterPipeline.from_pretrained(tiny_sdxl, adapter_config={"use_ref": True})
+    mvxl = MVAdapterPipeline.from_pretrained(tiny_sdxl, mv_adapter_config={"use_ref": True})
     mvxl.set_progress_bar_config(disable=True)
     base = dict(prompt="a cube", num_views=2, height=32, width=32, num_inference_steps=1, output_type="np")
     return Rig(mvxl, _Counter(mvxl.unet), mvxl.size_multiple, base)
@@ -619,13 +619,15 @@ SETTERS: list[tuple[str, str, Callable[[Any, Any], Any], str]] = [
     ("res", "set_norm_scale", lambda p, v: p.set_res_adapter_scale(norm_scale=v), "norm_scale"),
     ("res", "load_lora_scale", lambda p, v: load_res_adapter(p, "unused", lora_scale=v), "lora_scale"),
     ("res", "load_norm_scale", lambda p, v: p.load_res_adapter("unused", norm_scale=v), "norm_scale"),
-    ("mv", "set_mv", lambda p, v: p.set_adapter_scale(mv=v), "mv"),
-    ("mv", "set_ref", lambda p, v: p.set_adapter_scale(mv=0.5, ref=v), "ref"),
+    ("mv", "set_mv", lambda p, v: p.set_mv_adapter_scale(v), "scale"),
+    ("mv", "set_ref", lambda p, v: p.set_mv_adapter_scale(0.5, ref_scale=v), "ref_scale"),
+    ("mv", "set_mv_deprecated", lambda p, v: p.set_adapter_scale(mv=v), "mv"),
     ("i2v", "set_scale", lambda p, v: p.set_i2v_adapter_scale(v), "scale"),
     ("i2v", "load_scale", lambda p, v: p.load_i2v_adapter("unused", scale=v), "scale"),
     ("i2v", "load_content_scale", lambda p, v: p.load_i2v_adapter("unused", content_scale=v), "content_scale"),
     ("i2v", "init_scale", lambda p, v: p.init_i2v_adapter(scale=v), "scale"),
-    ("hipa", "set_scale", lambda p, v: p.set_hipa_scale(v), "scale"),
+    ("hipa", "set_scale", lambda p, v: p.set_hipa_lora_scale(v), "scale"),
+    ("hipa", "set_scale_deprecated", lambda p, v: p.set_hipa_scale(v), "scale"),
     ("hipa", "load_scale", lambda p, v: p.load_hipa_lora("unused", scale=v), "scale"),
 ]
 SETTER_VALUES = {"nan": math.nan, "inf": math.inf, "negative": -1.0, "bool": True, "str": "0.5", "list": [1.0]}

@@ -163,7 +163,9 @@ def tiny_pipes(tiny_sd15) -> dict[str, MVAdapterPipeline]:
     out = {}
     for condition in ("camera", "geometry"):
         torch.manual_seed(0)
-        pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"condition": condition, "use_ref": True})
+        pipe = MVAdapterPipeline.from_pretrained(
+            tiny_sd15, mv_adapter_config={"condition": condition, "use_ref": True}
+        )
         pipe.set_progress_bar_config(disable=True)
         out[condition] = pipe
     return out
@@ -267,7 +269,7 @@ def test_readme_texture_example_runs(tiny_sd15, meshes, tmp_path, monkeypatch):
     Image.new("RGB", (32, 32), (20, 200, 20)).save(tmp_path / "reference.png")
     from pipelines.call_defaults import set_call_defaults
 
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"use_ref": True})
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, mv_adapter_config={"use_ref": True})
     pipe.set_progress_bar_config(disable=True)
     set_call_defaults(pipe, {"num_inference_steps": 1, "height": 32, "width": 32})  # as the embedded model's file
     monkeypatch.setattr(pipelines, "load_embedded", lambda name: pipe)

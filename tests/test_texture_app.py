@@ -23,7 +23,7 @@ def tiny_camera_pipe(tiny_sd15):
     from pipelines.pipeline_mv_adapter import MVAdapterPipeline
 
     torch.manual_seed(0)
-    pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"use_ref": True})
+    pipe = MVAdapterPipeline.from_pretrained(tiny_sd15, mv_adapter_config={"use_ref": True})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -15,7 +15,7 @@ Run::
 
 Without ``--prompts_file`` the prompts are mini-world captions. The result is
 ``output_dir/pytorch_lora_weights.safetensors`` in diffusers' LoRA format (``pipe.load_lora_weights(output_dir)``),
-with our metadata; ``HiPAPipeline.from_pretrained(base, lora=output_dir)`` samples with it in one step.
+with our metadata; ``HiPAPipeline.from_pretrained(base, hipa_lora=output_dir)`` samples with it in one step.
 """
 
 from __future__ import annotations

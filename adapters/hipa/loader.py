@@ -21,6 +21,7 @@ import safetensors.torch
 import torch
 from diffusers.utils import logging
 
+from ..deprecation import deprecated_name
 from ..weights import (
     AdapterWeightsError,
     adapter_metadata,
@@ -47,8 +48,12 @@ __all__ = [
     "lora_parameter_names",
     "resolve_lora_file",
     "save_hipa_lora",
+    "fuse_hipa_lora",
     "load_hipa_lora",
+    "set_hipa_lora_scale",
     "set_hipa_scale",
+    "unfuse_hipa_lora",
+    "unload_hipa_lora",
     "validate_unet_lora",
 ]
 
@@ -326,20 +331,84 @@ def load_hipa_lora(
     validate_unet_lora(pipe.unet, _unet_part_in_peft_layout(pipe, converted), source=source)
 
     pipe.load_lora_weights(to_load, adapter_name=adapter_name, **kwargs)
-    set_hipa_scale(pipe, scale, adapter_name=adapter_name)
+    set_hipa_lora_scale(pipe, scale, adapter_name=adapter_name)
     logger.info("Loaded LoRA %r from %s with scale %s.", adapter_name, source or "a state dict", scale)
     return adapter_name
 
 
-def set_hipa_scale(pipe, scale: float, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
-    """Set the weight of one loaded LoRA, keeping the other active adapters and their weights."""
-    if adapter_name not in (getattr(pipe.unet, "peft_config", None) or {}):
-        raise ValueError(f"No LoRA named {adapter_name!r} is loaded; loaded: {list(pipe.unet.peft_config or [])}.")
+def _require_loaded(pipe, adapter_name: str) -> None:
+    loaded = list(getattr(pipe.unet, "peft_config", None) or {})
+    if adapter_name not in loaded:
+        raise ValueError(f"No LoRA named {adapter_name!r} is loaded (`adapter_name`); loaded: {loaded}.")
+
+
+def set_hipa_lora_scale(pipe, scale: float, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    """Set the weight of one loaded LoRA (``0`` = off), keeping the other active adapters and their weights."""
+    _require_loaded(pipe, adapter_name)
     names = list(pipe.get_active_adapters())
     if adapter_name not in names:
         names.append(adapter_name)
     weights = [float(scale) if name == adapter_name else _current_weight(pipe.unet, name) for name in names]
     pipe.set_adapters(names, adapter_weights=weights)
+
+
+def set_hipa_scale(pipe, scale: float, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    """Deprecated: :func:`set_hipa_lora_scale`."""
+    deprecated_name("set_hipa_scale", "set_hipa_lora_scale", stacklevel=3)
+    set_hipa_lora_scale(pipe, scale, adapter_name=adapter_name)
+
+
+def _merged_layers(model: torch.nn.Module, adapter_name: str | None = None) -> list[str]:
+    """Paths of peft layers with ``adapter_name`` (any adapter when ``None``) merged into their weights."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if (merged := getattr(module, "merged_adapters", None)) and (adapter_name is None or adapter_name in merged)
+    ]
+
+
+def fuse_hipa_lora(pipe, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    """Merge one loaded UNet LoRA, at its current weight, into the UNet's weights (diffusers' ``fuse_lora``): no
+    LoRA branch is left in the forward pass. :func:`unfuse_hipa_lora` undoes it (to float tolerance)."""
+    _require_loaded(pipe, adapter_name)
+    pipe.fuse_lora(components=[getattr(pipe, "unet_name", "unet")], adapter_names=[adapter_name])
+
+
+def unfuse_hipa_lora(pipe) -> None:
+    """Take every fused LoRA back out of the UNet's weights (diffusers' ``unfuse_lora``); the LoRAs stay loaded."""
+    pipe.unfuse_lora(components=[getattr(pipe, "unet_name", "unet")])
+
+
+def unload_hipa_lora(pipe, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    """Remove one LoRA from the pipeline (UNet and text encoders); the other LoRAs keep their weights.
+
+    When it was a component's last LoRA, peft's layers are removed too, so the component holds its original modules
+    and weights again: bit for bit the pipeline before loading.
+
+    Raises:
+        ValueError: no LoRA named ``adapter_name``, or it is fused into the weights (call :func:`unfuse_hipa_lora`
+            first: a fused LoRA would stay in the weights).
+    """
+    _require_loaded(pipe, adapter_name)
+    fused = _merged_layers(pipe.unet, adapter_name)
+    if fused:
+        raise ValueError(
+            f"The LoRA {adapter_name!r} is fused into {len(fused)} UNet layers (e.g. {fused[0]!r}): call "
+            "`unfuse_hipa_lora()` before unloading it."
+        )
+    pipe.delete_adapters(adapter_name)
+    for component in pipe._lora_loadable_modules:
+        model = getattr(pipe, component, None)
+        if model is None or getattr(model, "peft_config", None):
+            continue
+        if any(hasattr(module, "base_layer") for module in model.modules()):
+            if hasattr(model, "unload_lora"):  # a diffusers model
+                model.unload_lora()
+            else:  # a transformers text encoder
+                from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch
+
+                _remove_text_encoder_monkey_patch(model)
+    logger.info("Unloaded LoRA %r.", adapter_name)
 
 
 def _current_weight(unet: torch.nn.Module, adapter_name: str) -> float:

@@ -20,6 +20,7 @@ import torch
 from diffusers.utils import logging
 from torch import nn
 
+from ..deprecation import deprecated_name
 from ..processors import (
     install_processor_guard,
     iter_self_attention,
@@ -225,12 +226,18 @@ class MVAdapter:
             if was:
                 self.attach()
 
+    def set_scale(self, scale: float | None = None, ref_scale: float | None = None) -> None:
+        """Scale the multi-view (``scale``) and/or reference (``ref_scale``) branches; ``None`` keeps a branch's
+        scale, 0 switches a branch off exactly."""
+        if scale is not None:
+            self.state.mv_scale = float(scale)
+        if ref_scale is not None:
+            self.state.ref_scale = float(ref_scale)
+
     def set_adapter_scale(self, mv: float | None = None, ref: float | None = None) -> None:
-        """Scale the multi-view and/or reference branches (0 switches a branch off exactly)."""
-        if mv is not None:
-            self.state.mv_scale = float(mv)
-        if ref is not None:
-            self.state.ref_scale = float(ref)
+        """Deprecated: :meth:`set_scale` (``mv`` -> ``scale``, ``ref`` -> ``ref_scale``)."""
+        deprecated_name("MVAdapter.set_adapter_scale", "MVAdapter.set_scale(scale=..., ref_scale=...)")
+        self.set_scale(mv, ref)
 
     # ------------------------------------------------------------------------------------------------------------
     # parameters and state dicts (official key layout)

@@ -1,0 +1,48 @@
+"""Old names of the adapter API: one place that makes every deprecated name warn the same way.
+
+Every adapter follows diffusers' loader scheme (``load_<name>`` / ``set_<name>_scale`` / ``fuse_<name>`` /
+``unfuse_<name>`` / ``unload_<name>``, ``from_pretrained(base, <name>=...)``). Names from before that scheme still work
+and emit a ``FutureWarning`` through diffusers' :func:`diffusers.utils.deprecate`.
+
+Note: ``deprecate`` compares the removal version with *diffusers'* version and raises once diffusers reaches it, so
+:data:`REMOVAL_VERSION` doubles as a reminder: when diffusers reaches it, these aliases are due to go.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers.utils import deprecate
+
+__all__ = ["REMOVAL_VERSION", "deprecated_kwarg", "deprecated_name"]
+
+#: Release in which the deprecated names go (and the diffusers version at which ``deprecate`` refuses them).
+REMOVAL_VERSION = "1.0.0"
+
+
+def deprecated_name(old: str, new: str, *, stacklevel: int = 4) -> None:
+    """Warn (``FutureWarning``) that ``old`` is deprecated in favour of ``new``.
+
+    ``stacklevel`` 4 points the warning at the caller of a method that calls this helper directly.
+    """
+    deprecate(old, REMOVAL_VERSION, f"Use `{new}` instead.", stacklevel=stacklevel)
+
+
+def deprecated_kwarg(kwargs: dict[str, Any], old: str, new: str, value: Any, *, default: Any = None) -> Any:
+    """Pop the deprecated keyword ``old`` from ``kwargs`` (warning once) and return the value to use for ``new``.
+
+    Args:
+        kwargs: the call's remaining keyword arguments (``old`` is removed from it).
+        old: the deprecated keyword.
+        new: its replacement.
+        value: what the call passed as ``new``.
+        default: ``new``'s default; passing ``old`` together with a non-default ``new`` is refused.
+
+    Raises:
+        ValueError: both ``old`` and ``new`` given.
+    """
+    if old not in kwargs:
+        return value
+    if value is not default:
+        raise ValueError(f"Pass `{new}` only (`{old}` is its deprecated name), not both.")
+    return deprecate(old, REMOVAL_VERSION, f"Use `{new}=` instead.", take_from={old: kwargs.pop(old)}, stacklevel=4)
