@@ -59,8 +59,8 @@ def clip_losses(
     pipe, latents: torch.Tensor, texts: list[str], timesteps: Sequence[int] = DEFAULT_TIMESTEPS, batch: int = 8
 ) -> torch.Tensor:
     """Per-clip MSE on frames 1..N, averaged over ``timesteps``: ``(N,)``. Noise is seeded by (timestep, clip)."""
+    from adapters.i2v_adapter.first_frame import add_noise_keep_first_frame
     from training.core import get_target
-    from training.train_i2v_adapter import noise_video_keep_first
 
     scheduler = pipe.scheduler
     device, dtype = pipe.unet.device, pipe.unet.dtype
@@ -73,7 +73,7 @@ def clip_losses(
             gen = torch.Generator().manual_seed(int(t) * 100003 + start)
             noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
             tt = torch.full((x0.shape[0],), int(t), device=device, dtype=torch.long)
-            noisy = noise_video_keep_first(scheduler, x0, noise, tt)
+            noisy = add_noise_keep_first_frame(scheduler, x0, noise, tt)
             pred = pipe.unet(noisy, tt, encoder_hidden_states=embeds).sample
             target = get_target(scheduler, x0, noise, tt)
             err = (pred.float() - target.float())[:, :, 1:].pow(2).mean(dim=(1, 2, 3, 4))

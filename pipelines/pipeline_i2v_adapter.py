@@ -50,6 +50,7 @@ from adapters.i2v_adapter import (
     get_i2v_adapter,
     load_i2v_adapter,
 )
+from adapters.i2v_adapter.first_frame import first_frame_latents, insert_first_frame
 from adapters.i2v_adapter.recipe import color_match_video
 from adapters.i2v_adapter.release import I2VRelease, ReleaseReport, check_against, read_ip_adapter_file, read_release
 
@@ -517,8 +518,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         """
         pixels = self.image_processor.preprocess(_to_rgb(image), height=height, width=width)
         pixels = pixels.to(device=device, dtype=self.vae.dtype)
-        posterior = self.vae.encode(pixels).latent_dist
-        latents = posterior.mode() * self.vae.config.scaling_factor
+        latents = first_frame_latents(self.vae.encode(pixels).latent_dist, self.vae.config.scaling_factor)
         if latents.shape[0] == 1 and batch_size > 1:
             latents = latents.repeat(batch_size, 1, 1, 1)
         return latents.to(dtype)
@@ -755,8 +755,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
         latents, timesteps = apply_similarity_prior(
             self.scheduler, latents, image_latents, timesteps, prior, generator=generator
         )
-        first_frame = image_latents.unsqueeze(2)  # (B, C, 1, h, w)
-        latents = torch.cat([first_frame, latents[:, :, 1:]], dim=2)
+        latents = insert_first_frame(latents, image_latents)
 
         # 7. Prepare extra step kwargs and ControlNet inputs
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
@@ -812,14 +811,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
                     latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                     latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                     # the first frame enters the UNet clean and unscaled, whatever the scheduler's input scaling
-                    reps = latent_model_input.shape[0] // first_frame.shape[0]
-                    latent_model_input = torch.cat(
-                        [
-                            first_frame.repeat(reps, 1, 1, 1, 1).to(latent_model_input.dtype),
-                            latent_model_input[:, :, 1:],
-                        ],
-                        dim=2,
-                    )
+                    latent_model_input = insert_first_frame(latent_model_input, image_latents)
 
                     down_res = mid_res = None
                     if controlnet is not None:
@@ -868,8 +860,7 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
                         noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
 
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
-                    # re-insert the clean first frame
-                    latents = torch.cat([first_frame.to(latents.dtype), latents[:, :, 1:]], dim=2)
+                    latents = insert_first_frame(latents, image_latents)  # re-insert the clean first frame
 
                     if callback_on_step_end is not None:
                         callback_kwargs = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from PIL import Image
 
 from adapters.i2v_adapter import load_i2v_adapter
@@ -22,8 +22,6 @@ from training.train_i2v_adapter import (
     I2VAdapterTrainer,
     VideoFolderDataset,
     collate,
-    first_frame_loss_mask,
-    noise_video_keep_first,
     pick_captions,
     sample_frame_indices,
 )
@@ -78,18 +76,6 @@ def test_video_folder_dataset(tmp_path):
     with pytest.raises(ValueError, match="No videos"):
         (tmp_path / "empty").mkdir()
         VideoFolderDataset(tmp_path / "empty", num_frames=2)
-
-
-def test_first_frame_stays_clean_and_is_masked():
-    sched = DDPMScheduler()
-    latents = torch.randn(2, 4, 3, 4, 4)
-    noise = torch.randn_like(latents)
-    t = torch.tensor([999, 500])
-    noisy = noise_video_keep_first(sched, latents, noise, t)
-    assert torch.equal(noisy[:, :, 0], latents[:, :, 0])
-    assert not torch.allclose(noisy[:, :, 1:], latents[:, :, 1:])
-    mask = first_frame_loss_mask(3)
-    assert mask.flatten().tolist() == [0.0, 1.0, 1.0]
 
 
 def test_pick_captions_mixes_full_motion_word_and_empty():

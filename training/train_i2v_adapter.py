@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adapters.i2v_adapter import KIND, I2VAdapter, load_i2v_adapter
+from adapters.i2v_adapter.first_frame import add_noise_keep_first_frame, clip_latents, first_frame_loss_mask
 from training.core import AdapterTrainer, TrainConfig, diffusion_loss, get_target, main, sample_noise, sample_timesteps
 from training.core.config import option_help as _h
 
@@ -51,8 +52,6 @@ __all__ = [
     "I2VAdapterTrainConfig",
     "I2VAdapterTrainer",
     "VideoFolderDataset",
-    "first_frame_loss_mask",
-    "noise_video_keep_first",
     "pick_captions",
     "sample_frame_indices",
 ]
@@ -283,31 +282,6 @@ def pick_captions(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# loss pieces
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def noise_video_keep_first(
-    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """``add_noise`` on every frame but the first, which stays the clean latent.
-
-    Args:
-        latents, noise: ``(B, C, F, h, w)``.
-        timesteps: ``(B,)``.
-    """
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    return torch.cat([latents[:, :, :1], noisy[:, :, 1:]], dim=2)
-
-
-def first_frame_loss_mask(num_frames: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(1, 1, F, 1, 1)`` mask: 0 on the (clean) first frame, 1 on the others."""
-    mask = torch.ones(1, 1, num_frames, 1, 1, device=device)
-    mask[:, :, 0] = 0
-    return mask
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # trainer
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -417,14 +391,8 @@ class I2VAdapterTrainer(AdapterTrainer):
         bsz, frames = pixels.shape[:2]
         with torch.no_grad():
             posterior = self.vae.encode(pixels.flatten(0, 1)).latent_dist
-            latents = torch.cat(
-                [  # frame 0 as the pipeline encodes the input image (posterior mean), the others sampled
-                    posterior.mean.unflatten(0, (bsz, frames))[:, :1],
-                    posterior.sample().unflatten(0, (bsz, frames))[:, 1:],
-                ],
-                dim=1,
-            )
-            latents = latents.permute(0, 2, 1, 3, 4) * self.vae.config.scaling_factor  # (B, C, F, h, w)
+            # frame 0 as the pipeline encodes the input image (posterior mode), the others sampled: (B, C, F, h, w)
+            latents = clip_latents(posterior, bsz, self.vae.config.scaling_factor)
             texts = pick_captions(
                 batch["text"], batch.get("motion_text"), self._rng, cfg.caption_dropout, cfg.motion_caption
             )
@@ -434,7 +402,7 @@ class I2VAdapterTrainer(AdapterTrainer):
                 added = {"image_embeds": [self._image_embeds(pixels[:, 0])[:, None]]}
         noise = sample_noise(latents, cfg.noise_offset)
         timesteps = sample_timesteps(bsz, self.noise_scheduler, device=latents.device)
-        noisy = noise_video_keep_first(self.noise_scheduler, latents, noise, timesteps)
+        noisy = add_noise_keep_first_frame(self.noise_scheduler, latents, noise, timesteps)
         pred = self.unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=added).sample
         target = get_target(self.noise_scheduler, latents, noise, timesteps)
         mask = first_frame_loss_mask(frames, latents.device)
