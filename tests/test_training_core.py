@@ -438,6 +438,35 @@ def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tiny_sd15, tmp_path):
         run(tiny_sd15, tmp_path, use_8bit_adam=True)
 
 
+class HalfAdapterTrainer(ToyTrainer):
+    """The toy adapter built in bf16, plus a trainable bf16 parameter held outside any module, on a bf16 base."""
+
+    def build_models(self) -> None:
+        super().build_models()
+        self.unet.to(torch.bfloat16)
+        self.adapter.to(torch.bfloat16)
+        self.gain = nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+
+    def trainable_parameters(self):
+        return [*super().trainable_parameters(), ("gain", self.gain)]
+
+
+def test_trainable_parameters_are_cast_to_fp32_and_nothing_else(tiny_sd15, tmp_path):
+    """diffusers' ``cast_training_params`` on the prepared container: every trainable parameter (the loose one too,
+    which is in no module attribute) becomes fp32, values and Parameter objects kept; the frozen base stays bf16."""
+    _reset_accelerate()
+    trainer = HalfAdapterTrainer(make_config(tiny_sd15, tmp_path))
+    trainer._setup_accelerator()
+    trainer._setup_models()
+    assert [n for n, _ in trainer._trainable] == ["down.weight", "up.weight", "gain"]
+    assert all(p.dtype == torch.float32 for _, p in trainer._trainable)
+    assert trainer._trainable[2][1] is trainer.gain and trainer._trainable[0][1] is trainer.adapter["down"].weight
+    assert all(torch.equal(p, p.bfloat16().float()) for _, p in trainer._trainable)  # the bf16 values, kept
+    assert torch.count_nonzero(trainer.adapter["down"].weight) > 0 and torch.equal(trainer.gain, torch.ones(3))
+    assert all(p.dtype == torch.bfloat16 for p in trainer.unet.parameters())
+    trainer.accelerator.end_training()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # only-the-adapter-trains guarantee, validation images, main()
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Run it as ``python -m training.train_x --flags`` or ``accelerate launch -m train
 from .checkpoint import latest_checkpoint, list_checkpoints, prune_checkpoints
 from .config import TrainConfig, load_config_file
 from .diffusion import compute_snr, diffusion_loss, get_target, min_snr_weights, sample_noise, sample_timesteps
-from .ema import TrainableEMA
+from .ema import ema_state_dict, load_ema_state_dict
 from .trainer import ADAPTER_WEIGHTS_NAME, EMA_WEIGHTS_NAME, AdapterTrainer, NonFiniteLossError, main
 
 __all__ = [
@@ -25,13 +25,14 @@ __all__ = [
     "AdapterTrainer",
     "NonFiniteLossError",
     "TrainConfig",
-    "TrainableEMA",
     "compute_snr",
     "diffusion_loss",
+    "ema_state_dict",
     "get_target",
     "latest_checkpoint",
     "list_checkpoints",
     "load_config_file",
+    "load_ema_state_dict",
     "main",
     "min_snr_weights",
     "prune_checkpoints",

@@ -37,10 +37,10 @@ that have it). ``compute_loss`` may use the global torch RNG freely: every rank'
 
 What the base does, in order (``train()``): build the ``Accelerator`` (mixed precision, gradient accumulation,
 tracker, project dir) -> seed -> ``build_models()`` -> check that *every* parameter with ``requires_grad`` is in
-``trainable_parameters()`` (and nothing else trains) -> trainable weights to fp32, everything to the device ->
-gradient checkpointing -> ``build_dataset()`` / DataLoader -> AdamW (or 8-bit AdamW) over the trainable parameters
-only -> LR scheduler with warmup -> ``accelerator.prepare`` -> optional EMA -> resume (``latest`` or a path) -> the
-loop (accumulate, NaN/inf check on every micro-batch, backward, clip, step, EMA, log, checkpoint, validation) ->
+``trainable_parameters()`` (and nothing else trains) -> everything to the device -> gradient checkpointing ->
+trainable weights to fp32 (diffusers' ``cast_training_params``) -> ``build_dataset()`` / DataLoader -> AdamW (or
+8-bit AdamW) over the trainable parameters only -> LR scheduler with warmup -> ``accelerator.prepare`` -> optional
+EMA (diffusers' ``EMAModel``) -> resume (``latest`` or a path) -> the loop (accumulate, NaN/inf check on every micro-batch, backward, clip, step, EMA, log, checkpoint, validation) ->
 final ``save_adapter(output_dir)``.
 
 How the models are prepared: the attributes of the trainer that are modules holding trainable parameters (plus any
@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel, cast_training_params
 from diffusers.utils import logging
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -85,7 +86,7 @@ from .checkpoint import (
     write_json_atomic,
 )
 from .config import TrainConfig
-from .ema import TrainableEMA
+from .ema import ema_state_dict, load_ema_state_dict
 
 logger = logging.get_logger(__name__)
 
@@ -146,7 +147,7 @@ class AdapterTrainer:
         self.epoch = 0
         self.max_train_steps: int | None = None
         self.total_batch_size: int | None = None
-        self.ema: TrainableEMA | None = None
+        self.ema: EMAModel | None = None  # diffusers' EMAModel over the trainable parameters (--use_ema)
         self.last_loss: float | None = None
         self.seed: int | None = config.seed
         self._trainable: list[tuple[str, nn.Parameter]] = []
@@ -379,10 +380,6 @@ class AdapterTrainer:
         module_attrs = dict(self._module_attributes())
         for module in module_attrs.values():
             module.to(self.device)
-        with torch.no_grad():
-            for _, p in self._trainable:  # trainable weights in fp32 (GradScaler and AdamW need it)
-                if p.dtype != torch.float32:
-                    p.data = p.data.float()
         if cfg.gradient_checkpointing:
             enabled = []
             for name, module in module_attrs.items():
@@ -407,6 +404,9 @@ class AdapterTrainer:
                 covered |= ids
         loose = [p for _, p in self._trainable if id(p) not in covered]
         self._train_module = _TrainStep(self, holders, loose)
+        # trainable weights in fp32 (GradScaler and AdamW need it): the container holds every trainable parameter
+        # (loose ones too) and nothing else requires grad (checked above), so this casts exactly the adapter
+        cast_training_params(self._train_module, dtype=torch.float32)
         for name, module in module_attrs.items():  # frozen-only models run in eval mode
             module.train(name.replace(".", "_") in holders)
         n_train = sum(p.numel() for _, p in self._trainable)
@@ -480,7 +480,7 @@ class AdapterTrainer:
         self.total_batch_size = cfg.train_batch_size * acc.num_processes * cfg.gradient_accumulation_steps
 
         if cfg.use_ema:
-            self.ema = TrainableEMA(params, decay=cfg.ema_decay)
+            self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
         acc.register_save_state_pre_hook(self._save_state_hook)
         acc.register_load_state_pre_hook(self._load_state_hook)
 
@@ -584,7 +584,7 @@ class AdapterTrainer:
                     if acc.sync_gradients:
                         self.global_step += 1
                         if self.ema is not None:
-                            self.ema.step()
+                            self.ema.step(params)
                         progress.update(1)
                         self.last_loss = step_loss
                         logs = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
@@ -619,7 +619,7 @@ class AdapterTrainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if self.ema is not None:
-            self.ema.copy_to()  # the EMA weights are the result
+            self.ema.copy_to(self._trainable_params())  # the EMA weights are the result
         if cfg.validation_steps and self.global_step % cfg.validation_steps != 0:
             self.run_validation()
         with self._full_params():
@@ -699,7 +699,7 @@ class AdapterTrainer:
         if self.accelerator.is_main_process:
             save_weights(state_dict, Path(output_dir) / ADAPTER_WEIGHTS_NAME, metadata=self.adapter_metadata())
             if self.ema is not None:
-                save_weights(self.ema.state_dict(), Path(output_dir) / EMA_WEIGHTS_NAME)
+                save_weights(ema_state_dict(self.ema), Path(output_dir) / EMA_WEIGHTS_NAME)
         weights.clear()  # accelerate must not write the models: they hold the frozen base
 
     def _load_state_hook(self, models: list[nn.Module], input_dir: str) -> None:
@@ -713,10 +713,10 @@ class AdapterTrainer:
         if self.ema is not None:
             ema_path = Path(input_dir) / EMA_WEIGHTS_NAME
             if ema_path.is_file():
-                self.ema.load_state_dict(load_weights(ema_path)[0])
+                load_ema_state_dict(self.ema, load_weights(ema_path)[0])
             else:
                 logger.warning(f"{ema_path} is missing: the EMA restarts from the current weights.")
-                self.ema = TrainableEMA([p for _, p in self._trainable], decay=self.config.ema_decay)
+                self.ema = EMAModel(self._trainable_params(), decay=self.config.ema_decay, foreach=True)
         models.clear()  # the adapter is restored; nothing else of the models is in the checkpoint
 
     # ==================================================================================================================
@@ -739,8 +739,8 @@ class AdapterTrainer:
         if acc.is_main_process:
             modes = {name: m.training for name, m in self._module_attributes()}
             if self.ema is not None:
-                self.ema.store()
-                self.ema.copy_to()
+                self.ema.store(self._trainable_params())
+                self.ema.copy_to(self._trainable_params())
             try:
                 # validation must not perturb training: it runs on its own copy of the global RNG states (else a
                 # resumed run, restored from the checkpoint saved just before validation, would diverge)
@@ -748,7 +748,7 @@ class AdapterTrainer:
                     images = list(self.log_validation(self.global_step) or [])
             finally:
                 if self.ema is not None:
-                    self.ema.restore()
+                    self.ema.restore(self._trainable_params())
                 for name, m in self._module_attributes():
                     m.train(modes.get(name, m.training))
             self._save_validation_images(images)
@@ -803,6 +803,10 @@ class AdapterTrainer:
                 if id(p) not in seen:
                     seen.add(id(p))
                     yield f"{qual}.{pname}", p
+
+    def _trainable_params(self) -> list[nn.Parameter]:
+        """The trainable parameters in ``trainable_parameters()`` order (the EMA's shadow order)."""
+        return [p for _, p in self._trainable]
 
     def _collect_trainable(self) -> list[tuple[str, nn.Parameter]]:
         items = list(self.trainable_parameters())
