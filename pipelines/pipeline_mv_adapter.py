@@ -667,16 +667,6 @@ class MVAdapterPipelineMixin:
             return scheduler
         return shifted_snr_scheduler(scheduler, noise_shift)
 
-    @staticmethod
-    def _step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
-        params = set(inspect.signature(scheduler.step).parameters)
-        kwargs = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
-
     # ------------------------------------------------------------------------------------------------------------
     @property
     def guidance_scale(self) -> float:
@@ -962,7 +952,9 @@ class MVAdapterPipelineMixin:
                 k: torch.cat([torch.zeros_like(v) if (b == "neg" and j == 0) else v for j, b in enumerate(branches)])
                 for k, v in ref_states.items()
             }
-        extra_step_kwargs = self._step_kwargs(scheduler, generator, eta)
+        # diffusers' own: it reads self.scheduler's step, and the call's scheduler is self.scheduler or a copy of the
+        # same class (_shifted_scheduler), so the keywords are the same
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 8. Denoising loop
         adapter_call = contextlib.nullcontext()
