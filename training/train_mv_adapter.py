@@ -82,8 +82,20 @@ class MVAdapterTrainConfig(TrainConfig):
         metadata=_h("Multi-view attention (default: row; row_col for geometry).", ["row", "full", "row_col"]),
     )
     camera_map: str = field(default="ray", metadata=_h("Camera condition.", ["ray", "plucker"]))
-    camera_mode: str = field(
-        default="ortho_ring", metadata=_h("Mini-world cameras.", ["ortho_ring", "persp_ring", "mvadapter", "random"])
+    camera_mode: str | None = field(
+        default=None,
+        metadata=_h(
+            "Mini-world cameras (default: 'mvadapter', the official geometry ring, for tg2mv/ig2mv with 6 views; "
+            "else 'ortho_ring').",
+            ["ortho_ring", "persp_ring", "mvadapter", "random"],
+        ),
+    )
+    normalize_scenes: bool | None = field(
+        default=None,
+        metadata=_h(
+            "Scale each mini-world scene into the official unit box (largest |coordinate| 0.5, as load_mesh does to a "
+            "user's mesh; default: on for tg2mv/ig2mv, off otherwise)."
+        ),
     )
     num_samples: int = field(default=10000, metadata=_h("Objects per epoch of the mini-world dataset."))
     max_objects: int | None = field(
@@ -100,6 +112,11 @@ class MVAdapterTrainConfig(TrainConfig):
     def __post_init__(self) -> None:
         if self.snr_gamma is None:
             self.snr_gamma = 5.0
+        geometry = self.mode in ("tg2mv", "ig2mv")
+        if self.camera_mode is None:
+            self.camera_mode = "mvadapter" if geometry and self.num_views == 6 else "ortho_ring"
+        if self.normalize_scenes is None:
+            self.normalize_scenes = geometry
         super().__post_init__()
 
     def validate(self) -> None:
@@ -119,6 +136,12 @@ class MVAdapterTrainConfig(TrainConfig):
             raise ValueError("`--dataset folder` needs `train_data_dir` (a folder of object folders).")
         if self.mode in ("tg2mv", "ig2mv") and self.attention_mode in (None, "row_col") and self.num_views != 6:
             raise ValueError("Geometry modes use 'row_col' attention with 6 views; pass --attention_mode row/full.")
+        row_col = self.attention_mode == "row_col" or (self.attention_mode is None and self.geometry)
+        if self.dataset == "miniworld" and row_col and self.camera_mode != "mvadapter":
+            raise ValueError(
+                "`attention_mode` 'row_col' expects the official 6-view layout (front, right, back, left, top, "
+                f"bottom): use `--camera_mode mvadapter`, got {self.camera_mode!r}."
+            )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -357,6 +380,7 @@ class MVAdapterTrainer(AdapterTrainer):
             base = MultiViewDataset(
                 cfg.num_views, cfg.camera_mode, cfg.size, length=cfg.num_samples, seed=self.seed or 0,
                 background=None, max_objects=cfg.max_objects or MINIWORLD_FRAMING["max_objects"],
+                normalize=cfg.normalize_scenes,
             )  # fmt: skip
             return _MiniWorldMultiView(base, cfg.geometry, cfg.camera_map)
         return MultiViewFolderDataset(

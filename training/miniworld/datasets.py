@@ -199,6 +199,11 @@ class MultiViewDataset(_Base):
         background: background name for all views, ``None`` for the scene's own, or ``"auto"`` (default): white,
             or gray when the scene holds a white object.
         max_objects, length, seed, supersample: as in :class:`TextImageDataset`.
+        normalize: scale each scene about the origin so that its largest absolute surface coordinate is 0.5
+            (:meth:`Scene.normalized`), as MV-Adapter's official ``load_mesh(rescale=True)`` normalises a mesh (no
+            centring): the geometry maps then match those :func:`adapters.mv_adapter.mesh.render_geometry` makes of
+            the scene exported as a mesh and loaded with :func:`adapters.mv_adapter.mesh.load_mesh`. Captions keep
+            the size words of the unscaled objects.
 
     Items:
         ``pixel_values`` ``(V, 3, H, W)`` in [-1, 1]; ``c2w`` ``(V, 4, 4)`` float32 camera-to-world (OpenCV, see
@@ -226,6 +231,7 @@ class MultiViewDataset(_Base):
         background: str | None = "auto",
         max_objects: int = 3,
         supersample: int = 2,
+        normalize: bool = False,
     ):
         super().__init__(length, seed)
         if camera_mode not in CAMERA_MODES:
@@ -246,6 +252,7 @@ class MultiViewDataset(_Base):
         self.background = background
         self.max_objects = int(max_objects)
         self.supersample = int(supersample)
+        self.normalize = bool(normalize)
 
     def cameras_for(self, rng: np.random.Generator) -> list[Camera]:
         v = self.num_views
@@ -279,6 +286,8 @@ class MultiViewDataset(_Base):
             scene = scene.with_background("gray" if any(o.color == "white" for o in scene.objects) else "white")
         elif self.background is not None:
             scene = scene.with_background(self.background)
+        if self.normalize:
+            scene = scene.normalized()
         return scene, cams
 
     def __getitem__(self, index: int) -> dict:

@@ -144,6 +144,28 @@ class ObjectSpec:
             return (_TORUS_R + _TORUS_r) * self.scale
         return _FOOTPRINT[self.shape] * self.scale
 
+    def support(self, direction) -> float:
+        """The support function: ``max`` of ``p . direction`` over the object's surface (world units).
+
+        Exact for every shape (``direction`` need not be a unit vector): the local support of the primitive along
+        ``R^T direction`` (sphere ``|u|``, cube ``0.8 |u|_1``, cylinder ``0.8 |u_xy| + 0.9 |u_z|``, cone
+        ``max(u_z, |u_xy| - u_z)``, torus ``0.75 |u_xy| + 0.3 |u|``) times the scale, plus ``position . direction``.
+        """
+        d = np.asarray(direction, dtype=np.float64)
+        u = self.rotation().T @ d
+        xy = math.hypot(u[0], u[1])
+        if self.shape == "sphere":
+            local = float(np.linalg.norm(u))
+        elif self.shape == "cube":
+            local = 0.8 * float(np.abs(u).sum())
+        elif self.shape == "cylinder":
+            local = 0.8 * xy + 0.9 * abs(u[2])
+        elif self.shape == "cone":
+            local = max(u[2], xy - u[2])
+        else:
+            local = _TORUS_R * xy + _TORUS_r * float(np.linalg.norm(u))
+        return float(np.dot(self.position, d)) + self.scale * float(local)
+
     def phrase(self) -> str:
         words = ([] if self.size == "medium" else [self.size]) + [self.color, self.shape]
         return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
@@ -186,6 +208,26 @@ class Scene:
 
     def with_background(self, background: str) -> Scene:
         return replace(self, background=background)
+
+    def extent(self) -> float:
+        """The largest absolute world coordinate of any surface point (exact, see :meth:`ObjectSpec.support`)."""
+        axes = np.concatenate([np.eye(3), -np.eye(3)])
+        return max(o.support(a) for o in self.objects for a in axes)
+
+    def scaled(self, factor: float) -> Scene:
+        """The scene scaled by ``factor`` about the world origin (positions and object scales; captions unchanged)."""
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        objs = tuple(
+            replace(o, position=tuple(float(factor * v) for v in o.position), custom_scale=factor * o.scale)
+            for o in self.objects
+        )
+        return replace(self, objects=objs)
+
+    def normalized(self, half_size: float = 0.5) -> Scene:
+        """The scene scaled about the origin so that its largest absolute surface coordinate is ``half_size``: what
+        MV-Adapter's official ``load_mesh(rescale=True)`` does to a mesh of it (no centring)."""
+        return self.scaled(half_size / self.extent())
 
     def to_dict(self) -> dict:
         return {"objects": [asdict(o) for o in self.objects], "background": self.background}
