@@ -921,34 +921,11 @@ def eval_i2v_adapter(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     }
 
 
-def _hipa_teacher_settings(pipe: Any) -> tuple[int, float, str]:
-    """Teacher steps, guidance and sampler (``"ddim"`` / ``"dpm"``) from the HiPA LoRA file's metadata
-    (``diffusion_adapters.teacher_*`` entries written by ``training.train_hipa``); defaults 25, 7.5, ddim."""
-    found: dict[str, str] = {}
-    info = getattr(pipe, "embedded_info", None)
-    folder = info.parts.get("hipa") if info is not None else None
-    if folder:
-        from safetensors import safe_open
-
-        for path in sorted(Path(folder).rglob("*.safetensors")):
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            for key, value in meta.items():
-                for name in ("teacher_steps", "teacher_guidance_scale", "teacher_scheduler"):
-                    if key == name or key.endswith("." + name):
-                        found[name] = str(value)
-    try:
-        steps = int(float(found.get("teacher_steps", 25)))
-        guidance = float(found.get("teacher_guidance_scale", 7.5))
-    except ValueError:
-        steps, guidance = 25, 7.5
-    sampler = "dpm" if found.get("teacher_scheduler", "ddim").strip('"') == "dpm" else "ddim"
-    return steps, guidance, sampler
-
-
 def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
-    """HiPA one step vs plain one step vs the multi-step teacher."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+    """HiPA one step vs plain one step vs the multi-step teacher (:mod:`adapters.hipa.teacher`, with the settings
+    the LoRA file stores)."""
+    from adapters.hipa.teacher import run_teacher, teacher_pipeline
+    from pipelines.tasks import hipa_teacher_settings
 
     pipe = _load("hipa", cfg)
     has_lora = bool(getattr(pipe, "get_active_adapters", lambda: [])())
@@ -956,7 +933,8 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
         raise NotAvailable("the HiPA pipeline loaded without a LoRA")
     native = native_resolution(pipe)
     n = cfg.seeds
-    teacher_steps, teacher_guidance, teacher_sampler = _hipa_teacher_settings(pipe)
+    settings = hipa_teacher_settings(pipe)
+    teacher_steps, teacher_guidance, teacher_sampler = settings.steps, settings.guidance_scale, settings.sampler
     if cfg.steps is not None and cfg.steps < teacher_steps and cfg.allow_placeholders:
         teacher_steps = cfg.steps
     real, real_prompts = real_renders(range(cfg.n_real), native, native)
@@ -965,7 +943,7 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
 
     def set_scale(s: float) -> None:
         if has_lora:
-            pipe.set_hipa_scale(s)
+            pipe.set_hipa_lora_scale(s)
 
     def one_step(ps: list[str], seeds: list[int]) -> np.ndarray:
         return _np_images(
@@ -973,22 +951,13 @@ def eval_hipa(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
                  generator=_generators(seeds), output_type="np")
         )  # fmt: skip
 
-    components = dict(pipe.components)
-    scheduler_cls = DPMSolverMultistepScheduler if teacher_sampler == "dpm" else DDIMScheduler
-    overrides = {"clip_sample": False} if teacher_sampler == "ddim" else {}
-    components["scheduler"] = scheduler_cls.from_config(
-        getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config), **overrides
-    )
-    teacher = StableDiffusionPipeline(
-        **{k: v for k, v in components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    teacher = teacher_pipeline(pipe, teacher_sampler)
     teacher.set_progress_bar_config(disable=True)
 
     def teach(ps: list[str], seeds: list[int]) -> np.ndarray:
         return _np_images(
-            teacher(ps, height=native, width=native, num_inference_steps=teacher_steps,
-                    guidance_scale=teacher_guidance, generator=_generators(seeds), output_type="np")
+            run_teacher(teacher, prompt=ps, height=native, width=native, num_inference_steps=teacher_steps,
+                        guidance_scale=teacher_guidance, generator=_generators(seeds), output_type="np")
         )  # fmt: skip
 
     arms: dict[str, np.ndarray] = {}

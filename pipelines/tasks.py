@@ -32,9 +32,10 @@ from diffusers.utils import logging
 from PIL import Image
 
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME  # the HiPA LoRA's name; few-step LoRAs use their preset's
+from adapters.hipa.teacher import TeacherSettings, read_teacher_settings, run_teacher, teacher_pipeline
 
 from . import checks
-from .utils import is_sdxl, native_resolution, size_multiple
+from .utils import native_resolution, size_multiple
 
 logger = logging.get_logger(__name__)
 
@@ -664,19 +665,23 @@ def load_few_step_loras(pipe: Any, loras: dict[str, str]) -> None:
         pipe.load_hipa_lora(path, adapter_name=key, scale=0.0)
 
 
-def _teacher(pipe: Any, common: dict[str, Any], steps: int, guidance_scale: float, seed: int) -> Image.Image:
-    """The multi-step base with the base model's own scheduler (a view over the same components)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+def hipa_teacher_settings(pipe: Any) -> TeacherSettings:
+    """The teacher settings stored in the HiPA LoRA an embedded pipeline loaded (``embedded_info``); defaults (25 DDIM
+    steps, guidance 7.5) for any other pipeline (see :func:`adapters.hipa.teacher.read_teacher_settings`)."""
+    info = getattr(pipe, "embedded_info", None)
+    return read_teacher_settings(info.parts.get("hipa") if info is not None else None)
 
-    components = dict(pipe.components)
-    base_config = getattr(pipe, "_hipa_base_scheduler_config", None) or dict(pipe.scheduler.config)
-    components["scheduler"] = DDIMScheduler.from_config(base_config)
-    cls = StableDiffusionXLPipeline if is_sdxl(components) else StableDiffusionPipeline
-    expected = set(inspect.signature(cls.__init__).parameters)
-    teacher = cls(**{k: v for k, v in components.items() if k in expected})
-    teacher.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    return teacher(
-        **common, num_inference_steps=steps, guidance_scale=float(guidance_scale), generator=make_generator(seed)
+
+def _teacher(pipe: Any, common: dict[str, Any], steps: int, guidance_scale: float, seed: int) -> Image.Image:
+    """The multi-step teacher (:mod:`adapters.hipa.teacher`: the base, every LoRA off, a view over the same
+    components) on the sampler the HiPA LoRA was trained against (:func:`hipa_teacher_settings`)."""
+    teacher = teacher_pipeline(pipe, hipa_teacher_settings(pipe).sampler)
+    return run_teacher(
+        teacher,
+        **common,
+        num_inference_steps=steps,
+        guidance_scale=float(guidance_scale),
+        generator=make_generator(seed),
     ).images[0]
 
 

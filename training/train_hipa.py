@@ -43,6 +43,7 @@ from adapters.hipa import (
     save_hipa_lora,
 )
 from adapters.hipa.loader import DEFAULT_ADAPTER_NAME, KIND
+from adapters.hipa.teacher import TeacherSettings, teacher_pipeline
 from adapters.weights import base_family, load_weights, save_weights, validate_state_dict
 from pipelines.utils import is_sdxl_config
 from training.core import AdapterTrainer, TrainConfig, main
@@ -191,6 +192,12 @@ class HiPATrainer(AdapterTrainer):
             for key, param in params.items():
                 param.copy_(state_dict[key].to(param.device, param.dtype))
 
+    @property
+    def teacher_settings(self) -> TeacherSettings:
+        """The teacher's steps, guidance and sampler (written into the LoRA file's metadata)."""
+        cfg = self.config
+        return TeacherSettings(cfg.teacher_steps, cfg.teacher_guidance_scale, cfg.teacher_scheduler)
+
     def adapter_metadata(self) -> dict[str, str]:
         from adapters.weights import adapter_metadata
 
@@ -206,9 +213,7 @@ class HiPATrainer(AdapterTrainer):
             "hf_cutoff": cfg.hf_cutoff,
             "hf_filter": cfg.hf_filter,
             "loss_space": cfg.loss_space,
-            "teacher_steps": cfg.teacher_steps,
-            "teacher_scheduler": cfg.teacher_scheduler,
-            "teacher_guidance_scale": cfg.teacher_guidance_scale,
+            **self.teacher_settings.metadata(),
             "resolution": cfg.resolution,
         }
         return save_hipa_lora(
@@ -239,35 +244,30 @@ class HiPATrainer(AdapterTrainer):
         return folder / CACHE_FILE
 
     def _teacher_pipeline(self):
-        from diffusers import (
-            DDIMScheduler,
-            DPMSolverMultistepScheduler,
-            StableDiffusionPipeline,
-            StableDiffusionXLPipeline,
-        )
+        """The teacher (:func:`adapters.hipa.teacher.teacher_pipeline`) over the trainer's modules."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         cfg = self.config
-        scheduler_cls = DDIMScheduler if cfg.teacher_scheduler == "ddim" else DPMSolverMultistepScheduler
-        # From the base's own scheduler config (the DDPM training scheduler fills in DDPM defaults such as
-        # clip_sample=True, which must not clip latents in the teacher).
-        base_config = scheduler_cls.load_config(cfg.pretrained_model_name_or_path, subfolder="scheduler")
-        overrides = {"prediction_type": self.noise_scheduler.config.prediction_type}
-        if cfg.teacher_scheduler == "ddim":
-            overrides["clip_sample"] = False
-        scheduler = scheduler_cls.from_config(base_config, **overrides)
+        # From the base's own scheduler config (the DDPM training scheduler fills in DDPM defaults).
+        base_config = DDIMScheduler.load_config(cfg.pretrained_model_name_or_path, subfolder="scheduler")
+        base_config = {**base_config, "prediction_type": self.noise_scheduler.config.prediction_type}
         common = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "unet": self.unet}
         if self.is_sdxl:
-            pipe = StableDiffusionXLPipeline(
-                **common, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, scheduler=scheduler
+            base = StableDiffusionXLPipeline(
+                **common,
+                text_encoder_2=self.text_encoder_2,
+                tokenizer_2=self.tokenizer_2,
+                scheduler=self.noise_scheduler,
             )
         else:
-            pipe = StableDiffusionPipeline(
+            base = StableDiffusionPipeline(
                 **common,
-                scheduler=scheduler,
+                scheduler=self.noise_scheduler,
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,
             )
+        pipe = teacher_pipeline(base, cfg.teacher_scheduler, base_scheduler_config=base_config)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
