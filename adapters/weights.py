@@ -16,9 +16,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.utils import logging
@@ -47,7 +48,7 @@ class AdapterWeightsError(ValueError):
     Attributes:
         missing: keys the model needs that the file lacks.
         unexpected: keys in the file that nothing consumes.
-        mismatched: ``(key, shape_in_file, expected_shape)`` triples.
+        mismatched: ``(key, shape_in_file, expected_shape)`` triples (``"r"`` in an expected shape: any LoRA rank).
         wrong_dtype: ``(key, dtype_in_file)`` pairs of tensors that are not floating point (see :func:`check_dtypes`).
     """
 
@@ -57,7 +58,7 @@ class AdapterWeightsError(ValueError):
         *,
         missing: list[str] | None = None,
         unexpected: list[str] | None = None,
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int | str, ...]]] | None = None,
         wrong_dtype: list[tuple[str, str]] | None = None,
     ):
         super().__init__(message)
@@ -67,7 +68,7 @@ class AdapterWeightsError(ValueError):
         self.wrong_dtype = list(wrong_dtype or [])
 
 
-def _listing(label: str, items: list, fmt: Callable[[object], str] = str) -> str:
+def _listing(label: str, items: list, fmt: Callable[[Any], str] = str) -> str:
     shown = ", ".join(fmt(item) for item in items[:_MAX_LISTED])
     more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
     return f"{len(items)} {label}: {shown}{more}"

@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
         files.extend([written["mp4"], written["gif"], frame_dir])
     elif args.task == "hipa":
         height, width = args.height, args.width
-        results = tasks.one_step(
+        timed = tasks.one_step(
             pipe,
             args.prompt,
             height=height,
@@ -461,9 +461,9 @@ def run(args: argparse.Namespace) -> dict[str, list[str]]:
             teacher_steps=args.teacher_steps,
             **common,
         )
-        first = results[0][1] if results else None
+        first = timed[0][1] if timed else None
         names = ["hipa", *args.compare]
-        for name, (label, image_out, seconds) in zip(names, results):
+        for name, (label, image_out, seconds) in zip(names, timed):
             path = out / f"{name}.png"
             image_out.save(path)
             files.append(path)

@@ -68,7 +68,9 @@ class MVAdapterPipeline:
         _refuse_init(type(self), "MVAdapterSDPipeline / MVAdapterXLPipeline")
 
     @staticmethod
-    def variant_class(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> type:
+    def variant_class(
+        pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> type[MVAdapterSDPipeline] | type[MVAdapterXLPipeline]:
         """The pipeline class for a base (from its config files; hub look-ups take ``cache_dir``, ``revision``,
         ``token``, ``local_files_only`` from ``kwargs``)."""
         config_kwargs = {k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs}

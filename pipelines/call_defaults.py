@@ -306,15 +306,15 @@ def _fill(pipe: Any, call: Callable, args: tuple, kwargs: dict) -> tuple[tuple, 
     names = list(signature.parameters)
     positional = {names[i] for i in range(1, 1 + len(args)) if i < len(names)}
     kwargs = dict(kwargs)
-    args = list(args)
+    filled = list(args)
     for key, value in defaults.for_call(given).items():
         if key in given:
             continue
         if key in positional:  # passed positionally as None
-            args[names.index(key) - 1] = copy.deepcopy(value)
+            filled[names.index(key) - 1] = copy.deepcopy(value)
         else:
             kwargs[key] = copy.deepcopy(value)
-    return tuple(args), kwargs
+    return tuple(filled), kwargs
 
 
 def _defaults_class(cls: type) -> type:
@@ -331,14 +331,13 @@ def _defaults_class(cls: type) -> type:
         args, kwargs = _fill(self, getattr(parent, "__func__", parent), args, kwargs)
         return parent(*args, **kwargs)
 
-    @property
     def call_defaults(self) -> dict[str, Any]:
         """The stored defaults (a copy; change them with :func:`pipelines.call_defaults.set_call_defaults`)."""
         return copy.deepcopy(self._call_defaults.to_json()) if self._call_defaults is not None else {}
 
     namespace = {
         "__call__": __call__,
-        "call_defaults": call_defaults,
+        "call_defaults": property(call_defaults),
         "_fills_call_defaults": True,
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,

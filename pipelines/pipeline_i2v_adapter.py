@@ -815,12 +815,13 @@ class I2VAdapterPipeline(AnimateDiffPipeline):
 
                     down_res = mid_res = None
                     if controlnet is not None:
-                        if isinstance(controlnet_keep[i], list):
-                            cond_scale = [c * s for c, s in zip(controlnet_conditioning_scale, controlnet_keep[i])]
+                        keep, scales = controlnet_keep[i], controlnet_conditioning_scale
+                        cond_scale: float | list[float]
+                        if isinstance(keep, list):
+                            scales = scales if isinstance(scales, list) else [scales] * len(keep)
+                            cond_scale = [c * s for c, s in zip(scales, keep)]
                         else:
-                            scale_i = controlnet_conditioning_scale
-                            scale_i = scale_i[0] if isinstance(scale_i, list) else scale_i
-                            cond_scale = scale_i * controlnet_keep[i]
+                            cond_scale = (scales[0] if isinstance(scales, list) else scales) * keep
                         if isinstance(controlnet, SparseControlNetModel):
                             down_res, mid_res = controlnet(
                                 latent_model_input,

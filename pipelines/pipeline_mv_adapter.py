@@ -131,7 +131,7 @@ def prepare_reference_image(image: PIL.Image.Image, height: int, width: int, *, 
     else:
         new_h, new_w = int(h * (width * fill) / w), int(width * fill)
     crop = np.asarray(PIL.Image.fromarray(crop).resize((max(new_w, 1), max(new_h, 1))))
-    canvas = np.zeros((height, width, 4), dtype=np.uint8)
+    canvas: np.ndarray = np.zeros((height, width, 4), dtype=np.uint8)
     top, left = (height - crop.shape[0]) // 2, (width - crop.shape[1]) // 2
     canvas[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
     return _rgba_on_gray(PIL.Image.fromarray(canvas, mode="RGBA"))
@@ -957,7 +957,7 @@ class MVAdapterPipelineMixin:
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 8. Denoising loop
-        adapter_call = contextlib.nullcontext()
+        adapter_call: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if adapter is not None:
             state = adapter.state
             adapter_call = state.override(

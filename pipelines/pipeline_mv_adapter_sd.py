@@ -34,7 +34,7 @@ class MVAdapterSDPipeline(MVAdapterPipelineMixin, StableDiffusionPipeline):
         clip_skip: int | None,
         lora_scale: float | None,
         embeds: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, tuple[torch.Tensor, None]]:
+    ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
         pooled = [k for k in (embeds or {}) if "pooled" in k]
         if pooled:
             raise ValueError(f"`{pooled[0]}` is for SDXL bases; SD 1.x / 2.x text encoders have no pooled output.")
@@ -49,7 +49,7 @@ class MVAdapterSDPipeline(MVAdapterPipelineMixin, StableDiffusionPipeline):
             lora_scale=lora_scale,
             clip_skip=clip_skip,
         )
-        out = {"pos": (pos, None)}
+        out: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]] = {"pos": (pos, None)}
         if need_negative:
             out["neg"] = (neg, None)
         return out

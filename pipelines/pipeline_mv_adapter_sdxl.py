@@ -38,7 +38,7 @@ class MVAdapterXLPipeline(MVAdapterPipelineMixin, StableDiffusionXLPipeline):
         clip_skip: int | None,
         lora_scale: float | None,
         embeds: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
         embeds = embeds or {}
         for name in ("prompt_embeds", "negative_prompt_embeds"):
             pooled_name = name.replace("prompt_embeds", "pooled_prompt_embeds")

@@ -655,6 +655,7 @@ def _build_animatediff(directory: Path) -> None:
 
 def _recipe(name: str, **params: Any) -> tuple[str, Any, Callable[[Path], None]]:
     """``(cache folder name, spec hashed into the cache key, build(directory))`` for a named tiny model."""
+    spec: dict[str, Any]
     if name in ("sd15", "sd21"):
         unet_cfg, vae_cfg, text_cfg, sched_cfg = _BASES[name]
         spec = {"unet": unet_cfg, "vae": vae_cfg, "te": text_cfg, "s": sched_cfg}

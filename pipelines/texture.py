@@ -592,7 +592,7 @@ def texture_mesh(
         maps=maps,
         geometry_guided=guided,
         mesh_scale=scale,
-        mesh_offset=tuple(float(x) for x in offset),
+        mesh_offset=(float(offset[0]), float(offset[1]), float(offset[2])),
         coverage=baked.coverage,
         seed=int(seed),
         timings=timings,

@@ -313,6 +313,7 @@ def load_hipa_lora(
             "`pipe.delete_adapters(name)` first."
         )
     source = None
+    metadata: dict[str, str]
     if isinstance(pretrained, Mapping):
         raw_state_dict, metadata = dict(pretrained), {}
         to_load: str | dict = dict(pretrained)

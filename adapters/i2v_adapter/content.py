@@ -205,7 +205,7 @@ class ContentAdapter:
             )
         if state_dict is None:
             state_dict = fresh_content_state_dict(unet, image_embed_dim, num_tokens)
-        nested = {"image_proj": {}, "ip_adapter": {}}
+        nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
         for key, value in state_dict.items():
             if not key.startswith(CONTENT_PREFIX):
                 continue

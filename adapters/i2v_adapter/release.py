@@ -37,7 +37,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from diffusers.utils import logging
@@ -194,7 +193,7 @@ class I2VRelease:
         unet: nn.Module,
         image_proj: Mapping[str, torch.Tensor] | None,
         *,
-        first_frame_query: Literal["to_q", "file"] = "to_q",
+        first_frame_query: str = "to_q",
     ) -> dict[str, torch.Tensor]:
         """Our I2V-Adapter file content for ``unet`` (a ``UNetMotionModel``).
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import PIL.Image
@@ -62,7 +63,7 @@ DEFAULT_ORTHO_SCALE = 1.1
 DEFAULT_FOV_DEG = 40.0
 OFFICIAL_AZIMUTH_OFFSET_DEG = -90.0
 
-Floats = float | Sequence[float] | np.ndarray | torch.Tensor
+Floats: TypeAlias = float | Sequence[float] | np.ndarray | torch.Tensor
 
 
 def _as_tensor(x: Floats, n: int | None = None, name: str = "value") -> torch.Tensor:

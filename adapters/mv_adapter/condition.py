@@ -69,14 +69,13 @@ def condition_encoder_config(
 
 def build_condition_encoder(config: Mapping[str, Any] | str) -> T2IAdapter:
     """A fresh :class:`T2IAdapter` from a config dict (or its JSON string)."""
-    if isinstance(config, str):
-        config = json.loads(config)
+    spec: Mapping[str, Any] = json.loads(config) if isinstance(config, str) else config
     return T2IAdapter(
-        in_channels=int(config["in_channels"]),
-        channels=list(config["channels"]),
-        num_res_blocks=int(config["num_res_blocks"]),
-        downscale_factor=int(config["downscale_factor"]),
-        adapter_type=str(config["adapter_type"]),
+        in_channels=int(spec["in_channels"]),
+        channels=list(spec["channels"]),
+        num_res_blocks=int(spec["num_res_blocks"]),
+        downscale_factor=int(spec["downscale_factor"]),
+        adapter_type=str(spec["adapter_type"]),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def detect_variant(name: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def variant_defaults(variant: str | None) -> dict[str, object]:
+def variant_defaults(variant: str | None) -> dict[str, Any]:
     """Config defaults the official inference code uses for each variant."""
     if variant is None:
         return {}

@@ -331,6 +331,7 @@ def load_mv_adapter(
     Raises:
         AdapterWeightsError: missing/unexpected keys, shape mismatches or a different base family / adapter kind.
     """
+    metadata: dict[str, str]
     if isinstance(source, Mapping):
         state_dict, metadata, name = dict(source), {}, None
     else:

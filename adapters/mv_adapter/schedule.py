@@ -61,7 +61,7 @@ def shifted_snr_scheduler(
             f"{type(scheduler).__name__} has no `alphas_cumprod`; the SNR shift needs a DDPM-type schedule."
         )
     betas = shifted_betas(scheduler.alphas_cumprod.cpu(), shift, mode)
-    cls = scheduler_class or type(scheduler)
+    cls: Any = scheduler_class or type(scheduler)
     # Every value of the current config is kept: `from_config` would otherwise reset the entries diffusers lists in
     # `_use_default_values` to the class defaults, undoing e.g. the `steps_offset = 1` fix a pipeline's __init__
     # writes into a default-built scheduler (so a fresh pipeline and its saved-and-reloaded copy would differ).
