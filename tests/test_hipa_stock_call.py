@@ -6,7 +6,8 @@ components (shared modules, so the same weights and a loaded LoRA), the stock on
 seed. The comparison is bitwise (``torch.equal`` / ``np.array_equal``): on CPU in float32 both calls run the same
 operations in the same order; in particular the hipa preset's one step is DDIM on trailing timesteps with
 ``set_alpha_to_one``, whose single step from ``t = T - 1`` to ``alpha = 1`` computes the closed-form x0
-(:func:`adapters.hipa.one_step.predict_x0`) with the same arithmetic, plus ``0 * eps``.
+(:func:`adapters.hipa.one_step.predict_x0`) with the same arithmetic, plus ``0 * eps``. In float16 the one step differs
+from the fp32-computed x0 the old call returned by fp16 rounding (``test_one_step_in_half_precision_...``).
 
 The cases where the HiPA call deliberately differs from the stock call are tested here too, with the reason.
 """
@@ -25,6 +26,7 @@ from diffusers import (
 
 from adapters.hipa.config import HiPAConfig
 from adapters.hipa.loader import add_hipa_lora
+from adapters.hipa.one_step import last_timestep, predict_x0
 from adapters.hipa.presets import get_preset, make_scheduler
 from pipelines.pipeline_hipa import HiPASDPipeline, HiPAXLPipeline
 from pipelines.testing import (
@@ -204,3 +206,20 @@ def test_ip_adapter_embeds(base):
         output_type="latent",
     ).images  # fmt: skip
     assert (other - single).abs().max() > 1e-4
+
+
+def test_one_step_in_half_precision_is_the_x0_to_fp16_rounding():
+    """In float16 the one step is not bitwise the fp32-computed x0 of :func:`predict_x0` (which the HiPA call used
+    before it became the stock call): diffusers' DDIM step computes in the model output's dtype, so x0 carries fp16
+    rounding (measured: 1 ulp, 0.031 on |x0| up to 56). Within 2 ulp of the largest value here."""
+    pipe, _, _ = _pipes("sd15")
+    pipe.to(dtype=torch.float16)
+    noise = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(0)).half()
+    out = pipe("a red cube", height=SIZE, width=SIZE, latents=noise, output_type="latent").images
+    embeds, _ = pipe.encode_prompt("a red cube", torch.device("cpu"), 1, False)
+    timestep = torch.tensor(last_timestep(pipe.scheduler))
+    with torch.no_grad():
+        eps = pipe.unet(noise, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+    x0 = predict_x0(eps, noise, timestep, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), x0.float(), rtol=0, atol=2 * 2**-10 * float(x0.float().abs().max()))
