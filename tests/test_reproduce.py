@@ -16,6 +16,13 @@ from training.core.trainer import AdapterTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
+#: Folders of recipes whose model may not be shipped yet (its training runs after the recipe lands); once the folder is
+#: in assets/ every check below covers it like the others.
+NOT_YET_SHIPPED = {"mv_adapter_geometry"}
+
+
+def _shipped(folder: str) -> bool:
+    return (ASSETS / folder).is_dir() or folder not in NOT_YET_SHIPPED
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -91,6 +98,10 @@ def _fake_runner(recipes, paths, calls):
             return
         for src, rel in recipe.files:
             source, shipped = Path(src.format(**paths)), ASSETS / recipe.folder / rel
+            if not _shipped(recipe.folder):
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.write_bytes(b"trained later")
+                continue
             if shipped.is_dir():
                 shutil.copytree(shipped, source, dirs_exist_ok=True)
             else:
@@ -107,8 +118,11 @@ def test_all_reproduces_the_shipped_layout_in_dependency_order(tmp_path):
     calls: list[list[str]] = []
     folders = rp.reproduce(["all"], runs, out, run=_fake_runner(recipes, paths, calls))
 
+    pending = sorted(r.folder for r in recipes if not _shipped(r.folder))
+    for folder in pending:
+        shutil.rmtree(out / folder)
     assert _tree(out) == _tree(ASSETS)  # every shipped file, at its place, nothing else
-    assert sorted(f.name for f in folders) == sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
+    assert sorted(f.name for f in folders) == sorted([p.name for p in ASSETS.iterdir() if p.is_dir()] + pending)
     modules = [c[0] for c in calls]
     assert modules.index("training.train_base") < modules.index("training.train_res_adapter")
     assert modules.index("training.train_motion") < modules.index("training.train_i2v_adapter")
@@ -187,10 +201,11 @@ def test_recipe_defaults_are_valid_call_defaults_of_their_pipelines():
     from pipelines.embedded import load_pipeline
 
     assert rp.DEFAULTS_NAME == DEFAULTS_FILE_NAME
-    pipelines = {"base": "base", "res": "res", "hipa": "hipa", "mv": "mv", "i2v": "i2v"}
+    pipelines = {"base": "base", "res": "res", "hipa": "hipa", "mv": "mv", "mv_geometry": "mv_geometry", "i2v": "i2v"}
     with_defaults = [r for r in rp.RECIPES if r.defaults is not None]
     assert sorted(r.name for r in with_defaults) == sorted(pipelines)
     for recipe in with_defaults:
-        assert (ASSETS / recipe.folder / DEFAULTS_FILE_NAME).read_text() == rp.format_defaults(recipe.defaults)
+        if _shipped(recipe.folder):
+            assert (ASSETS / recipe.folder / DEFAULTS_FILE_NAME).read_text() == rp.format_defaults(recipe.defaults)
         pipe = load_pipeline(pipelines[recipe.name], progress_bar=False)
         parse_call_defaults(recipe.defaults, type(pipe).__call__, source=recipe.name)
