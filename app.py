@@ -587,7 +587,7 @@ class DemoApp:
             _report(progress, fraction, description)
 
         start = time.perf_counter()
-        with self.using("mv", progress) as pipe:
+        with self.using(_texture_model(self.config), progress) as pipe:
             result = texture.texture_mesh(
                 pipe,
                 mesh,
@@ -1026,6 +1026,19 @@ def _image_multiview_tab(tab: _Tab) -> None:
 TEXTURE_SIZES = (256, 512, 1024, 2048)
 
 
+def _texture_model(config: AppConfig) -> str:
+    """The model key the texture tab runs on: ``mv`` when the user gave an MV model (``--mv-base`` /
+    ``--mv-adapter``), else the embedded one :func:`pipelines.texture.texture_model` picks (the geometry-guided
+    ``mv_geometry`` when shipped, else ``mv``)."""
+    if not config.source("mv").is_embedded:
+        return "mv"
+    try:
+        from pipelines.texture import texture_model
+    except ImportError:  # the tab reports the missing module itself
+        return "mv"
+    return texture_model()
+
+
 def _texture_note(source: ModelSource) -> str:
     """What the texture tab can do with the MV-Adapter it runs on (read from the adapter file, nothing loaded)."""
     from pipelines.texture import adapter_condition
@@ -1033,7 +1046,11 @@ def _texture_note(source: ModelSource) -> str:
     condition = adapter_condition(source.adapter) if source.adapter or source.is_embedded else None
     if condition == "geometry":
         return "This MV-Adapter is geometry-guided: the views follow the mesh's position and normal maps."
-    which = "The shipped MV-Adapter" if source.is_embedded else "This MV-Adapter"
+    which = (
+        "No geometry-guided embedded MV-Adapter is shipped (assets/mv_adapter_geometry/), and the shipped one"
+        if source.is_embedded
+        else "This MV-Adapter"
+    )
     if condition == "camera":
         return (
             f"{which} takes camera maps, not geometry maps (it is not a tg2mv / ig2mv adapter), so the views here are "
@@ -1041,7 +1058,8 @@ def _texture_note(source: ModelSource) -> str:
             "moved onto the generated object's silhouette, then the views are baked onto it. A geometry-guided "
             "adapter (`--mv-adapter` with a tg2mv / ig2mv file) makes the views follow the mesh."
         )
-    return (
+    shipped = "No geometry-guided embedded MV-Adapter is shipped (assets/mv_adapter_geometry/). " * source.is_embedded
+    return shipped + (
         "A geometry-guided adapter (tg2mv / ig2mv) makes the views follow the mesh's position and normal maps; other "
         "adapters texture from plain views on their camera ring, with the mesh fitted to the generated object."
     )
@@ -1271,7 +1289,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
 
     config = config or AppConfig()
     state = DemoApp(config)
-    specs = {**TASKS, "texture": TaskSpec("texture", "Texture a mesh", "mv", "pipelines.texture")}
+    specs = {**TASKS, "texture": TaskSpec("texture", "Texture a mesh", _texture_model(config), "pipelines.texture")}
     errors = {key: _module_error(spec.module) for key, spec in specs.items()}
     try:
         from pipelines.embedded import example_entries

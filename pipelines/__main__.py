@@ -102,9 +102,9 @@ def _mesh_file(flag: str) -> Callable[[str], str]:
 def _task(name: str) -> TaskSpec:
     """The demo task ``name``: one of :data:`pipelines.tasks.TASKS`, or ``texture``."""
     if name == "texture":
-        from .texture import TEXTURE_TASK
+        from .texture import texture_task
 
-        return TEXTURE_TASK
+        return texture_task()  # the geometry-guided embedded model when shipped, else the camera-conditioned one
     return TASKS[name]
 
 
@@ -514,7 +514,7 @@ def _run_texture(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     overwriting: a second run in the same ``--out`` gets ``textured-2.glb``, ``result-2.json`` ...)."""
     from . import tasks
     from .call_defaults import get_call_defaults
-    from .texture import texture_mesh
+    from .texture import FALLBACK_NOTE, texture_mesh
 
     result = texture_mesh(
         pipe,
@@ -536,13 +536,15 @@ def _run_texture(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     note = tasks.trained_size_note(get_call_defaults(pipe).trained_sizes, view.height, view.width)
     if note:
         logger.warning(f"texture: {note}")
+    info = getattr(pipe, "embedded_info", None)
     if not result.geometry_guided:
+        if args.adapter is None and info is not None and info.name == "mv":
+            logger.warning(f"texture: {FALLBACK_NOTE}")
         logger.info(
             "texture: this MV-Adapter takes no geometry maps (camera condition): the views are unguided views on its "
             f"camera ring, and the mesh was fitted to their silhouettes (scale {result.mesh_scale:.2f})."
         )
     logger.info("texture: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
-    info = getattr(pipe, "embedded_info", None)
     summary = result.summary()
     summary["placeholder_weights"] = bool(info is not None and info.is_placeholder)
     result.files["result"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -13,6 +13,11 @@ name      pipeline                                                       assets 
 ``hipa``  ``HiPAPipeline`` with the one-step LoRA loaded                 ``base/`` + ``hipa/``
 ========= ============================================================== =================================
 
+and one optional model (:data:`OPTIONAL_NAMES`), used where its folder exists:
+``load_embedded("mv_geometry")`` is the ``MVAdapterPipeline`` with the geometry-guided MV-Adapter (``ig2mv``:
+position / normal maps on the official 6-view ring, text and/or a reference image) from ``base/`` +
+``mv_adapter_geometry/``; the texture job (:mod:`pipelines.texture`) uses it when present, else ``mv``.
+
 Expected layout of ``assets/`` (override the folder with ``$DIFFUSION_ADAPTERS_ASSETS``)::
 
     assets/
@@ -21,6 +26,7 @@ Expected layout of ``assets/`` (override the folder with ``$DIFFUSION_ADAPTERS_A
       res_adapter/      ResAdapter in the official two-file layout (pytorch_lora_weights.safetensors +
                         diffusion_pytorch_model.safetensors) or our single file; anything ``load_res_adapter`` reads
       mv_adapter/       one MV-Adapter ``.safetensors`` file (official single-file keys or ours, with metadata)
+      mv_adapter_geometry/  optional: a geometry-guided MV-Adapter file (``tg2mv`` / ``ig2mv``), the same forms
       motion_adapter/   a diffusers ``MotionAdapter.save_pretrained`` folder (config.json + weights)
       i2v_adapter/      one I2V-Adapter ``.safetensors`` file (``save_i2v_adapter`` output)
       hipa/             a diffusers LoRA folder (pytorch_lora_weights.safetensors), the HiPA one-step LoRA
@@ -70,6 +76,7 @@ __all__ = [
     "ASSETS_ENV",
     "CACHE_ENV",
     "EMBEDDED_NAMES",
+    "OPTIONAL_NAMES",
     "PLACEHOLDER_ENV",
     "EmbeddedInfo",
     "assets_dir",
@@ -89,6 +96,9 @@ __all__ = [
 
 #: Names accepted by :func:`load_embedded`.
 EMBEDDED_NAMES: tuple[str, ...] = ("base", "res", "mv", "i2v", "hipa")
+#: Models that may be absent from ``assets/`` (their users fall back to another model): also accepted by
+#: :func:`load_embedded` (a fresh adapter when absent, like the others' placeholders).
+OPTIONAL_NAMES: tuple[str, ...] = ("mv_geometry",)
 #: Environment variable overriding the assets folder.
 ASSETS_ENV = "DIFFUSION_ADAPTERS_ASSETS"
 #: Environment variable overriding the cache folder of the placeholder models.
@@ -103,6 +113,7 @@ _DEFAULTS_PART: dict[str, str] = {
     "base": "base",
     "res": "res_adapter",
     "mv": "mv_adapter",
+    "mv_geometry": "mv_adapter_geometry",
     "i2v": "i2v_adapter",
     "hipa": "hipa",
 }
@@ -112,6 +123,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "base": ("base",),
     "res": ("base", "res_adapter"),
     "mv": ("base", "mv_adapter"),
+    "mv_geometry": ("base", "mv_adapter_geometry"),
     "i2v": ("base", "motion_adapter", "i2v_adapter"),
     "hipa": ("base", "hipa"),
 }
@@ -371,7 +383,7 @@ def placeholder_base_path() -> Path:
 def embedded_info(name: str) -> EmbeddedInfo:
     """Which files :func:`load_embedded` would use for ``name`` (builds nothing, loads nothing)."""
     if name not in _PARTS:
-        raise ValueError(f"`name` must be one of {list(EMBEDDED_NAMES)}, got {name!r}.")
+        raise ValueError(f"`name` must be one of {[*EMBEDDED_NAMES, *OPTIONAL_NAMES]}, got {name!r}.")
     info = EmbeddedInfo(name=name)
     for part in _PARTS[name]:
         path = _asset_present(part)
@@ -451,7 +463,7 @@ def _pipeline_call(name: str, base: str | os.PathLike) -> Callable:
         from .pipeline_res_adapter import ResAdapterPipeline, ResAdapterXLPipeline
 
         return (ResAdapterXLPipeline if xl else ResAdapterPipeline).__call__
-    if name == "mv":
+    if name in ("mv", "mv_geometry"):
         from .pipeline_mv_adapter import MVAdapterPipelineMixin
 
         return MVAdapterPipelineMixin.__call__
@@ -501,6 +513,15 @@ def _load_mv(base, adapter, motion_adapter, dtype):
     return MVAdapterPipeline.from_pretrained(base, mv_adapter_config={"variant": "i2mv"}, **dtype_kwargs(dtype))
 
 
+def _load_mv_geometry(base, adapter, motion_adapter, dtype):
+    from .auto_pipeline import MVAdapterPipeline
+
+    if adapter:
+        return MVAdapterPipeline.from_pretrained(base, mv_adapter=adapter, **dtype_kwargs(dtype))
+    # A fresh geometry-guided adapter with the reference branch (position / normal maps, text and image).
+    return MVAdapterPipeline.from_pretrained(base, mv_adapter_config={"variant": "ig2mv"}, **dtype_kwargs(dtype))
+
+
 def _weights_file(path: str | os.PathLike, hint: str) -> str:
     """A local folder holding one adapter file -> that file (several: the one whose name contains ``hint``)."""
     folder = Path(path)
@@ -539,6 +560,7 @@ _LOADERS: dict[str, Callable[..., Any]] = {
     "base": _load_base,
     "res": _load_res,
     "mv": _load_mv,
+    "mv_geometry": _load_mv_geometry,
     "i2v": _load_i2v,
     "hipa": _load_hipa,
 }
@@ -609,7 +631,7 @@ def load_embedded(
     """Load the shipped model ``name`` (see the module docstring) on ``device`` in ``dtype``.
 
     Args:
-        name: one of ``"base"``, ``"res"``, ``"mv"``, ``"i2v"``, ``"hipa"``.
+        name: one of ``"base"``, ``"res"``, ``"mv"``, ``"i2v"``, ``"hipa"``, or the optional ``"mv_geometry"``.
         device: default CUDA if present, else MPS, else CPU.
         dtype: default float16 on CUDA, float32 elsewhere.
         progress_bar: keep diffusers' progress bar.

@@ -33,9 +33,9 @@ Files are never overwritten: every file of one run shares a suffix chosen so tha
 Example::
 
     from pipelines.embedded import load_embedded
-    from pipelines.texture import texture_mesh
+    from pipelines.texture import texture_mesh, texture_model
 
-    pipe = load_embedded("mv")
+    pipe = load_embedded(texture_model())  # "mv_geometry" (geometry-guided) when shipped, else "mv"
     result = texture_mesh(pipe, "model.glb", prompt="a red cube", output_dir="out/texture")
     result.glb, result.timings  # Path('out/texture/textured.glb'), {'load': 0.01, 'render': ..., ...}
 """
@@ -48,7 +48,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "EXAMPLE_MESHES",
+    "FALLBACK_NOTE",
     "MAX_FACES",
     "STAGES",
     "TEXTURE_TASK",
@@ -87,6 +88,8 @@ __all__ = [
     "read_mesh",
     "texture_cameras",
     "texture_mesh",
+    "texture_model",
+    "texture_task",
     "write_example_meshes",
 ]
 
@@ -95,8 +98,14 @@ __all__ = [
 MAX_FACES = 500_000
 #: The timed stages of :func:`texture_mesh`, in order.
 STAGES = ("load", "render", "generate", "bake", "export")
-#: The demo task (web tab and CLI subcommand ``texture``); it runs on the ``mv`` embedded model.
+#: The demo task (web tab and CLI subcommand ``texture``) on the ``mv`` embedded model; :func:`texture_task` is the
+#: same task on the model it runs on (the geometry-guided ``mv_geometry`` when shipped).
 TEXTURE_TASK = TaskSpec("texture", "Texture a mesh", "mv", "pipelines.texture")
+#: Said in the log and on the page when the texture task runs on the camera-conditioned ``mv`` model.
+FALLBACK_NOTE = (
+    "No geometry-guided embedded MV-Adapter (assets/mv_adapter_geometry/ is absent): texturing with the "
+    "camera-conditioned 'mv' model, whose views are not guided by the mesh (the mesh is fitted to their silhouettes)."
+)
 
 #: Example meshes: the mini-world's primitives (``training/miniworld/scene.py``: sphere radius 1, cube half-side 0.8,
 #: cone of base radius 1 from z = -1 to apex z = 1, torus ring radius 0.75 and tube 0.3, tilted so its hole shows),
@@ -187,18 +196,33 @@ def geometry_guided(pipe: Any) -> bool:
     return adapter is not None and getattr(adapter.config, "condition", "camera") == "geometry"
 
 
+def texture_model() -> str:
+    """The embedded model the texture task runs on: ``"mv_geometry"`` (the geometry-guided MV-Adapter, views that
+    follow the mesh's maps) when ``assets/mv_adapter_geometry/`` holds one, else ``"mv"`` (the camera-conditioned
+    MV-Adapter: plain views on its ring, the mesh fitted to them; :data:`FALLBACK_NOTE`)."""
+    from .embedded import embedded_info
+
+    return "mv_geometry" if embedded_info("mv_geometry").parts.get("mv_adapter_geometry") else "mv"
+
+
+def texture_task() -> TaskSpec:
+    """:data:`TEXTURE_TASK` on the model :func:`texture_model` picks."""
+    return replace(TEXTURE_TASK, model=texture_model())
+
+
 def adapter_condition(adapter: str | os.PathLike | None = None) -> str | None:
     """The condition (``"camera"`` or ``"geometry"``) an MV-Adapter file was saved with, read from its safetensors
     metadata without loading it; ``None`` when unknown (a hub id, a file without our metadata).
 
     Args:
-        adapter: a ``.safetensors`` file or a folder holding ``mv_adapter.safetensors``; ``None``: the embedded
-            ``mv`` model's adapter.
+        adapter: a ``.safetensors`` file or a folder holding ``mv_adapter.safetensors``; ``None``: the adapter of
+            the embedded model the texture task runs on (:func:`texture_model`).
     """
     if adapter is None:
         from .embedded import embedded_info
 
-        adapter = embedded_info("mv").parts.get("mv_adapter")
+        model = texture_model()
+        adapter = embedded_info(model).parts.get("mv_adapter_geometry" if model == "mv_geometry" else "mv_adapter")
         if adapter is None:
             return None
     path = Path(adapter)
