@@ -214,7 +214,7 @@ def test_cli_texture_one_run(tiny_pipes, meshes, tmp_path, monkeypatch, capsys):
     )
     argv = ["texture", "--mesh", str(meshes["red_cube"]), "--prompt", "a red cube", "--out", str(tmp_path / "out")]
     argv += ["--steps", "1", "--height", "32", "--width", "32", "--texture-size", "64", "--quiet"]
-    assert cli.main(argv) == 0 and loads == ["mv"]
+    assert cli.main(argv) == 0 and loads == [texture.texture_model()]  # "mv_geometry" once shipped, else "mv"
     printed = capsys.readouterr().out.split()
     assert printed[0] == str(tmp_path / "out" / "textured.glb") and all(Path(p).is_file() for p in printed)
     summary = json.loads((tmp_path / "out" / "result.json").read_text())

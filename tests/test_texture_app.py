@@ -69,7 +69,7 @@ def test_handler_textures_an_uploaded_mesh(tiny_camera_pipe, mesh_files, tmp_pat
     glb, files, gallery, seed, info = demo_app.texture_mesh(
         **texture_args(mesh_files["red_cube"], image=str(reference), texture_size="256"), progress=None
     )
-    assert loads == ["mv"] and seed == 0
+    assert loads == [app._texture_model(demo_app.config)] and seed == 0  # "mv_geometry" once shipped, else "mv"
     assert Path(glb).is_file() and Path(glb).is_relative_to(tmp_path) and glb.endswith("textured.glb")
     assert [Path(f).name for f in files] == ["textured.glb", "texture.png", "views.zip"]
     assert len(gallery) == 7 and gallery[-1][1].startswith("texture · 256x256")  # six views, the texture
