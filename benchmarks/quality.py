@@ -1,7 +1,7 @@
 """The papers' claims in miniature: quality of the embedded models (``assets/``) on the procedural mini-world.
 
-``python -m benchmarks.quality [--seeds N] [--steps S] [--only res mv i2v hipa] [--out benchmarks/results]`` writes
-``quality.md`` (for people) and ``quality.json`` (for machines). Every section compares arms on the same seeds
+``python -m benchmarks.quality [--seeds N] [--steps S] [--only res mv i2v hipa texture] [--out benchmarks/results]``
+writes ``quality.md`` (for people) and ``quality.json`` (for machines). Every section compares arms on the same seeds
 (seed ``i`` = the ``i``-th evaluation scene of the mini-world, its caption as the prompt and ``i`` as the noise seed),
 so differences are paired; each claim is called only when the 95% CI of the paired difference (bootstrap over seeds
 for per-seed metrics, delete-one jackknife for the set metrics FD / KID) lies on one side of zero (outside the
@@ -31,6 +31,12 @@ every section returns ``targets``, the rows of the report's summary table, decid
 * **HiPA** - one step with the HiPA LoRA vs plain one step vs the multi-step teacher: FD and accuracy. Targets: FD
   lower than plain one step, accuracy not lower, and the share of the plain-to-teacher FD gap closed with its
   jackknife CI above 50%.
+* **Texturing** - evaluation objects exported as meshes, textured by :func:`pipelines.texture.texture_mesh` with the
+  embedded geometry-guided MV-Adapter (``mv_geometry``; the caption and the ground-truth front view, or the caption
+  alone with ``--texture-input text``), re-rendered from held-out cameras off the generation ring and compared with
+  ground-truth renders (PSNR on the object, SSIM, colour accuracy); baseline: the same job with the multi-view
+  attention off (independent per-view generations); ceiling: the ground-truth ring renders baked (the bake round
+  trip). Targets: every metric higher than the baseline.
 
 Evaluation scenes are indices ``0..N-1`` of data seed :data:`EVAL_DATA_SEED`; they never choose or tune a model (the
 held-out probes ``benchmarks.*_heldout`` use data seed 12345).
@@ -42,6 +48,7 @@ metrics are in :mod:`benchmarks.metrics`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging as _pylogging
 import math
@@ -65,15 +72,21 @@ __all__ = ["EVAL_DATA_SEED", "SECTIONS", "real_renders", "main", "run"]
 #: Data seed of the evaluation scenes (the training scripts use other seeds).
 EVAL_DATA_SEED = 90210
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa")
-_SHORT = {"base": "base", "res": "res_adapter", "mv": "mv_adapter", "i2v": "i2v_adapter", "hipa": "hipa"}
-_EMBEDDED = {"base": "base", "res_adapter": "res", "mv_adapter": "mv", "i2v_adapter": "i2v", "hipa": "hipa"}
+SECTIONS = ("base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa", "texture")
+_SHORT = {
+    "base": "base", "res": "res_adapter", "mv": "mv_adapter", "i2v": "i2v_adapter", "hipa": "hipa", "texture": "texture"
+}  # fmt: skip
+_EMBEDDED = {
+    "base": "base", "res_adapter": "res", "mv_adapter": "mv", "i2v_adapter": "i2v", "hipa": "hipa",
+    "texture": "mv_geometry",
+}  # fmt: skip
 _TITLES = {
     "base": "Base model (the reference every adapter builds on)",
     "res_adapter": "ResAdapter: off-native resolutions and aspect ratios",
     "mv_adapter": "MV-Adapter: image to multi-view",
     "i2v_adapter": "I2V-Adapter: image to video",
     "hipa": "HiPA: one-step generation",
+    "texture": "Texturing a mesh: geometry-guided MV-Adapter, re-rendered from held-out cameras",
 }
 
 
@@ -1155,12 +1168,260 @@ def eval_base(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
     }
 
 
+#: Held-out cameras of the texturing section, ``(azimuth, elevation)`` in degrees (mini-world convention: azimuth -90
+#: is the front), orthographic at the official distance 1.8 and box 1.1: between the generation ring's side views
+#: (azimuths -90 / 0 / 90 / 180 at elevation 0, plus top and bottom) and off its plane, so no held-out camera is one
+#: the views were generated or baked from.
+TEXTURE_HELD_OUT_CAMERAS: tuple[tuple[float, float], ...] = (
+    (-45.0, 25.0), (45.0, -15.0), (135.0, 25.0), (225.0, -15.0),
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def stored_mv_scale(pipe: Any, mv_scale: float) -> Any:
+    """Within the block, calls of ``pipe`` that do not pass ``mv_scale`` use ``mv_scale`` (its stored call defaults
+    with ``mv_scale`` replaced, in ``when_given`` too); the defaults are restored after. How the texturing section
+    switches the multi-view attention off for :func:`pipelines.texture.texture_mesh`, which passes no ``mv_scale``."""
+    from pipelines.call_defaults import CallDefaults, get_call_defaults, set_call_defaults
+
+    old = get_call_defaults(pipe)
+    when_given = {k: ({**v, "mv_scale": mv_scale} if "mv_scale" in v else v) for k, v in old.when_given.items()}
+    new = CallDefaults(
+        dict(old, mv_scale=float(mv_scale)), when_given=when_given, trained_sizes=old.trained_sizes, source=old.source
+    )
+    set_call_defaults(pipe, new)
+    try:
+        yield pipe
+    finally:
+        set_call_defaults(pipe, old)
+
+
+def _background_image(name: str, height: int, width: int) -> np.ndarray:
+    """``(H, W, 3)`` float64: the mini-world background ``name`` (top to bottom gradient, as the renderer draws it)."""
+    from training.miniworld import BACKGROUNDS
+
+    top, bottom = (np.asarray(c, dtype=np.float64) for c in BACKGROUNDS[name])
+    y = ((np.arange(height, dtype=np.float64) + 0.5) / height)[:, None, None]
+    return np.broadcast_to(top * (1.0 - y) + bottom * y, (height, width, 3)).copy()
+
+
+def texture_scores(
+    clf: Any, renders: np.ndarray, masks: np.ndarray, truth: np.ndarray, truth_masks: np.ndarray, prompt: str
+) -> dict[str, float]:
+    """Scores of one textured object's held-out re-renders against the ground-truth renders of the same cameras.
+
+    Args:
+        renders: ``(C, H, W, 3)`` in ``[0, 1]``, the textured mesh composited over the scene's background.
+        masks: ``(C, H, W)`` bool pixels the mesh covers.
+        truth, truth_masks: the ground-truth renders and their object masks.
+        prompt: the scene's caption (the classifier must see its colours).
+
+    Returns:
+        ``{"psnr", "ssim", "colour_accuracy"}``: PSNR on the object's pixels (either mask; the background is the
+        same in every arm) and SSIM on the whole image, averaged over cameras (PSNR capped at 100 dB), and the share
+        of cameras where the classifier sees every colour the caption names.
+    """
+    region = np.asarray(masks, bool) | np.asarray(truth_masks, bool)
+    err = (np.asarray(renders, np.float64) - np.asarray(truth, np.float64)) ** 2
+    psnr = []
+    for e, r in zip(err, region):
+        mse = float(e[r].mean()) if r.any() else 0.0
+        psnr.append(100.0 if mse <= 1e-10 else min(100.0, 10.0 * math.log10(1.0 / mse)))
+    return {
+        "psnr": float(np.mean(psnr)),
+        "ssim": float(metrics.ssim(renders, truth).mean()),
+        "colour_accuracy": float(metrics.prompt_accuracy(clf, renders, prompt)["colors_ok"].mean()),
+    }
+
+
+def eval_texture(cfg: argparse.Namespace, clf: Any) -> dict[str, Any]:
+    """Texturing in miniature: evaluation objects exported as meshes, textured by :func:`pipelines.texture.texture_mesh`
+    with the embedded geometry-guided MV-Adapter (``mv_geometry``), re-rendered from held-out cameras
+    (:data:`TEXTURE_HELD_OUT_CAMERAS`) and compared with ground-truth renders of the same scenes; baseline: the same
+    job with the multi-view attention off (independent per-view generations, same maps, reference and noise); ceiling:
+    the ground-truth renders of the generation ring baked onto the same atlas (the bake round trip)."""
+    import tempfile
+
+    try:
+        import trimesh  # noqa: F401
+    except ImportError as err:
+        raise NotAvailable(f"texturing needs trimesh ({err})") from err
+    from adapters.mv_adapter.camera import Cameras
+    from adapters.mv_adapter.mesh import bake_texture, ensure_uv, render_texture
+    from pipelines.texture import geometry_guided, read_mesh, texture_cameras, texture_mesh
+    from training.miniworld import Camera, MultiViewDataset, render_views
+    from training.miniworld.mesh import export_scene_glb
+
+    pipe = _load("mv_geometry", cfg)
+    if not geometry_guided(pipe):
+        raise NotAvailable("the 'mv_geometry' model's MV-Adapter is not geometry-guided")
+    adapter = pipe.mv_adapter
+    size = native_resolution(pipe)
+    ring, _ = texture_cameras(pipe)
+    if len(ring) != 6:
+        raise NotAvailable(f"the section renders the official 6-view ring; this adapter generates {len(ring)} views")
+    data = MultiViewDataset(6, "mvadapter", size, seed=EVAL_DATA_SEED, normalize=True)
+    files = MultiViewDataset(6, "mvadapter", size, seed=EVAL_DATA_SEED)  # the same scenes in their own units
+    held = [Camera.orbit(a, e, data.distance, fov_deg=None, ortho_scale=data.ortho_scale) for a, e in
+            TEXTURE_HELD_OUT_CAMERAS]  # fmt: skip
+    held_cams = Cameras.from_c2w(np.stack([c.c2w for c in held]), fov_deg=None, ortho_scale=data.ortho_scale)
+    use_image = cfg.texture_input == "image" and bool(adapter.config.use_ref)
+    texture_size = int(min(1024, max(64, 8 * size)))
+    steps = cfg.steps
+    arms = ("mv", "independent", "ground_truth_bake", "ground_truth")
+    per: dict[str, dict[str, list[float]]] = {a: {} for a in arms}
+    extra: dict[str, list[float]] = {"coverage_mv": [], "coverage_independent": []}
+    timing = {"mv": 0.0, "independent": 0.0}
+    samples: list[tuple[str, np.ndarray]] = []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="texture-quality-") as tmp:
+        for i in range(cfg.seeds):
+            scene, _ = data.sample(i)
+            item = data[i]
+            prompt = item["text"]
+            ring_truth = ((item["pixel_values"].permute(0, 2, 3, 1).numpy() + 1.0) / 2.0).astype(np.float64)
+            # the object as a user's file (glTF frame, its own units), loaded as the texture job loads a mesh; one
+            # atlas for every arm
+            path = export_scene_glb(files.sample(i)[0], Path(tmp) / f"object_{i:03d}.glb")
+            mesh = ensure_uv(read_mesh(path), texture_size=texture_size)
+            truth = render_views(scene, held, size, size, supersample=data.supersample)
+            truth_rgb = truth.rgb.astype(np.float64)
+            background = _background_image(scene.background, size, size)
+            reference = None
+            if use_image:
+                from PIL import Image
+
+                reference = Image.fromarray((ring_truth[0] * 255).round().astype(np.uint8))  # the ring's front view
+            job = dict(
+                prompt=prompt, image=reference, seed=i, height=size, width=size, num_inference_steps=steps,
+                texture_size=texture_size,
+            )  # fmt: skip
+            textured = {}
+            for arm, mv_scale in (("mv", None), ("independent", 0.0)):
+                t0 = time.perf_counter()
+                if mv_scale is None:
+                    result = texture_mesh(pipe, mesh, **job)
+                else:
+                    with stored_mv_scale(pipe, mv_scale):
+                        result = texture_mesh(pipe, mesh, **job)
+                timing[arm] += time.perf_counter() - t0
+                textured[arm] = result.mesh
+                extra[f"coverage_{arm}"].append(result.coverage)
+            textured["ground_truth_bake"] = bake_texture(mesh, ring_truth, ring, texture_size=texture_size).mesh
+            renders = {}
+            for arm, tm in textured.items():
+                rgb, mask = render_texture(tm, held_cams, size, size)
+                mask = mask.cpu().numpy()
+                renders[arm] = np.where(mask[..., None], rgb.cpu().numpy().astype(np.float64), background)
+                for key, value in texture_scores(clf, renders[arm], mask, truth_rgb, truth.mask, prompt).items():
+                    per[arm].setdefault(key, []).append(value)
+            for key, value in texture_scores(clf, truth_rgb, truth.mask, truth_rgb, truth.mask, prompt).items():
+                per["ground_truth"].setdefault(key, []).append(value)
+            renders["ground_truth"] = truth_rgb
+            if i < 3:
+                samples += [(f"object {i} {arm}", v) for arm, v in renders.items()]
+    logger.info("texture: %d objects in %.1fs", cfg.seeds, time.perf_counter() - t_start)
+    keys = ("psnr", "ssim", "colour_accuracy")
+    summary = {a: {k: metrics.summarize(per[a][k]) for k in keys} for a in arms}
+    targets, diffs = quality_targets.texture_targets(per)
+    ceiling = {k: metrics.paired_bootstrap(per["ground_truth_bake"][k], per["mv"][k]) for k in keys}
+    holds = verdicts.all_hold(targets)
+    labels = {
+        "mv": "geometry-guided MV-Adapter views, baked",
+        "independent": "same pipeline, multi-view attention off (independent per-view generations), baked",
+        "ground_truth_bake": "ground-truth renders of the generation ring, baked (ceiling: the bake round trip)",
+        "ground_truth": "ground-truth renders from the held-out cameras (classifier ceiling)",
+    }
+    cams = ", ".join(f"({a:g}, {e:g})" for a, e in TEXTURE_HELD_OUT_CAMERAS)
+    lines = [
+        f"{cfg.seeds} objects (evaluation scenes 0..{cfg.seeds - 1} of data seed {EVAL_DATA_SEED}), each exported as a "
+        "`.glb` (`training/miniworld/mesh.py`, the glTF frame of the shipped example meshes) and textured by "
+        "`pipelines.texture.texture_mesh` with the embedded geometry-guided MV-Adapter (`mv_geometry`): "
+        f"{len(ring)} views at {size} px on the official geometry ring from the mesh's position / normal maps, "
+        + (
+            "the caption as prompt and the ground-truth front view (ring view 0) as reference, "
+            if use_image
+            else "the caption as prompt (no reference image), "
+        )
+        + f"noise seed i, {steps if steps is not None else 'the stored'} steps, baked into a {texture_size} px texture "
+        "(one xatlas atlas per object, shared by every arm). The textured mesh is re-rendered (unlit, as baked) from "
+        f"{len(TEXTURE_HELD_OUT_CAMERAS)} held-out orthographic cameras (azimuth, elevation in degrees; -90 is the "
+        f"front): {cams}, none on the generation ring, and composited over the scene's background. Baseline: the same "
+        "job with the multi-view attention off (`mv_scale=0`: each view generated alone from its own maps, the same "
+        "reference and noise), i.e. independent per-view generations; per-view base text-to-image is not the baseline "
+        "here because it cannot follow the mesh's geometry. PSNR on the object's pixels (either mask), SSIM on the "
+        "whole image, colour accuracy: share of held-out views where the classifier sees every colour the caption "
+        "names; mean ± std over objects, differences paired over objects with 95% bootstrap CIs.",
+        "",
+        "| arm | PSNR (dB) | SSIM | colour accuracy |",
+        "|---|---|---|---|",
+    ]
+    for a in arms:
+        sa = summary[a]
+        psnr_cell = "-" if a == "ground_truth" else _fmt(sa["psnr"], 2)
+        ssim_cell = "-" if a == "ground_truth" else _fmt(sa["ssim"])
+        lines.append(f"| {labels[a]} | {psnr_cell} | {ssim_cell} | {_fmt(sa['colour_accuracy'], 2)} |")
+    lines += [
+        "",
+        "| difference | PSNR | SSIM | colour accuracy |",
+        "|---|---|---|---|",
+        "| MV-Adapter - independent views | "
+        + " | ".join(_fmt_diff(diffs[k], 2 if k == "psnr" else 3) for k in keys)
+        + " |",
+        "| ceiling (ground truth baked) - MV-Adapter (descriptive) | "
+        + " | ".join(_fmt_diff(ceiling[k], 2 if k == "psnr" else 3, verdict=False) for k in keys)
+        + " |",
+        "",
+        f"UV coverage seen by the views: MV-Adapter {np.mean(extra['coverage_mv']):.2f}, independent "
+        f"{np.mean(extra['coverage_independent']):.2f}; texture job time per object: MV-Adapter "
+        f"{timing['mv'] / cfg.seeds:.1f} s, independent {timing['independent'] / cfg.seeds:.1f} s.",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t['target']} | {t['figure']} | {t['verdict']} |" for t in targets]
+    lines += _sample_lines(
+        save_samples(cfg, "texture", samples, limit=len(TEXTURE_HELD_OUT_CAMERAS)), [lb for lb, _ in samples]
+    )
+    failed = [f"{t['target'].removeprefix('Texturing: ')}: {t['verdict']}" for t in targets if t["verdict"] != "holds"]
+    return {
+        "status": "ok",
+        "claim": "a mesh textured from geometry-guided multi-view generation matches the ground truth better from "
+        "held-out cameras than one textured from independent per-view generations: higher PSNR, SSIM and colour "
+        "accuracy",
+        "holds": holds,
+        "summary": f"all {len(targets)} comparisons hold outside the spread"
+        if holds
+        else f"{len(failed)}/{len(targets)} comparisons not outside the spread: " + "; ".join(failed),
+        "targets": targets,
+        "settings": {
+            "size": size,
+            "views": len(ring),
+            "input": "caption + front view" if use_image else "caption",
+            "steps": steps,
+            "texture_size": texture_size,
+            "held_out_cameras": [list(c) for c in TEXTURE_HELD_OUT_CAMERAS],
+            "seeds": cfg.seeds,
+        },
+        "results": {
+            "summary": summary,
+            "differences": diffs,
+            "ceiling_minus_mv": ceiling,
+            "coverage": {k: float(np.mean(v)) for k, v in extra.items()},
+            "seconds_per_object": {k: v / cfg.seeds for k, v in timing.items()},
+            "per_seed": per,
+        },
+        "lines": lines,
+    }
+
+
 _RUNNERS: dict[str, Callable[[argparse.Namespace, Any], dict[str, Any]]] = {
     "base": eval_base,
     "res_adapter": eval_res_adapter,
     "mv_adapter": eval_mv_adapter,
     "i2v_adapter": eval_i2v_adapter,
     "hipa": eval_hipa,
+    "texture": eval_texture,
 }
 
 
@@ -1441,7 +1702,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classifier", default=None, help="attribute classifier file (default: assets/eval/)")
     p.add_argument("--device", default="cpu", help="torch device for the pipelines (cpu, cuda, ...)")
-    p.add_argument("--only", nargs="*", default=None, help="sections: base res mv i2v hipa (default: all)")
+    p.add_argument(
+        "--texture-input",
+        default="image",
+        choices=["image", "text"],
+        help="texturing section's input: the caption and the ground-truth front view (image, default; what the "
+        "ig2mv adapter trains on) or the caption alone (text)",
+    )
+    p.add_argument("--only", nargs="*", default=None, help="sections: base res mv i2v hipa texture (default: all)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output folder for quality.md / quality.json")
     p.add_argument(
         "--allow-placeholders", action="store_true", help="run sections on untrained placeholder models (smoke test)"

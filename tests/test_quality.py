@@ -247,7 +247,7 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
     )
     md = (tmp_path / "quality.md").read_text()
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert set(data["sections"]) == {"base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa"}
+    assert set(data["sections"]) == {"base", "res_adapter", "mv_adapter", "i2v_adapter", "hipa", "texture"}
     for name, section in data["sections"].items():
         assert section["status"] == "ok", (name, section.get("reason"))
         assert section["placeholder"] is True
@@ -256,7 +256,7 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
         assert section["targets"] and all(set(t) == {"target", "figure", "verdict"} for t in section["targets"])
         for t in section["targets"]:  # every target is in the summary table with its figure and verdict
             assert f"| {t['target']} | {t['figure']} | **{t['verdict']}** |" in md
-    assert md.count("**Untrained placeholder models**") == 5
+    assert md.count("**Untrained placeholder models**") == 6
     assert "| size (HxW) |" in md and "PSNR (dB)" in md and "frame-0 SSIM" in md and "HiPA LoRA, 1 step" in md
     assert "| section | target | figure | verdict |" in md
     assert "Evaluation scenes: indices 0..N-1 of mini-world data seed 90210" in md and "never used to choose" in md
@@ -274,6 +274,10 @@ def test_quality_command_end_to_end(tmp_path, monkeypatch):
         assert {"swapped", "mv_image_only", "swapped_image_only"} <= set(mv["results"]["per_seed"])
         assert len(mv["targets"]) == 14 and "with no prompt" in mv["targets"][-1]["target"]
     assert "background_disagreement" in mv["results"]["per_seed"]["mv"]
+    # texturing: the placeholder geometry adapter is freshly initialised, so multi-view attention changes nothing and
+    # the claim cannot hold
+    tex = data["sections"]["texture"]
+    assert tex["results"]["per_seed"]["mv"] == tex["results"]["per_seed"]["independent"] and tex["holds"] is False
     hipa = data["sections"]["hipa"]
     assert hipa["targets"][2]["target"].startswith("HiPA: share of the one-step-to-teacher FD gap closed")
     assert set(hipa["results"]["gap_closed_fd_ci"]) >= {"closed", "ci_low", "ci_high"}
@@ -303,7 +307,7 @@ def test_quality_command_skips_missing_models(tmp_path, monkeypatch):
     quality.main(["--seeds", "3", "--out", str(tmp_path)])
     md = (tmp_path / "quality.md").read_text()
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert [s["status"] for s in data["sections"].values()] == ["not available"] * 5
+    assert [s["status"] for s in data["sections"].values()] == ["not available"] * 6
     for section in data["sections"].values():
         assert f"not available: {section['reason']}" in md
 
