@@ -330,7 +330,7 @@ def fit_to_views(
         cameras: their ``V`` cameras.
 
     Returns:
-        ``(scale, offset (3,))``; ``(1.0, 0)`` when no view shows a foreground.
+        ``(scale, offset (3,))``; ``(1.0, zeros(3))`` when no view shows a foreground.
     """
     views = np.asarray(views, dtype=np.float32)
     if views.ndim != 4 or views.shape[-1] != 3 or views.shape[0] != len(cameras):
