@@ -28,7 +28,9 @@ def deprecated_name(old: str, new: str, *, stacklevel: int = 4) -> None:
     deprecate(old, REMOVAL_VERSION, f"Use `{new}` instead.", stacklevel=stacklevel)
 
 
-def deprecated_kwarg(kwargs: dict[str, Any], old: str, new: str, value: Any, *, default: Any = None) -> Any:
+def deprecated_kwarg(
+    kwargs: dict[str, Any], old: str, new: str, value: Any, *, default: Any = None, stacklevel: int = 4
+) -> Any:
     """Pop the deprecated keyword ``old`` from ``kwargs`` (warning once) and return the value to use for ``new``.
 
     Args:
@@ -37,6 +39,8 @@ def deprecated_kwarg(kwargs: dict[str, Any], old: str, new: str, value: Any, *, 
         new: its replacement.
         value: what the call passed as ``new``.
         default: ``new``'s default; passing ``old`` together with a non-default ``new`` is refused.
+        stacklevel: as :func:`warnings.warn`'s, counted from diffusers' ``deprecate`` (4: the caller of the function
+            that calls this helper).
 
     Raises:
         ValueError: both ``old`` and ``new`` given.
@@ -45,4 +49,6 @@ def deprecated_kwarg(kwargs: dict[str, Any], old: str, new: str, value: Any, *, 
         return value
     if value is not default:
         raise ValueError(f"Pass `{new}` only (`{old}` is its deprecated name), not both.")
-    return deprecate(old, REMOVAL_VERSION, f"Use `{new}=` instead.", take_from={old: kwargs.pop(old)}, stacklevel=4)
+    return deprecate(
+        old, REMOVAL_VERSION, f"Use `{new}=` instead.", take_from={old: kwargs.pop(old)}, stacklevel=stacklevel
+    )

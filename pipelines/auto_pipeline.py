@@ -77,11 +77,29 @@ class MVAdapterPipeline:
         return MVAdapterXLPipeline if is_sdxl(pretrained_model_name_or_path, **config_kwargs) else MVAdapterSDPipeline
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load the base with the matching variant and attach the adapter (``mv_adapter=...``; see
-        :meth:`~.MVAdapterPipelineMixin.from_pretrained`)."""
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        mv_adapter: str | os.PathLike | dict | bool | None = None,
+        mv_adapter_weight_name: str | None = None,
+        mv_adapter_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """Load the base with the matching variant and attach the adapter (the adapter keywords are those of
+        :meth:`~.MVAdapterPipelineMixin.from_pretrained`; other ``kwargs`` go to diffusers' ``from_pretrained``)."""
+        mv_adapter, mv_adapter_weight_name, mv_adapter_config = _mv_adapter_kwargs(
+            kwargs, mv_adapter, mv_adapter_weight_name, mv_adapter_config
+        )
         variant = cls.variant_class(pretrained_model_name_or_path, **kwargs)
-        return variant.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return variant.from_pretrained(
+            pretrained_model_name_or_path,
+            *args,
+            mv_adapter=mv_adapter,
+            mv_adapter_weight_name=mv_adapter_weight_name,
+            mv_adapter_config=mv_adapter_config,
+            **kwargs,
+        )
 
     @classmethod
     def from_pipe(
@@ -142,8 +160,12 @@ class HiPAPipeline:
 
     @staticmethod
     def _lora_kwargs(kwargs: dict[str, Any], hipa_lora: Any, hipa_lora_scale: float) -> tuple[Any, float]:
-        hipa_lora = deprecated_kwarg(kwargs, "lora", "hipa_lora", hipa_lora)
-        hipa_lora_scale = deprecated_kwarg(kwargs, "lora_scale", "hipa_lora_scale", hipa_lora_scale, default=1.0)
+        """The deprecated ``lora`` / ``lora_scale`` taken out of ``kwargs``; the warning points at the caller of
+        ``from_pretrained`` / ``from_pipe`` (behind their ``validate_numbers`` wrapper)."""
+        hipa_lora = deprecated_kwarg(kwargs, "lora", "hipa_lora", hipa_lora, stacklevel=6)
+        hipa_lora_scale = deprecated_kwarg(
+            kwargs, "lora_scale", "hipa_lora_scale", hipa_lora_scale, default=1.0, stacklevel=6
+        )
         return hipa_lora, hipa_lora_scale
 
     @classmethod

@@ -166,10 +166,11 @@ def _mv_adapter_kwargs(
     kwargs: dict[str, Any], mv_adapter: Any, weight_name: str | None, config: dict[str, Any] | None
 ) -> tuple[Any, str | None, dict[str, Any] | None]:
     """``(mv_adapter, mv_adapter_weight_name, mv_adapter_config)`` with the deprecated ``adapter`` /
-    ``adapter_weight_name`` / ``adapter_config`` taken out of ``kwargs`` (each warns)."""
-    mv_adapter = deprecated_kwarg(kwargs, "adapter", "mv_adapter", mv_adapter)
-    weight_name = deprecated_kwarg(kwargs, "adapter_weight_name", "mv_adapter_weight_name", weight_name)
-    config = deprecated_kwarg(kwargs, "adapter_config", "mv_adapter_config", config)
+    ``adapter_weight_name`` / ``adapter_config`` taken out of ``kwargs`` (each warns, pointing at the caller of the
+    function calling this one)."""
+    mv_adapter = deprecated_kwarg(kwargs, "adapter", "mv_adapter", mv_adapter, stacklevel=5)
+    weight_name = deprecated_kwarg(kwargs, "adapter_weight_name", "mv_adapter_weight_name", weight_name, stacklevel=5)
+    config = deprecated_kwarg(kwargs, "adapter_config", "mv_adapter_config", config, stacklevel=5)
     return mv_adapter, weight_name, config
 
 

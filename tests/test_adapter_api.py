@@ -38,6 +38,15 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _future(record) -> list:
+    return [w for w in record if issubclass(w.category, FutureWarning)]
+
+
+def _points_here(record) -> bool:
+    """Every deprecation warning names the caller's line (this file), not the library's."""
+    return bool(_future(record)) and all(w.filename == __file__ for w in _future(record))
+
+
 def _module_types(module: torch.nn.Module) -> list[tuple[str, type]]:
     return [(name, type(m)) for name, m in module.named_modules()]
 
@@ -119,11 +128,13 @@ def test_mv_scale_new_and_deprecated_names(mv_pipe):
     assert (state.mv_scale, state.ref_scale) == (0.25, 0.75)
     mv_pipe.set_mv_adapter_scale(0.5)  # None keeps a branch
     assert (state.mv_scale, state.ref_scale) == (0.5, 0.75)
-    with pytest.warns(FutureWarning, match="set_mv_adapter_scale"):
+    with pytest.warns(FutureWarning, match="set_mv_adapter_scale") as record:
         mv_pipe.set_adapter_scale(mv=0.125, ref=0.375)
+    assert _points_here(record)
     assert (state.mv_scale, state.ref_scale) == (0.125, 0.375)
-    with pytest.warns(FutureWarning, match="set_scale"):
+    with pytest.warns(FutureWarning, match="set_scale") as record:
         mv_pipe.mv_adapter.set_adapter_scale(mv=1.0)
+    assert _points_here(record)
     assert (state.mv_scale, state.ref_scale) == (1.0, 0.375)
     mv_pipe.mv_adapter.set_scale(1.0, ref_scale=1.0)
 
@@ -134,15 +145,21 @@ def test_mv_from_pretrained_deprecated_keywords(tiny_sd15, tmp_path, mv_pipe):
         torch.nn.init.normal_(p, std=0.05)
     path = mv_pipe.mv_adapter.save(tmp_path / "folder" / "mv.safetensors")
     new = MVAdapterPipeline.from_pretrained(tiny_sd15, mv_adapter=path.parent, mv_adapter_weight_name=path.name)
-    with pytest.warns(FutureWarning, match="mv_adapter"):
+    with pytest.warns(FutureWarning, match="mv_adapter") as record:
         old = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter=path.parent, adapter_weight_name=path.name)
+    assert len(_future(record)) == 2 and _points_here(record)
     assert _same_state(old.mv_adapter.state_dict(), new.mv_adapter.state_dict())
     assert _same_state(new.mv_adapter.state_dict(), mv_pipe.mv_adapter.state_dict())
     with pytest.warns(FutureWarning, match="mv_adapter_config"):
         cfg = MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_config={"num_views": 4})
     assert cfg.mv_adapter.config.num_views == 4
+    with pytest.warns(FutureWarning, match="mv_adapter_config") as record:
+        direct = MVAdapterSDPipeline.from_pretrained(tiny_sd15, adapter_config={"num_views": 4}, **NO_SAFETY)
+    assert direct.mv_adapter.config.num_views == 4 and _points_here(record)
     with pytest.raises(ValueError, match="`mv_adapter`"):
         MVAdapterPipeline.from_pretrained(tiny_sd15, adapter=False, mv_adapter=path)
+    with pytest.raises(ValueError, match="`mv_adapter_weight_name`"):
+        MVAdapterPipeline.from_pretrained(tiny_sd15, adapter_weight_name="a", mv_adapter_weight_name="b")
     mv_pipe.init_mv_adapter(use_ref=True)
 
 
@@ -230,12 +247,14 @@ def test_hipa_scale_new_and_deprecated_names(hipa_base, loras):
     pipe.set_hipa_lora_scale(0.5)
     half = _hipa_latents(pipe)
     pipe.set_hipa_lora_scale(1.0)
-    with pytest.warns(FutureWarning, match="set_hipa_lora_scale"):
+    with pytest.warns(FutureWarning, match="set_hipa_lora_scale") as record:
         pipe.set_hipa_scale(0.5)
+    assert _points_here(record)
     assert torch.equal(_hipa_latents(pipe), half)
     set_hipa_lora_scale(pipe, 1.0)
-    with pytest.warns(FutureWarning, match="set_hipa_lora_scale"):
+    with pytest.warns(FutureWarning, match="set_hipa_lora_scale") as record:
         set_hipa_scale(pipe, 0.5)
+    assert _points_here(record)
     assert torch.equal(_hipa_latents(pipe), half)
     pipe.unload_hipa_lora()
 
@@ -243,8 +262,9 @@ def test_hipa_scale_new_and_deprecated_names(hipa_base, loras):
 def test_hipa_from_pretrained_new_and_deprecated_keywords(tiny_sd15, loras):
     new = _quiet(HiPAPipeline.from_pretrained(tiny_sd15, hipa_lora=loras["a"], hipa_lora_scale=0.5, **NO_SAFETY))
     assert type(new) is HiPASDPipeline and new.preset.name == "hipa"
-    with pytest.warns(FutureWarning, match="hipa_lora"):
+    with pytest.warns(FutureWarning, match="hipa_lora") as record:
         old = _quiet(HiPAPipeline.from_pretrained(tiny_sd15, lora=loras["a"], lora_scale=0.5, **NO_SAFETY))
+    assert len(_future(record)) == 2 and _points_here(record)
     assert torch.equal(_hipa_latents(old), _hipa_latents(new))
     direct = _quiet(HiPASDPipeline.from_pretrained(tiny_sd15, hipa_lora=loras["a"], hipa_lora_scale=0.5, **NO_SAFETY))
     direct.set_preset("hipa")

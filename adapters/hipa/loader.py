@@ -355,7 +355,7 @@ def set_hipa_lora_scale(pipe, scale: float, *, adapter_name: str = DEFAULT_ADAPT
 
 def set_hipa_scale(pipe, scale: float, *, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
     """Deprecated: :func:`set_hipa_lora_scale`."""
-    deprecated_name("set_hipa_scale", "set_hipa_lora_scale", stacklevel=3)
+    deprecated_name("set_hipa_scale", "set_hipa_lora_scale")
     set_hipa_lora_scale(pipe, scale, adapter_name=adapter_name)
 
 
