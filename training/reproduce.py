@@ -172,30 +172,20 @@ RECIPES: tuple[Recipe, ...] = (
         "res",
         "res_adapter",
         (
+            # from zero on this base: lower held-out loss at every size than the warm start from the previous base's
+            # adapter (`benchmarks.res_adapter_heldout`, assets/README.md)
             Step(
                 "training.train_res_adapter",
                 "--pretrained_model_name_or_path {base} --output_dir {runs}/res --dataset miniworld --min_side 16 "
                 "--max_side 64 --bucket_step 8 --max_aspect_ratio 2 --resolution 32 --train_batch_size 16 "
-                "--max_train_steps 2000 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
-                "--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 0 "
-                # warm start: the ResAdapter trained on the previous base (10000 steps, 2e-3; training/init/README.md)
-                f"--init_adapter training/init/res_adapter_v1 {_RESUME}",
+                "--max_train_steps 10000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --rank 64 "
+                f"--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 0 {_RESUME}",
                 "{runs}/res/pytorch_lora_weights.safetensors",
-            ),
-            # continued at a lower learning rate: lower held-out loss than step 2000 at every size, native included
-            # (`benchmarks.res_adapter_heldout`, assets/README.md)
-            Step(
-                "training.train_res_adapter",
-                "--pretrained_model_name_or_path {base} --output_dir {runs}/res-cont --dataset miniworld --min_side 16 "
-                "--max_side 64 --bucket_step 8 --max_aspect_ratio 2 --resolution 32 --train_batch_size 16 "
-                "--max_train_steps 1000 --learning_rate 3e-4 --lr_scheduler cosine --lr_warmup_steps 20 --rank 64 "
-                f"--alpha 32 --caption_dropout 0.1 --num_samples 16384 --seed 1 --init_adapter {{runs}}/res {_RESUME}",
-                "{runs}/res-cont/pytorch_lora_weights.safetensors",
             ),
         ),
         (
-            ("{runs}/res-cont/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
-            ("{runs}/res-cont/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"),
+            ("{runs}/res/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
+            ("{runs}/res/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"),
         ),
         defaults={
             "num_inference_steps": 20,
