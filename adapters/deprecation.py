@@ -2,22 +2,27 @@
 
 Every adapter follows diffusers' loader scheme (``load_<name>`` / ``set_<name>_scale`` / ``fuse_<name>`` /
 ``unfuse_<name>`` / ``unload_<name>``, ``from_pretrained(base, <name>=...)``). Names from before that scheme still work
-and emit a ``FutureWarning`` through diffusers' :func:`diffusers.utils.deprecate`.
-
-Note: ``deprecate`` compares the removal version with *diffusers'* version and raises once diffusers reaches it, so
-:data:`REMOVAL_VERSION` doubles as a reminder: when diffusers reaches it, these aliases are due to go.
+and emit a ``FutureWarning`` worded as diffusers' :func:`diffusers.utils.deprecate` words its own. ``deprecate`` itself
+is not used: it compares the removal version with *diffusers'* version and raises once diffusers reaches it, which
+would break these aliases on a diffusers upgrade rather than on a release of this package.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
-
-from diffusers.utils import deprecate
 
 __all__ = ["REMOVAL_VERSION", "deprecated_kwarg", "deprecated_name"]
 
-#: Release in which the deprecated names go (and the diffusers version at which ``deprecate`` refuses them).
+#: Release of this package in which the deprecated names go.
 REMOVAL_VERSION = "1.0.0"
+
+
+def _warn(old: str, message: str, stacklevel: int) -> None:
+    """``FutureWarning`` for ``old``; ``stacklevel`` counted as diffusers' ``deprecate`` counts it (one frame above
+    this function's caller)."""
+    text = f"`{old}` is deprecated and will be removed in version {REMOVAL_VERSION}. {message}"
+    warnings.warn(text, FutureWarning, stacklevel=stacklevel)
 
 
 def deprecated_name(old: str, new: str, *, stacklevel: int = 4) -> None:
@@ -25,7 +30,7 @@ def deprecated_name(old: str, new: str, *, stacklevel: int = 4) -> None:
 
     ``stacklevel`` 4 points the warning at the caller of a method that calls this helper directly.
     """
-    deprecate(old, REMOVAL_VERSION, f"Use `{new}` instead.", stacklevel=stacklevel)
+    _warn(old, f"Use `{new}` instead.", stacklevel)
 
 
 def deprecated_kwarg(
@@ -49,6 +54,5 @@ def deprecated_kwarg(
         return value
     if value is not default:
         raise ValueError(f"Pass `{new}` only (`{old}` is its deprecated name), not both.")
-    return deprecate(
-        old, REMOVAL_VERSION, f"Use `{new}=` instead.", take_from={old: kwargs.pop(old)}, stacklevel=stacklevel
-    )
+    _warn(old, f"Use `{new}=` instead.", stacklevel)
+    return kwargs.pop(old)

@@ -297,3 +297,18 @@ def test_embedded_load_and_call_fire_no_deprecation(name):
         else:
             results = tasks.one_step(pipe, "a red cube", lora_scale=0.5)
             assert results and results[0][1].size[0] > 0
+
+
+def test_deprecated_names_do_not_depend_on_the_diffusers_version(monkeypatch):
+    """diffusers' own ``deprecate`` raises once diffusers reaches the removal version; ours follows this package."""
+    import diffusers
+
+    from adapters.deprecation import deprecated_kwarg, deprecated_name
+
+    monkeypatch.setattr(diffusers, "__version__", "9.0.0")
+    with pytest.warns(FutureWarning, match="`old_name` is deprecated"):
+        deprecated_name("old_name", "new_name", stacklevel=2)
+    kwargs = {"lora": "x"}
+    with pytest.warns(FutureWarning, match="Use `hipa_lora=` instead"):
+        assert deprecated_kwarg(kwargs, "lora", "hipa_lora", None, stacklevel=2) == "x"
+    assert kwargs == {}
