@@ -1067,7 +1067,7 @@ def _texture_note(source: ModelSource) -> str:
 
 def _texture_tab(tab: _Tab) -> None:
     """Texture a mesh: MV-Adapter views baked into a UV texture, the textured .glb shown and offered."""
-    from pipelines.texture import MAX_FACES, MESH_EXTENSIONS, example_meshes
+    from pipelines.texture import MAX_FACES, MESH_EXTENSIONS, example_meshes, example_reference
 
     d = tab.defaults
     tab.intro(
@@ -1120,10 +1120,14 @@ def _texture_tab(tab: _Tab) -> None:
     except (ImportError, OSError, ValueError) as err:
         logger.warning(f"No example meshes: {err}")
         samples = []
+    # each with its reference image (the front view the geometry adapter was trained to take) when shipped
+    references = [example_reference(mesh) for mesh, _ in samples]
+    example_inputs = [inputs["mesh"], inputs["prompt"]]
+    if samples and all(references):
+        samples = [[*sample, str(ref)] for sample, ref in zip(samples, references)]
+        example_inputs.append(inputs["image"])
     if samples:
-        examples = gr.Examples(
-            samples, inputs=[inputs["mesh"], inputs["prompt"]], label="Example meshes", elem_id="texture-examples"
-        )
+        examples = gr.Examples(samples, inputs=example_inputs, label="Example meshes", elem_id="texture-examples")
     _connect(tab.state.texture_mesh, button, inputs, [model, files, gallery], info, "texture_mesh", examples=examples)
 
 

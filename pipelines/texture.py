@@ -83,9 +83,11 @@ __all__ = [
     "TextureResult",
     "adapter_condition",
     "example_meshes",
+    "example_reference",
     "fit_to_views",
     "geometry_guided",
     "read_mesh",
+    "split_sharp_edges",
     "texture_cameras",
     "texture_mesh",
     "texture_model",
@@ -117,6 +119,13 @@ EXAMPLE_MESHES: dict[str, tuple[str, str]] = {
     "green_torus": ("torus", "a green torus"),
 }
 _TORUS_TILT_DEG = 60.0
+#: Dihedral angle (degrees) above which an example mesh's edge is sharp (:func:`split_sharp_edges`): the cube's 90,
+#: the cone's rim (about 117) and apex are above it, neighbouring faces of the round primitives (<= 23) below.
+CREASE_DEG = 45.0
+#: The reference image of example ``<name>`` for image-guided texturing: ``assets/examples/<name>_texture_ref.png``,
+#: the front view of the mesh's scene in the official unit box as the geometry adapter's trainer renders its
+#: reference (``training.miniworld.export.texture_reference``).
+TEXTURE_REFERENCE = "{name}_texture_ref.png"
 
 
 @dataclass
@@ -664,17 +673,67 @@ def _primitive(shape: str):
     raise ValueError(f"`shape` must be one of cube, sphere, cone, torus, got {shape!r}.")
 
 
+def split_sharp_edges(mesh, crease_deg: float = CREASE_DEG):
+    """``mesh`` with its vertices split across sharp edges and explicit vertex normals (a ``trimesh.Trimesh``).
+
+    Each face corner takes the area-weighted mean normal of the faces around its vertex whose normal is within
+    ``crease_deg`` of its own face's; corners of one vertex with the same normal share a vertex. Flat faces meeting
+    at a crease (a cube's edges, a cone's rim and apex) so get flat normals on each side, while finely tessellated
+    curved surfaces (sphere, torus, a cone's side) keep smooth ones, as the mini-world's ray caster shades them.
+
+    Args:
+        mesh: a ``trimesh.Trimesh`` with ``F`` faces.
+        crease_deg: dihedral angle in degrees above which an edge is sharp, in ``(0, 180)``.
+
+    Returns:
+        A new ``trimesh.Trimesh`` with the same ``F`` faces (same order and winding) over up to ``3 F`` vertices,
+        ``vertex_normals`` ``(N, 3)`` unit vectors set (written to the file by glTF export).
+    """
+    import trimesh
+
+    if not 0.0 < float(crease_deg) < 180.0:
+        raise ValueError(f"`crease_deg` must be in (0, 180), got {crease_deg!r}.")
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3), |cross| = 2 * area
+    unit = cross / np.clip(np.linalg.norm(cross, axis=1, keepdims=True), 1e-30, None)
+    cos_crease = math.cos(math.radians(float(crease_deg)))
+    incident: list[list[int]] = [[] for _ in range(len(vertices))]
+    for f, corners in enumerate(faces):
+        for v in corners:
+            incident[v].append(f)
+    new_vertices, new_normals, new_faces = [], [], np.empty_like(faces)
+    for v, around in enumerate(incident):
+        around_idx = np.asarray(around, dtype=np.int64)
+        seen: dict[tuple[float, ...], int] = {}
+        for f in around:
+            near = around_idx[unit[around_idx] @ unit[f] >= cos_crease]
+            normal = cross[near].sum(axis=0)
+            normal /= max(float(np.linalg.norm(normal)), 1e-30)
+            key = tuple(np.round(normal, 9))
+            if key not in seen:
+                seen[key] = len(new_vertices)
+                new_vertices.append(vertices[v])
+                new_normals.append(normal)
+            new_faces[f, list(faces[f]).index(v)] = seen[key]
+    return trimesh.Trimesh(
+        vertices=np.asarray(new_vertices), faces=new_faces, vertex_normals=np.asarray(new_normals), process=False
+    )
+
+
 def write_example_meshes(folder: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
     """Write the example meshes (:data:`EXAMPLE_MESHES`) as ``<name>.glb`` (glTF frame: y up, the object facing +z).
 
-    The shipped files were made with::
+    Vertices are split across sharp edges, with their normals written to the file (:func:`split_sharp_edges`): the
+    cube's faces and the cone's base are flat-shaded, the sphere, the torus and the cone's side smooth. The shipped
+    files are written by the ``examples`` recipe (``python -m training.reproduce examples``, through
+    ``training.miniworld.export --kind examples``), or alone with::
 
         python -c "from pipelines.texture import write_example_meshes; write_example_meshes('assets/examples')"
 
     Existing files are kept (not overwritten). Returns the paths.
     """
-    import trimesh
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     to_file = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)  # z-up -> y-up
@@ -685,7 +744,7 @@ def write_example_meshes(folder: str | os.PathLike, names: Sequence[str] | None 
         if not path.exists():
             tm = _primitive(shape)
             tm.apply_transform(to_file)
-            trimesh.Trimesh(vertices=tm.vertices, faces=tm.faces, process=False).export(str(path), file_type="glb")
+            split_sharp_edges(tm).export(str(path), file_type="glb")
         paths.append(path)
     return paths
 
@@ -704,3 +763,10 @@ def example_meshes() -> list[tuple[Path, str]]:
         folder = _cache_dir() / "example_meshes"
         write_example_meshes(folder)
     return [(folder / f"{name}.glb", prompt) for name, (_, prompt) in EXAMPLE_MESHES.items()]
+
+
+def example_reference(mesh_path: str | os.PathLike) -> Path | None:
+    """The reference image shipped next to example mesh ``<name>.glb`` (:data:`TEXTURE_REFERENCE`), or ``None``."""
+    path = Path(mesh_path)
+    ref = path.with_name(TEXTURE_REFERENCE.format(name=path.stem))
+    return ref if ref.is_file() else None

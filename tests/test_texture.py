@@ -265,6 +265,7 @@ def test_readme_texture_example_runs(tiny_sd15, meshes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "assets" / "examples").mkdir(parents=True)
     shutil.copy(meshes["red_cube"], tmp_path / "assets" / "examples" / "red_cube.glb")
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(tmp_path / "assets" / "examples" / "red_cube_texture_ref.png")
     shutil.copy(meshes["cube"], tmp_path / "model.obj")
     Image.new("RGB", (32, 32), (20, 200, 20)).save(tmp_path / "reference.png")
     from pipelines.call_defaults import set_call_defaults

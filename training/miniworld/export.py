@@ -67,6 +67,8 @@ __all__ = [
     "export_multiview",
     "export_video",
     "export_examples",
+    "example_mesh_scene",
+    "texture_reference",
     "write_multiview_object",
     "main",
     "encode_position",
@@ -214,14 +216,53 @@ def _example_scenes() -> dict[str, Scene]:
     }
 
 
+#: Side of the texture examples' reference images: the geometry adapter's training size (recipe ``mv_geometry`` of
+#: ``training/reproduce.py``, ``--resolution 32``).
+TEXTURE_REFERENCE_SIZE = 32
+#: Their background: one of the trainer's scene backgrounds (``training/miniworld/scene.py``), the neutral gray the
+#: official scripts also put behind a reference.
+TEXTURE_REFERENCE_BACKGROUND = "gray"
+
+
+def example_mesh_scene(name: str) -> Scene:
+    """The mini-world scene of example mesh ``name`` (``pipelines.texture.EXAMPLE_MESHES``, e.g. ``"red_cube"``), in
+    the official unit box: the same primitive at the origin (the torus tilted as the mesh is), coloured as its name
+    says, on :data:`TEXTURE_REFERENCE_BACKGROUND`, scaled as ``load_mesh`` scales the mesh (``Scene.normalized``)."""
+    from pipelines.texture import _TORUS_TILT_DEG, EXAMPLE_MESHES
+
+    if name not in EXAMPLE_MESHES:
+        raise ValueError(f"`name` must be one of {sorted(EXAMPLE_MESHES)}, got {name!r}.")
+    shape, _ = EXAMPLE_MESHES[name]
+    color = name.split("_")[0]
+    tilt = _TORUS_TILT_DEG if shape == "torus" else 0.0
+    obj = ObjectSpec(shape, color, "medium", (0.0, 0.0, 0.0), tilt_deg=tilt)
+    return Scene((obj,), TEXTURE_REFERENCE_BACKGROUND).normalized()
+
+
+def texture_reference(name: str) -> Image.Image:
+    """The reference image of example mesh ``name`` for image-guided texturing, rendered as the geometry adapter's
+    trainer renders a reference view: the front view (first camera of ``MultiViewDataset``'s ``"mvadapter"`` ring:
+    orthographic, azimuth -90, elevation 0) of the scene in the unit box (``normalize=True``), at the dataset's
+    supersampling, ``TEXTURE_REFERENCE_SIZE`` pixels square (RGB)."""
+    ds = MultiViewDataset(6, "mvadapter", TEXTURE_REFERENCE_SIZE, normalize=True, background=None)
+    front = ds.cameras_for(np.random.default_rng(0))[0]
+    out = render_views(example_mesh_scene(name), [front], ds.height, ds.width, supersample=ds.supersample)
+    return Image.fromarray(out.uint8()[0])
+
+
 def export_examples(out: str | os.PathLike, resolution: int = 64) -> Path:
     """Write the example inputs shipped in ``assets/examples`` (see ``examples.json`` there):
 
     * ``<name>.png``: a view like the text-to-image data (image-to-video / image-to-multi-view inputs);
     * ``<name>_front.png``: MV-Adapter's front view (orthographic, azimuth -90, elevation 0, white background);
     * ``green_torus_mv/``: a multi-view object folder (6 orthographic ring views with geometry maps) for the
-      geometry-guided mode.
+      geometry-guided mode;
+    * the texture tab's example meshes ``<mesh>.glb`` (``pipelines.texture.write_example_meshes``) and their
+      reference images ``<mesh>_texture_ref.png`` (:func:`texture_reference`; ``TEXTURE_REFERENCE_SIZE`` pixels
+      whatever ``resolution``).
     """
+    from pipelines.texture import EXAMPLE_MESHES, TEXTURE_REFERENCE, write_example_meshes
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -250,6 +291,9 @@ def export_examples(out: str | os.PathLike, resolution: int = 64) -> Path:
     cams = ring_cameras(6)
     write_multiview_object(out / "green_torus_mv", scene.caption(), cams, render_views(scene, cams, resolution,
                            resolution, supersample=4))  # fmt: skip
+    write_example_meshes(out)
+    for name in EXAMPLE_MESHES:
+        texture_reference(name).save(out / TEXTURE_REFERENCE.format(name=name))
     meta = {"resolution": resolution, "examples": entries, "multiview": "green_torus_mv"}
     (out / "examples.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out
