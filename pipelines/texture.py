@@ -703,7 +703,9 @@ def split_sharp_edges(mesh, crease_deg: float = CREASE_DEG):
     for f, corners in enumerate(faces):
         for v in corners:
             incident[v].append(f)
-    new_vertices, new_normals, new_faces = [], [], np.empty_like(faces)
+    new_vertices: list[np.ndarray] = []
+    new_normals: list[np.ndarray] = []
+    new_faces = np.empty_like(faces)
     for v, around in enumerate(incident):
         around_idx = np.asarray(around, dtype=np.int64)
         seen: dict[tuple[float, ...], int] = {}
