@@ -45,6 +45,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RESUME = "--resume_from_checkpoint latest"
+
+
+def _mv_call_defaults() -> dict:
+    """Call defaults of the embedded MV-Adapters (``mv``; ``mv_geometry`` uses them until its own are chosen on
+    held-out objects), a fresh dict per recipe."""
+    return {
+        "num_inference_steps": 20,
+        "guidance_scale": 7.0,
+        "mv_scale": 1.0,
+        "ref_scale": 1.0,
+        "noise_shift": 1.0,
+        "when_given": {"image": {"guidance_scale": 3.0}},
+        "trained_sizes": {"min_side": 32, "max_side": 32},
+    }
+
+
 DEFAULTS_NAME = "pipeline_defaults.json"
 
 
@@ -258,15 +274,7 @@ RECIPES: tuple[Recipe, ...] = (
             ),
         ),
         (("{runs}/mv-cont/adapter_model.safetensors", "mv_adapter.safetensors"),),
-        defaults={
-            "num_inference_steps": 20,
-            "guidance_scale": 7.0,
-            "mv_scale": 1.0,
-            "ref_scale": 1.0,
-            "noise_shift": 1.0,
-            "when_given": {"image": {"guidance_scale": 3.0}},
-            "trained_sizes": {"min_side": 32, "max_side": 32},
-        },
+        defaults=_mv_call_defaults(),
     ),
     Recipe(
         "mv_geometry",
@@ -288,15 +296,7 @@ RECIPES: tuple[Recipe, ...] = (
         ),
         (("{runs}/mv-geo/adapter_model.safetensors", "mv_adapter.safetensors"),),
         # the `mv` model's call defaults (not yet chosen on held-out objects for this adapter)
-        defaults={
-            "num_inference_steps": 20,
-            "guidance_scale": 7.0,
-            "mv_scale": 1.0,
-            "ref_scale": 1.0,
-            "noise_shift": 1.0,
-            "when_given": {"image": {"guidance_scale": 3.0}},
-            "trained_sizes": {"min_side": 32, "max_side": 32},
-        },
+        defaults=_mv_call_defaults(),
     ),
     Recipe(
         "i2v",
